@@ -1,0 +1,70 @@
+# vehicle-edge — `make run` and `make test` work on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EDGE := $(VENV)/bin/edge
+DRIVE ?= sim/drives/city
+RUN_CONFIG ?= $(DRIVE)/config.toml
+BROKER_PORT ?= 1883
+export VEHICLE_EDGE_CACHE ?= $(HOME)/.cache/vehicle-edge
+
+.PHONY: help venv deps system-deps run test test-fast lint bench chaos components testdata clean
+
+help:
+	@echo "make run         daemon in simulator mode on $(DRIVE), publishing to a local broker"
+	@echo "make test        the whole test suite (installs what it needs)"
+	@echo "make lint        ruff + mypy"
+	@echo "make bench       benchmarks: one table, results in bench/results.json"
+	@echo "make chaos       fault suite with a delivery ledger"
+	@echo "make components  Greengrass artifacts and recipes into build/greengrass/"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: sudo apt-get install -y python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Mosquitto (broker + clients) and openssl from the distribution when missing.
+system-deps:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing mosquitto (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null; \
+	fi
+
+deps: venv system-deps
+
+testdata: venv
+	-$(PY) scripts/fetch_testdata.py
+
+run: deps
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/$(BROKER_PORT)) 2>/dev/null; then \
+	  echo "starting a local mosquitto on 127.0.0.1:$(BROKER_PORT)"; \
+	  PATH=$$PATH:/usr/sbin mosquitto -p $(BROKER_PORT) -d; sleep 0.5; \
+	fi
+	@echo "watch it: mosquitto_sub -h localhost -p $(BROKER_PORT) -t 'vehicles/#' -v"
+	$(EDGE) sim $(DRIVE) --config $(RUN_CONFIG) --rate $${RATE:-5}
+
+test: deps testdata
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests ran: failing"; exit 1; fi; exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check edge sim tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PY) -m bench
+
+chaos: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/chaos -m chaos --chaos-full
+
+components: venv
+	$(PY) scripts/build_components.py --out build/greengrass
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,507 @@
+"""The one composition root: config -> adapters -> task group -> ordered shutdown.
+
+Tasks (all named, all held by the daemon):
+
+* ``gnss`` / ``can``  sources, each calling back into the pure engine
+* ``outbox-writer``   moves envelopes from a bounded in-memory queue into SQLite in
+                      group commits (alerts fsync'd before they count as accepted)
+* ``uplink``          connects with capped, jittered backoff and drains the outbox
+                      (alerts first, telemetry batched, IoT Core quotas respected)
+* ``ticker``          gives the rules the passage of time (gaps, timeouts)
+* ``health``          publishes health and writes the status file for ``edge status``
+
+Shutdown order on SIGTERM/SIGINT: sources stop, rules flush (open episodes end),
+the writer commits what is queued, the uplink gets a short grace to deliver, then it
+is disconnected and the outbox closed. A second signal forces exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from edge import __version__
+from edge.config import Config
+from edge.core.backoff import Backoff
+from edge.core.engine import Engine
+from edge.core.ratelimit import IotQuota
+from edge.core.telemetry import batch_payload, split_batches
+from edge.errors import (
+    EdgeError,
+    OutboxError,
+    PublishRejected,
+    UplinkAuthError,
+    UplinkError,
+    ZonesError,
+)
+from edge.logconf import Once
+from edge.model import Envelope, Fix, Lane, SpeedSample
+from edge.outbox import Outbox, Row
+from edge.uplinks.base import MAX_PAYLOAD, Uplink
+
+log = structlog.get_logger()
+
+QUEUE_MAX = 10_000  # envelopes waiting for the outbox writer
+CLAIM = 100  # rows claimed from the outbox per round
+SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit, all steps together
+DRAIN_GRACE_S = 1.0  # of which the uplink may spend this delivering what is queued
+
+
+def make_uplink(config: Config) -> Uplink:
+    """Pick the uplink by ``uplink.kind``; optional libraries are imported only here."""
+    kind = config.uplink.kind
+    if kind == "mqtt":
+        from edge.uplinks.mqtt import MqttUplink
+
+        return MqttUplink(config.uplink, client_id=config.thing)
+    if kind == "file":
+        from edge.uplinks.file import FileUplink
+
+        assert config.uplink.path is not None
+        return FileUplink(config.uplink.path)
+    if kind == "iotcore":
+        from edge.uplinks.iotcore import IotCoreUplink  # type: ignore[import-not-found]
+
+        return IotCoreUplink(config.uplink, client_id=config.thing)  # type: ignore[no-any-return]
+    if kind == "greengrass":
+        from edge.uplinks.greengrass import GreengrassUplink  # type: ignore[import-not-found]
+
+        return GreengrassUplink(config.uplink)  # type: ignore[no-any-return]
+    raise EdgeError(f"unknown uplink kind {kind!r}")
+
+
+def load_zones_for(config: Config) -> Any:
+    if config.rules.zones is None:
+        return None
+    from edge.core.zones import load_zones
+
+    return load_zones(config.rules.zones)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_mono = time.monotonic()
+        self.engine: Engine | None = None
+        self.outbox: Outbox | None = None
+        self._queue: deque[Envelope] = deque()
+        self._queued = asyncio.Event()
+        self._new_rows = asyncio.Event()
+        self._writer_idle = asyncio.Event()
+        self._sources: list[Any] = []
+        self._once = Once()
+        self.uplink_state = "disconnected"
+        self.counters: dict[str, int] = {
+            "accepted": 0,
+            "published": 0,
+            "publish_batches": 0,
+            "rejected": 0,
+            "queue_dropped": 0,
+            "outbox_errors": 0,
+            "uplink_errors": 0,
+            "connects": 0,
+        }
+        self.outbox_mode = "disk"
+        self.last_uplink_error: str | None = None
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_fix(self, fix: Fix) -> None:
+        assert self.engine is not None
+        self._enqueue(self.engine.on_fix(fix))
+
+    def on_speed(self, sample: SpeedSample) -> None:
+        assert self.engine is not None
+        self._enqueue(self.engine.on_speed(sample))
+
+    def _enqueue(self, envelopes: list[Envelope]) -> None:
+        if not envelopes:
+            return
+        for env in envelopes:
+            if len(self._queue) >= QUEUE_MAX:
+                self._drop_one()
+            self._queue.append(env)
+        self._queued.set()
+
+    def _drop_one(self) -> None:
+        """Queue full (the disk is stalled): drop the oldest least-important message."""
+        for lane in (Lane.HEALTH, Lane.TELEMETRY, Lane.TRIP, Lane.ALERT):
+            for i, env in enumerate(self._queue):
+                if env.lane == lane:
+                    del self._queue[i]
+                    self.counters["queue_dropped"] += 1
+                    self._once(log, "queue-full", "queue full, dropping",
+                               lane=lane.name.lower())
+                    return
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        zones = load_zones_for(cfg)
+        self.engine = Engine(cfg, zones=zones)
+        self.outbox = await asyncio.to_thread(
+            Outbox, cfg.outbox.path, max_bytes=int(cfg.outbox.max_mb * 1024 * 1024),
+            alert_sync=cfg.outbox.alert_sync,
+        )
+        log.info("daemon starting", version=__version__, thing=cfg.thing,
+                 uplink=cfg.uplink.kind, outbox=str(cfg.outbox.path),
+                 recovered_inflight=self.outbox.recovered)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._writer(), name="outbox-writer")
+                uplink = tg.create_task(self._uplink_loop(), name="uplink")
+                aux = [
+                    tg.create_task(self._ticker(), name="ticker"),
+                    tg.create_task(self._health_loop(), name="health"),
+                ]
+                sources = self._start_sources(tg)
+                await stop.wait()
+                log.info("shutting down")
+                await self._shutdown(sources, writer, uplink, aux)
+        finally:
+            await asyncio.to_thread(self._close_outbox)
+            self._write_health_file(final=True)
+            log.info("daemon stopped", **self.counters)
+
+    def _start_sources(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        cfg = self.config
+        tasks: list[asyncio.Task[None]] = []
+        if cfg.gnss.port:
+            from edge.sources.gnss import GnssSource
+
+            gnss = GnssSource(cfg.gnss)
+            self._sources.append(("gnss", gnss))
+            tasks.append(tg.create_task(gnss.run(self.on_fix), name="gnss"))
+        if cfg.can.interface != "none":
+            from edge.sources.can import CanSource
+
+            can_src = CanSource(cfg.can)
+            self._sources.append(("can", can_src))
+            tasks.append(tg.create_task(can_src.run(self.on_speed), name="can"))
+        return tasks
+
+    async def _shutdown(
+        self,
+        sources: list[asyncio.Task[None]],
+        writer: asyncio.Task[None],
+        uplink: asyncio.Task[None],
+        aux: list[asyncio.Task[None]],
+    ) -> None:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        # 1. sources stop
+        for t in sources + aux:
+            t.cancel()
+        await asyncio.gather(*sources, *aux, return_exceptions=True)
+        # 2. rules flush: open overspeed episodes and trips end
+        assert self.engine is not None
+        now, _ = self.engine.now(time.monotonic(), time.time())
+        self._enqueue(self.engine.close(now))
+        # 3. the writer commits everything queued
+        self._writer_idle.clear()
+        self._queued.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic() - DRAIN_GRACE_S)):
+                while self._queue:
+                    await self._writer_idle.wait()
+                    self._writer_idle.clear()
+                    self._queued.set()
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        # 4. the uplink gets a short grace to deliver what is ready, then disconnects
+        grace = min(DRAIN_GRACE_S, max(0.0, deadline - time.monotonic() - 0.5))
+        if self.uplink_state == "connected" and grace > 0:
+            with contextlib.suppress(TimeoutError, OutboxError):
+                async with asyncio.timeout(grace):
+                    while await asyncio.to_thread(self._ready_count) > 0:
+                        self._new_rows.set()
+                        await asyncio.sleep(0.05)
+        uplink.cancel()
+        await asyncio.gather(uplink, return_exceptions=True)
+
+    def _ready_count(self) -> int:
+        assert self.outbox is not None
+        return int(self.outbox.stats()["pending"])
+
+    def _close_outbox(self) -> None:
+        if self.outbox is None:
+            return
+        if self._queue:
+            # what the writer could not commit in time: last attempt, synchronously
+            try:
+                self.outbox.put(list(self._queue))
+                self.counters["accepted"] += len(self._queue)
+                self._queue.clear()
+            except OutboxError as exc:
+                log.error("outbox: messages lost at shutdown", count=len(self._queue),
+                          reason=str(exc))
+        self.outbox.close()
+
+    # ------------------------------------------------------------------ writer
+
+    async def _writer(self) -> None:
+        backoff = Backoff(base_s=0.2, cap_s=10.0)
+        assert self.outbox is not None
+        while True:
+            if not self._queue:
+                self._writer_idle.set()
+                await self._queued.wait()
+                self._queued.clear()
+                continue
+            batch = list(self._queue)[:500]
+            try:
+                await asyncio.to_thread(self.outbox.put, batch)
+            except OutboxError as exc:
+                # disk full or failing: keep the messages in memory (bounded by
+                # QUEUE_MAX, least important dropped first), retry with backoff
+                self.counters["outbox_errors"] += 1
+                self.outbox_mode = "memory-fallback"
+                self._once(log, "outbox-write", "outbox write failed, holding in memory",
+                           reason=str(exc), queued=len(self._queue))
+                await asyncio.sleep(backoff.next())
+                continue
+            if self.outbox_mode != "disk":
+                log.info("outbox writable again", queued=len(self._queue))
+                self._once.clear("outbox-write")
+            self.outbox_mode = "disk"
+            backoff.reset()
+            for _ in range(len(batch)):
+                self._queue.popleft()
+            self.counters["accepted"] += len(batch)
+            self._new_rows.set()
+
+    # ------------------------------------------------------------------ uplink
+
+    async def _uplink_loop(self) -> None:
+        cfg = self.config.uplink
+        backoff = Backoff(base_s=0.5, cap_s=cfg.backoff_max_s)
+        while True:
+            uplink = make_uplink(self.config)
+            try:
+                self.uplink_state = "connecting"
+                async with uplink:
+                    self.uplink_state = "connected"
+                    self.counters["connects"] += 1
+                    backoff.reset()
+                    self._once.clear("uplink")
+                    log.info("uplink connected", kind=uplink.name)
+                    await self._drain(uplink)
+            except UplinkAuthError as exc:
+                backoff.to_cap()
+                self._uplink_failed(exc)
+            except UplinkError as exc:
+                self._uplink_failed(exc)
+            self.uplink_state = "disconnected"
+            await asyncio.sleep(backoff.next())
+
+    def _uplink_failed(self, exc: Exception) -> None:
+        self.counters["uplink_errors"] += 1
+        self.last_uplink_error = str(exc)
+        self._once(log, "uplink", "uplink unavailable, will retry", reason=str(exc))
+
+    async def _drain(self, uplink: Uplink) -> None:
+        assert self.outbox is not None
+        outbox = self.outbox
+        quota = None if uplink.name == "file" else IotQuota.aws()
+        lost: asyncio.Event | None = getattr(uplink, "lost", None)
+        while True:
+            if lost is not None and lost.is_set():
+                raise UplinkError("connection lost")
+            self._new_rows.clear()
+            rows = await asyncio.to_thread(outbox.claim, CLAIM)
+            if not rows:
+                waiters = [asyncio.ensure_future(self._new_rows.wait())]
+                if lost is not None:
+                    waiters.append(asyncio.ensure_future(lost.wait()))
+                _, pending = await asyncio.wait(waiters, timeout=5.0,
+                                                return_when=asyncio.FIRST_COMPLETED)
+                for w in pending:
+                    w.cancel()
+                continue
+            await self._publish_rows(uplink, rows, quota)
+
+    async def _publish_rows(self, uplink: Uplink, rows: list[Row], quota: IotQuota | None) -> None:
+        assert self.outbox is not None
+        # alerts and trips one publish each; telemetry batched; health as is
+        units: list[tuple[str, bytes, list[int]]] = []
+        tel = [r for r in rows if r.lane == Lane.TELEMETRY]
+        for r in rows:
+            if r.lane != Lane.TELEMETRY:
+                units.append((r.topic, r.payload, [r.seq]))
+        if tel:
+            groups = split_batches([r.payload for r in tel], max_records=self.config.telemetry.batch_max,
+                                   max_bytes=MAX_PAYLOAD)
+            for g in groups:
+                payload = batch_payload(self.config.thing, [tel[i].payload for i in g])
+                units.append((tel[g[0]].topic, payload, [tel[i].seq for i in g]))
+        units.sort(key=lambda u: 0 if "/events/" in u[0] else 1)
+        done: list[int] = []
+        rejected: list[int] = []
+        failed: UplinkError | None = None
+
+        async def one(topic: str, payload: bytes, seqs: list[int]) -> None:
+            nonlocal failed
+            try:
+                await uplink.publish(topic, payload, qos=1)
+            except PublishRejected as exc:
+                rejected.extend(seqs)
+                self.counters["rejected"] += len(seqs)
+                self._once(log, f"rejected:{topic}", "publish rejected, dropped",
+                           topic=topic, reason=str(exc))
+                return
+            except UplinkError as exc:
+                failed = exc
+                return
+            done.extend(seqs)
+            self.counters["published"] += len(seqs)
+            self.counters["publish_batches"] += 1
+
+        pending: list[Awaitable[None]] = []
+        for topic, payload, seqs in units:
+            if quota is not None:
+                while (d := quota.delay(time.monotonic(), len(payload))) > 0:
+                    await asyncio.sleep(d)
+            pending.append(asyncio.ensure_future(one(topic, payload, seqs)))
+        try:
+            await asyncio.gather(*pending)
+        finally:
+            await asyncio.to_thread(self._settle, rows, done, rejected)
+        if failed is not None:
+            raise failed
+
+    def _settle(self, rows: list[Row], done: list[int], rejected: list[int]) -> None:
+        assert self.outbox is not None
+        self.outbox.ack(done)
+        self.outbox.reject(rejected)
+        finished = set(done) | set(rejected)
+        self.outbox.release([r.seq for r in rows if r.seq not in finished])
+
+    # ------------------------------------------------------------------ time & health
+
+    async def _ticker(self) -> None:
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(1.0)
+            now, _ = self.engine.now(time.monotonic(), time.time())
+            self._enqueue(self.engine.tick(now))
+
+    def health(self) -> dict[str, Any]:
+        assert self.engine is not None
+        out: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "uplink": {"kind": self.config.uplink.kind, "state": self.uplink_state,
+                       "last_error": self.last_uplink_error},
+            "queue": len(self._queue),
+            "outbox_mode": self.outbox_mode,
+            "counters": dict(self.counters),
+        }
+        for name, src in self._sources:
+            with contextlib.suppress(Exception):
+                out[name] = src.health()
+        out.update(self.engine.health())
+        if self.outbox is not None:
+            with contextlib.suppress(OutboxError):
+                out["outbox"] = self.outbox.stats()
+        return out
+
+    async def _health_loop(self) -> None:
+        assert self.engine is not None
+        from edge.model import Event
+
+        while True:
+            await asyncio.to_thread(self._write_health_file)
+            now, clock = self.engine.now(time.monotonic(), time.time())
+            body = self.health()
+            self._enqueue([self.engine.envelopes.make(
+                Event(kind="health", time=now, body=body, clock=clock))])
+            await asyncio.sleep(self.config.health.interval_s)
+
+    def _write_health_file(self, final: bool = False) -> None:
+        path = self.config.health_path
+        try:
+            data = self.health() if self.engine is not None else {}
+            data["written_at"] = time.time()
+            data["running"] = not final
+            data["interval_s"] = self.config.health.interval_s
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, path)
+        except (OSError, OutboxError) as exc:
+            self._once(log, "health-file", "cannot write health file", path=str(path),
+                       reason=str(exc))
+
+
+async def run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+) -> int:
+    """Run ``main(stop)``; SIGTERM/SIGINT set ``stop``, a second one forces exit."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hits = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            log.info("signal received, stopping", signal=signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("second signal, forcing exit")
+            os._exit(128 + signum)
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        await main(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def run_daemon(config: Config) -> int:
+    """``edge run``: the daemon until a signal. Returns the exit status."""
+
+    async def main(stop: asyncio.Event) -> None:
+        await Daemon(config).run(stop)
+
+    try:
+        return _run(run_until_signalled(main))
+    except ZonesError as exc:
+        print(f"edge: zones: {exc}", file=sys.stderr)
+        return 2
+    except OutboxError as exc:
+        print(f"edge: outbox: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(coro: Awaitable[int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))

@@ -1,0 +1,210 @@
+"""``edge``: argument parsing and subcommands only. The work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge import __version__
+from edge.config import Config, load_config
+from edge.errors import ConfigError, EdgeError
+
+EXIT_USAGE = 2
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"edge: invalid config {path}: {exc.field}: {exc.reason}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _logging(cfg: Config | None, *, quiet: bool = False) -> None:
+    from edge.logconf import configure
+
+    if cfg is None:
+        configure("warning" if quiet else "info")
+    else:
+        configure("warning" if quiet else cfg.log.level, cfg.log.format)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _logging(cfg)
+    from edge.app import run_daemon
+
+    return run_daemon(cfg)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _logging(cfg)
+    from edge.app import _run
+    from sim.run import run_sim
+
+    rate = None if args.max else args.rate
+    return _run(run_sim(args.drive, cfg, rate=rate, loop=args.loop))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _logging(cfg, quiet=True)
+    from edge.commands.replay import main
+
+    return main(args.drive, cfg, out=args.out)
+
+
+def cmd_decode_nmea(args: argparse.Namespace) -> int:
+    _logging(None, quiet=True)
+    from edge.commands.decode_nmea import main
+
+    return main(args.file, date=args.date, out=sys.stdout)
+
+
+def cmd_decode_can(args: argparse.Namespace) -> int:
+    _logging(None, quiet=True)
+    from edge.commands.decode_can import main
+
+    return main(args.file, dbc=args.dbc, signal=args.signal, out=sys.stdout)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg.rules.zones is not None:
+        from edge.core.zones import load_zones
+        from edge.errors import ZonesError
+
+        try:
+            zones = load_zones(cfg.rules.zones)
+        except ZonesError as exc:
+            print(f"edge: invalid config {args.file}: rules.zones: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        del zones
+    print(f"{args.file}: ok (thing {cfg.thing}, uplink {cfg.uplink.kind})")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from edge.commands.outbox import main
+
+    return main(cfg, args.action, out=sys.stdout, lanes=args.lane, yes=args.yes)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from edge.commands.status import main
+
+    return main(cfg, out=sys.stdout)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _logging(None, quiet=True)
+    from edge.commands.report import main
+
+    return main(args.drive, config=args.config, out=args.out)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    _logging(None)
+    from edge.commands.record import main
+
+    return main(args.out, serial=args.serial, baud=args.baud, can_interface=args.can_interface,
+                can_channel=args.can_channel, duration_s=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge",
+        description="vehicle-edge: CAN + GNSS rules at the edge, store-and-forward to MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM.")
+    s.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sim", help="run the daemon fed by a replayed drive through ptys",
+                       description="Replay DRIVE into a pty (NMEA) and an slcan pty (CAN) and "
+                       "run the unmodified daemon on them, as on a laptop.")
+    s.add_argument("drive", type=Path, help="drive directory (gnss.nmea, can.log, drive.toml)")
+    s.add_argument("--config", "-c", type=Path, required=True)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--rate", type=float, default=1.0, help="time warp factor (default 1x)")
+    g.add_argument("--max", action="store_true", help="as fast as possible")
+    s.add_argument("--loop", action="store_true", help="start over at the end")
+    s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("replay", help="deterministic replay of a drive to a JSON-lines file",
+                       description="Every message the daemon would publish for DRIVE, one JSON "
+                       'object per line {"topic": ..., "payload": {...}}, in publish order. '
+                       "No broker; as fast as the machine allows.")
+    s.add_argument("drive", type=Path)
+    s.add_argument("--config", "-c", type=Path, required=True)
+    s.add_argument("--out", "-o", type=Path, required=True, help="output .jsonl ('-' = stdout)")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("decode", help="decode NMEA or CAN logs to JSON lines")
+    dsub = s.add_subparsers(dest="what", required=True, metavar="nmea|can")
+    d = dsub.add_parser("nmea", help="one JSON line per merged fix")
+    d.add_argument("file", type=Path)
+    d.add_argument("--date", help="YYYY-MM-DD for GGA-only logs")
+    d.set_defaults(func=cmd_decode_nmea)
+    d = dsub.add_parser("can", help="one JSON line per decoded speed sample")
+    d.add_argument("file", type=Path, help="any python-can log format (candump -L, asc, blf, ...)")
+    d.add_argument("--dbc", type=Path, required=True)
+    d.add_argument("--signal", required=True, help="MESSAGE.SIGNAL")
+    d.set_defaults(func=cmd_decode_can)
+
+    s = sub.add_parser("check-config", help="validate a config file (exit 2 when invalid)")
+    s.add_argument("file", type=Path)
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("outbox", help="inspect or manage the durable outbox")
+    s.add_argument("action", choices=["stats", "export", "purge"])
+    s.add_argument("--config", "-c", type=Path, required=True)
+    s.add_argument("--lane", action="append", choices=["alert", "trip", "telemetry", "health"],
+                   help="restrict export/purge to these lanes (repeatable)")
+    s.add_argument("--yes", action="store_true", help="purge without asking")
+    s.set_defaults(func=cmd_outbox)
+
+    s = sub.add_parser("status", help="health of a running daemon (exit 1 if not running)")
+    s.add_argument("--config", "-c", type=Path, required=True)
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("report", help="draw a drive: track, zones, events, speed (PNG)")
+    s.add_argument("drive", type=Path)
+    s.add_argument("--config", "-c", type=Path, required=True)
+    s.add_argument("--out", "-o", type=Path, required=True)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("record", help="capture serial NMEA and CAN into a drive directory")
+    s.add_argument("--out", "-o", type=Path, required=True)
+    s.add_argument("--serial", help="serial port of the GNSS receiver")
+    s.add_argument("--baud", type=int, default=9600)
+    s.add_argument("--can-interface", choices=["socketcan", "slcan", "virtual"])
+    s.add_argument("--can-channel")
+    s.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
+    s.set_defaults(func=cmd_record)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgeError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``edge status``: the health a running daemon last wrote (exit 1 if not running)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import TextIO
+
+from edge.config import Config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(cfg: Config, *, out: TextIO) -> int:
+    path = cfg.health_path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"edge: no status at {path}: the daemon has not run with this config",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"edge: cannot read status {path}: {exc}", file=sys.stderr)
+        return 1
+    age = time.time() - float(data.get("written_at", 0))
+    pid = int(data.get("pid", 0))
+    running = bool(data.get("running")) and pid > 0 and _alive(pid)
+    stale = age > 3 * float(data.get("interval_s", 60)) + 5
+    data["status_age_s"] = round(age, 1)
+    data["state"] = "running" if running and not stale else ("stale" if running else "stopped")
+    json.dump(data, out, indent=2, default=str)
+    out.write("\n")
+    return 0 if data["state"] == "running" else 1

@@ -1,0 +1,358 @@
+"""Configuration: one TOML file, validated once into frozen objects.
+
+Every key is declared below; an unknown key is an error, not silently ignored. Errors
+name the field with its dotted path (``uplink.port``) and the reason. Relative paths
+are resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.errors import ConfigError
+
+THING_RE = re.compile(r"^[A-Za-z0-9_:\-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GnssConfig:
+    port: str | None = None  # serial device; None disables the GNSS source
+    baud: int = 9600
+    max_hdop: float = 5.0  # fixes with a worse HDOP are not used for decisions
+    max_jump_mps: float = 90.0  # implied speed between fixes above this is a jump
+    confirm_fixes: int = 3  # consistent fixes needed to accept a jumped-to place
+    date: str | None = None  # YYYY-MM-DD for GGA-only streams that never give a date
+    reopen_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanConfig:
+    interface: Literal["none", "socketcan", "slcan", "virtual"] = "none"
+    channel: str = "can0"
+    bitrate: int = 500000
+    fd: bool = False
+    mode: Literal["dbc", "obd"] = "dbc"
+    dbc: Path | None = None
+    speed_signal: str | None = None  # "MESSAGE.SIGNAL"
+    obd_interval_s: float = 0.5
+    stale_s: float = 1.0  # CAN speed older than this -> fall back to GNSS speed
+    disagree_kmh: float = 15.0
+    disagree_s: float = 10.0
+    queue_max: int = 2000  # frames between bus and decoder; when full the oldest is dropped
+    reopen_max_s: float = 30.0
+    checksum: Literal["auto", "toyota", "none"] = "auto"  # verify the DBC's CHECKSUM signal
+    obd_max_pids: int = 1  # PIDs per OBD request (1-6): many ECUs reject more than one
+    obd_timeout_s: float = 0.25
+    slcan_open_delay_s: float = 2.0  # python-can's pause after opening a USB serial port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeedRuleConfig:
+    limit_kmh: float | None = None  # default limit; zones' maxspeed override it
+    tolerance_kmh: float = 0.0
+    tolerance_pct: float = 0.0
+    min_duration_s: float = 3.0
+    recovery_kmh: float = 3.0  # must drop this far below the threshold to end
+    end_after_s: float = 3.0
+    gap_s: float = 10.0
+    limit_policy: Literal["lowest", "zone", "default"] = "lowest"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeofenceRuleConfig:
+    hysteresis_m: float | None = None  # None: derived from HDOP
+    debounce_s: float = 2.0
+    gap_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoiRuleConfig:
+    cooldown_s: float = 3600.0
+    max_per_hour: int = 6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TripRuleConfig:
+    start_kmh: float = 5.0
+    start_s: float = 5.0
+    end_s: float = 300.0
+    harsh_accel_kmhs: float = 12.0  # km/h per second, over >= 1 s
+    harsh_brake_kmhs: float = -16.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RulesConfig:
+    zones: Path | None = None
+    speed: SpeedRuleConfig = field(default_factory=SpeedRuleConfig)
+    geofence: GeofenceRuleConfig = field(default_factory=GeofenceRuleConfig)
+    poi: PoiRuleConfig = field(default_factory=PoiRuleConfig)
+    trip: TripRuleConfig = field(default_factory=TripRuleConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryConfig:
+    interval_s: float = 1.0
+    batch_max: int = 60  # records per telemetry publish
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkConfig:
+    kind: Literal["iotcore", "greengrass", "mqtt", "file"] = "mqtt"
+    endpoint: str = "localhost"
+    port: int | None = None  # default: 8883 with TLS, 1883 without
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    client_id: str | None = None  # default: the thing name
+    path: Path | None = None  # for kind = "file"
+    protocol: Literal[5, 311] = 5
+    tls: bool | None = None  # default: on when cert/ca given
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    path: Path = Path("outbox.db")
+    max_mb: float = 64.0
+    alert_sync: Literal["full", "normal"] = "full"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    interval_s: float = 60.0
+    path: Path | None = None  # status file read by `edge status`; default beside the outbox
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    thing: str
+    gnss: GnssConfig = field(default_factory=GnssConfig)
+    can: CanConfig = field(default_factory=CanConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None  # the file this came from (not a TOML key)
+
+    @property
+    def health_path(self) -> Path:
+        return self.health.path or self.outbox.path.with_name("health.json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file. Raises ConfigError naming the field."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {p}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"{p} is not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", f"{p} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, base=p.resolve().parent, source=p)
+
+
+def config_from_dict(
+    data: Mapping[str, Any], *, base: Path | None = None, source: Path | None = None
+) -> Config:
+    base = base or Path.cwd()
+    if "source" in data:
+        raise ConfigError("source", "unknown key")
+    cfg = _build(Config, data, "", base)
+    cfg = dataclasses.replace(cfg, source=source)
+    if not cfg.outbox.path.is_absolute():
+        cfg = dataclasses.replace(
+            cfg, outbox=dataclasses.replace(cfg.outbox, path=base / cfg.outbox.path)
+        )
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if not THING_RE.match(cfg.thing):
+        raise ConfigError(
+            "thing", "must be 1-128 characters of letters, digits, '_', '-' or ':'"
+        )
+    if cfg.gnss.baud <= 0:
+        raise ConfigError("gnss.baud", "must be positive")
+    if cfg.gnss.date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", cfg.gnss.date):
+        raise ConfigError("gnss.date", "must be YYYY-MM-DD")
+    if cfg.gnss.date is not None:
+        import datetime  # local: only this check needs it
+
+        try:
+            datetime.date.fromisoformat(cfg.gnss.date)
+        except ValueError:
+            raise ConfigError("gnss.date", "is not a valid date") from None
+    if cfg.gnss.port is not None and not cfg.gnss.port:
+        raise ConfigError("gnss.port", "must not be empty (leave it out to disable GNSS)")
+    if cfg.gnss.max_hdop <= 0:
+        raise ConfigError("gnss.max_hdop", "must be positive")
+    if cfg.gnss.max_jump_mps <= 0:
+        raise ConfigError("gnss.max_jump_mps", "must be positive")
+    if cfg.gnss.confirm_fixes < 1:
+        raise ConfigError("gnss.confirm_fixes", "must be at least 1")
+    if cfg.gnss.reopen_max_s <= 0:
+        raise ConfigError("gnss.reopen_max_s", "must be positive")
+    if cfg.can.interface != "none" and cfg.can.mode == "dbc":
+        if cfg.can.dbc is None:
+            raise ConfigError("can.dbc", "required when can.interface is set and mode is 'dbc'")
+        if not cfg.can.speed_signal or cfg.can.speed_signal.count(".") != 1:
+            raise ConfigError("can.speed_signal", "must be 'MESSAGE.SIGNAL'")
+    if cfg.can.queue_max < 1:
+        raise ConfigError("can.queue_max", "must be at least 1")
+    if not 1 <= cfg.can.obd_max_pids <= 6:
+        raise ConfigError("can.obd_max_pids", "must be between 1 and 6")
+    for name in ("obd_interval_s", "obd_timeout_s", "stale_s", "disagree_s", "reopen_max_s"):
+        if getattr(cfg.can, name) <= 0:
+            raise ConfigError(f"can.{name}", "must be positive")
+    for name in ("disagree_kmh", "slcan_open_delay_s"):
+        if getattr(cfg.can, name) < 0:
+            raise ConfigError(f"can.{name}", "must not be negative")
+    if cfg.can.bitrate <= 0:
+        raise ConfigError("can.bitrate", "must be positive")
+    for name in ("tolerance_kmh", "tolerance_pct", "min_duration_s", "recovery_kmh"):
+        if getattr(cfg.rules.speed, name) < 0:
+            raise ConfigError(f"rules.speed.{name}", "must not be negative")
+    if cfg.rules.speed.limit_kmh is not None and cfg.rules.speed.limit_kmh <= 0:
+        raise ConfigError("rules.speed.limit_kmh", "must be positive")
+    for name in ("end_after_s",):
+        if getattr(cfg.rules.speed, name) < 0:
+            raise ConfigError(f"rules.speed.{name}", "must not be negative")
+    if cfg.rules.speed.gap_s <= 0:
+        raise ConfigError("rules.speed.gap_s", "must be positive")
+    geo = cfg.rules.geofence
+    if geo.hysteresis_m is not None and geo.hysteresis_m < 0:
+        raise ConfigError("rules.geofence.hysteresis_m", "must not be negative")
+    if geo.debounce_s < 0:
+        raise ConfigError("rules.geofence.debounce_s", "must not be negative")
+    if geo.gap_s <= 0:
+        raise ConfigError("rules.geofence.gap_s", "must be positive")
+    if cfg.rules.poi.cooldown_s < 0:
+        raise ConfigError("rules.poi.cooldown_s", "must not be negative")
+    if cfg.rules.poi.max_per_hour < 0:
+        raise ConfigError("rules.poi.max_per_hour", "must not be negative")
+    trip = cfg.rules.trip
+    if trip.start_kmh <= 0:
+        raise ConfigError("rules.trip.start_kmh", "must be positive")
+    if trip.start_s < 0:
+        raise ConfigError("rules.trip.start_s", "must not be negative")
+    if trip.end_s <= 0:
+        raise ConfigError("rules.trip.end_s", "must be positive")
+    if trip.harsh_accel_kmhs <= 0:
+        raise ConfigError("rules.trip.harsh_accel_kmhs", "must be positive")
+    if trip.harsh_brake_kmhs >= 0:
+        raise ConfigError("rules.trip.harsh_brake_kmhs", "must be negative")
+    if cfg.telemetry.interval_s <= 0:
+        raise ConfigError("telemetry.interval_s", "must be positive")
+    if not 1 <= cfg.telemetry.batch_max <= 1000:
+        raise ConfigError("telemetry.batch_max", "must be between 1 and 1000")
+    if cfg.uplink.kind == "file" and cfg.uplink.path is None:
+        raise ConfigError("uplink.path", "required when uplink.kind = 'file'")
+    if cfg.uplink.port is not None and not 0 < cfg.uplink.port < 65536:
+        raise ConfigError("uplink.port", "must be 1-65535")
+    if cfg.uplink.kind == "iotcore":
+        for name in ("cert", "key"):
+            if getattr(cfg.uplink, name) is None:
+                raise ConfigError(f"uplink.{name}", "required when uplink.kind = 'iotcore'")
+    if (cfg.uplink.cert is None) != (cfg.uplink.key is None):
+        raise ConfigError("uplink.key" if cfg.uplink.key is None else "uplink.cert",
+                          "cert and key go together")
+    if cfg.outbox.max_mb <= 0:
+        raise ConfigError("outbox.max_mb", "must be positive")
+    if cfg.health.interval_s <= 0:
+        raise ConfigError("health.interval_s", "must be positive")
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             Path: "a path string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[ConfigError] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where, base)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        shown = ", ".join(repr(c) for c in choices)
+        raise ConfigError(where, f"must be one of {shown}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+        return _build(tp, value, where + ".", base)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Path:
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else base / p
+    got = type(value).__name__
+    raise ConfigError(where, f"must be {_type_name(tp)}, got {got} {value!r}")
+
+
+def _build(cls: Any, data: Mapping[str, Any], prefix: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{prefix}{name}"
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where, base)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(where, "required key is missing")
+        elif isinstance(f.default, Path):
+            kwargs[name] = f.default if f.default.is_absolute() else base / f.default
+    return cls(**kwargs)

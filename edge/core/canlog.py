@@ -1,0 +1,239 @@
+"""Replay a CAN log file into speed samples. Pure apart from reading the file.
+
+candump -L logs (``(1700000000.123456) can0 0B4#DEADBEEF``, CAN-FD ``0B4##1...``) take a
+fast path built like a kernel filter: the file is read in large blocks and only the lines
+whose ID text is one of the wanted IDs are ever looked at (``bytes.find`` on `` 0B4#``);
+every other frame costs one byte scan and a newline count, no object, no parse. Wanted
+lines are parsed strictly and handed to the decoder (its precompiled bit extraction).
+
+Any other format python-can reads (.asc, .blf, .trc, .csv, .mf4, a non-candump .log, ...)
+goes through ``can.LogReader`` with the same ID filter. Error frames and remote frames are
+counted and skipped; a malformed wanted line is counted and skipped. A reader that fails
+mid-file (python-can raises on a garbled line) ends the replay with ``stats.truncated`` set.
+
+Timestamps: ``time`` and ``mono`` of each sample are the log time (a replay has one clock).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.core.canspeed import FrameDecoder
+from edge.model import SpeedSample
+
+CAN_ERR_FLAG = 0x20000000
+CAN_ERR_BUSOFF = 0x00000040
+BLOCK = 1 << 20
+
+_CANDUMP_RE = re.compile(rb"^\((\d+(?:\.\d*)?)\) (\S+) ([0-9A-Fa-f]{1,8})#")
+_LINE_RE = re.compile(
+    rb"\((\d+(?:\.\d*)?)\) \S+ ([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#(#[0-9A-Fa-f])?([0-9A-Fa-f]*)\s*"
+)
+
+
+@dataclass(slots=True)
+class LogStats:
+    """What a replay saw. ``frames`` counts every frame line, wanted or not."""
+
+    format: str = ""
+    frames: int = 0
+    wanted: int = 0  # frames with a wanted ID
+    samples: int = 0
+    error_frames: int = 0
+    bus_off: int = 0
+    remote: int = 0
+    malformed: int = 0
+    truncated: str | None = None  # why reading stopped early, if it did
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_candump(path: Path) -> bool:
+    """True when the file's first non-blank line is a candump -L frame line."""
+    try:
+        with open(path, "rb") as fh:
+            for _ in range(16):
+                line = fh.readline(4096)
+                if not line:
+                    return False
+                line = line.strip()
+                if line:
+                    return _CANDUMP_RE.match(line) is not None
+    except OSError:
+        return False
+    return False
+
+
+def _id_texts(decoder: FrameDecoder) -> list[bytes]:
+    texts: list[bytes] = []
+    for fid in sorted(decoder.frame_ids):
+        if decoder.extended:
+            forms = {f"{fid:08X}", f"{fid:08x}"}
+        else:
+            forms = {f"{fid:03X}", f"{fid:03x}"}
+        texts.extend(f" {t}#".encode() for t in sorted(forms))
+    return texts
+
+
+def _count_errors(block: bytes, stats: LogStats) -> None:
+    # Error frames carry CAN_ERR_FLAG: their 8-digit ID text starts with 2 or 3
+    # (a 29-bit data frame ID starts with 0 or 1).
+    for marker in (b" 2", b" 3"):
+        pos = block.find(marker)
+        while pos >= 0:
+            end = block.find(b"#", pos, pos + 10)
+            if end == pos + 9 and block[pos - 1 : pos] != b")":
+                try:
+                    can_id = int(block[pos + 1 : end], 16)
+                except ValueError:
+                    can_id = 0
+                if can_id & CAN_ERR_FLAG:
+                    stats.error_frames += 1
+                    if can_id & CAN_ERR_BUSOFF:
+                        stats.bus_off += 1
+            pos = block.find(marker, pos + 2)
+
+
+def _candump_lines(
+    path: Path, decoder: FrameDecoder, stats: LogStats
+) -> Iterator[SpeedSample]:
+    needles = _id_texts(decoder)
+    match = _LINE_RE.fullmatch
+    decode = decoder.decode
+    fromhex = bytes.fromhex
+    with open(path, "rb") as fh:
+        tail = b""
+        while True:
+            chunk = fh.read(BLOCK)
+            if chunk:
+                cut = chunk.rfind(b"\n")
+                if cut < 0:
+                    tail += chunk
+                    continue
+                block = tail + chunk[: cut + 1]
+                tail = chunk[cut + 1 :]
+            else:
+                block, tail = tail, b""
+                if not block.strip():
+                    break
+                block += b"\n"
+            stats.frames += block.count(b"\n") - block.count(b"\n\n")
+            if b" 2" in block or b" 3" in block:
+                _count_errors(block, stats)
+            hits: list[int] = []
+            for needle in needles:
+                pos = block.find(needle)
+                while pos >= 0:
+                    hits.append(pos)
+                    pos = block.find(needle, pos + 5)
+            if len(needles) > 1:
+                hits.sort()
+            for pos in hits:
+                start = block.rfind(b"\n", 0, pos) + 1
+                end = block.find(b"\n", pos)
+                line = block[start:end]
+                stats.wanted += 1
+                m = match(line)
+                if m is None:
+                    if line.rstrip().endswith((b"#R", b"#r")) or b"#R" in line:
+                        stats.remote += 1
+                    else:
+                        stats.malformed += 1
+                        stats.last_error = f"malformed line: {line[:80]!r}"
+                    continue
+                ts_text, id_text, _fd, payload = m.groups()
+                if len(payload) & 1:
+                    stats.malformed += 1
+                    stats.last_error = f"odd payload length: {line[:80]!r}"
+                    continue
+                ts = float(ts_text)
+                sample = decode(int(id_text, 16), fromhex(payload.decode()), ts, ts)
+                if sample is not None:
+                    stats.samples += 1
+                    yield sample
+            if not chunk:
+                break
+
+
+def _python_can_frames(
+    path: Path, decoder: FrameDecoder | None, stats: LogStats
+) -> Iterator[tuple[int, bytes, float]]:
+    import can
+
+    kwargs: dict[str, Any] = {}
+    if path.suffix.lower() == ".asc":
+        kwargs["relative_timestamp"] = False  # epoch seconds, as the other formats give
+    wanted = decoder.frame_ids if decoder is not None else None
+    extended = decoder.extended if decoder is not None else False
+    try:
+        reader = can.LogReader(path, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"cannot read {path.name}: {exc}") from exc
+    try:
+        it = iter(reader)
+        while True:
+            try:
+                msg = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:
+                stats.truncated = f"{type(exc).__name__}: {exc}"
+                break
+            stats.frames += 1
+            if msg.is_error_frame:
+                stats.error_frames += 1
+                if msg.arbitration_id & CAN_ERR_BUSOFF:
+                    stats.bus_off += 1
+                continue
+            if wanted is not None and (
+                msg.arbitration_id not in wanted or msg.is_extended_id != extended
+            ):
+                continue
+            if msg.is_remote_frame:
+                stats.remote += 1
+                continue
+            stats.wanted += 1
+            yield msg.arbitration_id, bytes(msg.data), float(msg.timestamp)
+    finally:
+        stop = getattr(reader, "stop", None)
+        if stop is not None:
+            stop()
+
+
+def iter_log_frames(
+    path: Path, decoder: FrameDecoder | None = None, stats: LogStats | None = None
+) -> Iterator[tuple[int, bytes, float]]:
+    """(arbitration_id, data, timestamp) of the frames the decoder wants (all without one).
+
+    Any python-can format; error and remote frames are counted and skipped.
+    """
+    stats = stats if stats is not None else LogStats()
+    stats.format = path.suffix.lower().lstrip(".") or "?"
+    yield from _python_can_frames(Path(path), decoder, stats)
+
+
+def iter_log_speed(
+    path: Path, decoder: FrameDecoder, stats: LogStats | None = None
+) -> Iterator[SpeedSample]:
+    """Speed samples of a CAN log, in file order. Raises ValueError for an unreadable file."""
+    path = Path(path)
+    stats = stats if stats is not None else LogStats()
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if is_candump(path):
+        stats.format = "candump"
+        yield from _candump_lines(path, decoder, stats)
+        return
+    stats.format = path.suffix.lower().lstrip(".") or "?"
+    decode = decoder.decode
+    for arb_id, data, ts in _python_can_frames(path, decoder, stats):
+        sample = decode(arb_id, data, ts, ts)
+        if sample is not None:
+            stats.samples += 1
+            yield sample

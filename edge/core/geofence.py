@@ -1,0 +1,180 @@
+"""Geofence state per fence: enter / exit / dwell / crossed / inside, without flapping.
+
+Rules (all on fix time, only valid fixes move state):
+
+* **Hysteresis.** A fence is entered when a fix is inside it, and left only when a fix
+  is farther than ``hysteresis_m`` outside it (the fence grown by the hysteresis).
+  With ``hysteresis_m`` unset it follows the fix's HDOP: ``2 × 5 m × HDOP`` (a 2-sigma
+  radius for a 5 m UERE), clamped to 5-50 m; 15 m when the HDOP is unknown.
+* **Debounce.** A change is committed only once it held for ``debounce_s`` of fix time
+  (the fix that confirms it stamps the event). A single jittery fix never flips state.
+* **Start-up and new fences.** The first state the daemon learns is reported as
+  ``inside`` (never ``enter``): a car parked inside a fence at boot, or inside a fence
+  that a reload adds, gets ``inside``; outside is silent.
+* **Gaps.** No valid fix for ``gap_s``: every fence's state becomes unknown, pending
+  changes are dropped, and the next committed transition of each fence carries
+  ``after_gap: true`` (so an exit missed during an outage still arrives, flagged).
+* **Dwell.** Once per stay, ``dwell_s`` (the fence's property) after enter/inside.
+* **Crossed.** Two consecutive valid fixes (no gap between them) whose straight
+  segment passes through a fence that neither fix is inside, when the car moved more
+  than twice the hysteresis (jitter cannot fake a crossing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edge.config import GeofenceRuleConfig
+from edge.core.zones import Zone, Zones
+
+UERE_M = 5.0
+HYST_MIN_M = 5.0
+HYST_MAX_M = 50.0
+HYST_UNKNOWN_M = 15.0
+
+
+def hysteresis_for(cfg: GeofenceRuleConfig, hdop: float | None) -> float:
+    if cfg.hysteresis_m is not None:
+        return cfg.hysteresis_m
+    if hdop is None or hdop <= 0:
+        return HYST_UNKNOWN_M
+    return min(HYST_MAX_M, max(HYST_MIN_M, 2.0 * UERE_M * hdop))
+
+
+@dataclass(slots=True)
+class _Fence:
+    state: bool | None  # True inside, False outside, None never known
+    pending: bool | None = None
+    pending_since: float = 0.0
+    since: float = 0.0  # when the current stay inside began (for dwell)
+    dwelled: bool = False
+    stale: bool = False  # state unknown after a gap: next transition says after_gap
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    zone: Zone
+    transition: str  # enter | exit | dwell | crossed | inside
+    after_gap: bool = False
+
+    def body(self) -> dict[str, object]:
+        b: dict[str, object] = {
+            "fence": self.zone.id,
+            "name": self.zone.name,
+            "transition": self.transition,
+        }
+        if self.after_gap:
+            b["after_gap"] = True
+        return b
+
+
+class GeofenceTracker:
+    """Per-fence state machines. Fences outside and settled are not stored."""
+
+    def __init__(self, config: GeofenceRuleConfig, zones: Zones) -> None:
+        self.cfg = config
+        self.zones = zones
+        self._st: dict[int, _Fence] = {}
+        self._known = False  # a first state has been learned
+        self._gap = False  # in a gap: fences not stored are stale too
+        self.transitions = 0
+
+    @property
+    def in_gap(self) -> bool:
+        return self._gap
+
+    def inside_ids(self) -> list[str]:
+        return sorted(self.zones.zones[i].id for i, s in self._st.items() if s.state)
+
+    def is_inside(self, index: int) -> bool:
+        s = self._st.get(index)
+        return bool(s and s.state)
+
+    def is_busy(self, index: int) -> bool:
+        """Inside, or a change pending: a crossing is not reported for it."""
+        s = self._st.get(index)
+        return bool(s and (s.state or s.pending))
+
+    def mark_gap(self) -> None:
+        if not self._known or self._gap:
+            return
+        self._gap = True
+        for s in self._st.values():
+            s.stale = True
+            s.pending = None
+
+    def update(
+        self, t: float, inside: Iterable[int], near: Iterable[int]
+    ) -> list[Transition]:
+        zones = self.zones.zones
+        inside_f = {i for i in inside if zones[i].kind == "fence"}
+        near_f = {i for i in near if zones[i].kind == "fence"}
+        first = not self._known
+        gap = self._gap
+        out: list[Transition] = []
+        debounce = self.cfg.debounce_s
+        for i in sorted(inside_f.union(self._st)):
+            st = self._st.get(i)
+            if st is None:
+                st = _Fence(state=None if first else False, stale=gap)
+                self._st[i] = st
+            target = (i in near_f) if st.state else (i in inside_f)
+            if st.state is None and not target:
+                st.state = False
+                st.pending = None
+            elif st.state is not None and target == st.state:
+                st.pending = None
+                st.stale = False  # known again, unchanged across the gap
+            else:
+                if st.pending is not target:
+                    st.pending = target
+                    st.pending_since = t
+                if t - st.pending_since >= debounce:
+                    kind = ("inside" if st.state is None else "enter") if target else "exit"
+                    out.append(Transition(zone=zones[i], transition=kind, after_gap=st.stale))
+                    st.state = target
+                    st.pending = None
+                    st.stale = False
+                    if target:
+                        st.since = t
+                        st.dwelled = False
+            dwell = zones[i].dwell_s
+            if st.state and not st.dwelled and dwell is not None and t - st.since >= dwell:
+                st.dwelled = True
+                out.append(Transition(zone=zones[i], transition="dwell"))
+            if st.state is False and st.pending is None and not st.stale:
+                del self._st[i]
+        self._known = True
+        self._gap = False
+        self.transitions += len(out)
+        return out
+
+    def crossed(self, indices: Iterable[int]) -> list[Transition]:
+        out = [Transition(zone=self.zones.zones[i], transition="crossed") for i in sorted(indices)]
+        self.transitions += len(out)
+        return out
+
+    def reload(
+        self, zones: Zones, inside_now: Iterable[int] | None, t: float
+    ) -> list[Transition]:
+        """Swap to ``zones``. States of ids in both sets carry over; a new fence the car
+        is in now (``inside_now``: new indices at the last fix) is reported ``inside``."""
+        old = self.zones
+        moved: dict[int, _Fence] = {}
+        for i, st in self._st.items():
+            nz = zones.by_id.get(old.zones[i].id)
+            if nz is not None and nz.kind == "fence":
+                moved[nz.index] = st
+        out: list[Transition] = []
+        if inside_now is not None and self._known:
+            for i in sorted(inside_now):
+                z = zones.zones[i]
+                if z.kind != "fence" or z.id in old.by_id and old.by_id[z.id].kind == "fence":
+                    continue
+                moved[i] = _Fence(state=True, since=t)
+                out.append(Transition(zone=z, transition="inside"))
+        self.zones = zones
+        self._st = moved
+        self.transitions += len(out)
+        return out

@@ -1,0 +1,84 @@
+"""Telemetry sampling (one record per interval of event time) and batching under the
+AWS IoT Core payload limit. Signal names follow COVESA VSS where one exists."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from edge.model import Event, Fix, SpeedSample
+
+FIX_TYPES = {0: "NONE", 2: "TWO_D", 3: "THREE_D"}
+
+
+class TelemetrySampler:
+    """Emits one telemetry event per ``interval_s`` of event time, carrying the
+    latest fix and the arbitrated speed."""
+
+    def __init__(self, *, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._next: float | None = None
+        self._fix: Fix | None = None
+        self._speed: SpeedSample | None = None
+
+    def on_speed(self, sample: SpeedSample) -> None:
+        self._speed = sample
+
+    def on_fix(self, fix: Fix) -> Event | None:
+        self._fix = fix
+        if fix.time is None:
+            return None
+        return self.sample(fix.time, clock="gnss" if fix.valid else "system")
+
+    def sample(self, time: float, *, clock: str = "gnss") -> Event | None:
+        if self._next is not None and time < self._next:
+            return None
+        # align to the interval grid so that records are evenly spaced
+        self._next = (time // self.interval_s + 1) * self.interval_s
+        return Event(kind="telemetry", time=time, body=self.record(), clock=clock)
+
+    def record(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        s = self._speed
+        if s is not None:
+            body["Vehicle.Speed"] = round(s.speed_kmh, 2)
+            body["speed_source"] = s.source
+        f = self._fix
+        if f is not None and f.lat is not None and f.lon is not None:
+            body["Vehicle.CurrentLocation.Latitude"] = round(f.lat, 7)
+            body["Vehicle.CurrentLocation.Longitude"] = round(f.lon, 7)
+            if f.alt_m is not None:
+                body["Vehicle.CurrentLocation.Altitude"] = round(f.alt_m, 1)
+            if f.course_deg is not None:
+                body["Vehicle.CurrentLocation.Heading"] = round(f.course_deg, 1)
+            body["Vehicle.CurrentLocation.GNSSReceiver.FixType"] = FIX_TYPES.get(f.mode, "NONE")
+            body["gnss"] = {"valid": f.valid, "hdop": f.hdop, "sats": f.sats}
+            if f.reason:
+                body["gnss"]["reason"] = f.reason
+        return body
+
+
+def batch_payload(thing: str, records: Sequence[bytes]) -> bytes:
+    """One telemetry publish holding several envelopes (each keeps its own id)."""
+    return b'{"thing":' + json.dumps(thing).encode() + b',"type":"telemetry_batch","count":' + (
+        str(len(records)).encode()
+    ) + b',"records":[' + b",".join(records) + b"]}"
+
+
+def split_batches(records: Sequence[bytes], *, max_records: int, max_bytes: int,
+                  overhead: int = 256) -> list[list[int]]:
+    """Indices of ``records`` grouped so that no batch exceeds either bound."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    size = overhead
+    for i, rec in enumerate(records):
+        n = len(rec) + 1
+        if cur and (len(cur) >= max_records or size + n > max_bytes):
+            out.append(cur)
+            cur, size = [], overhead
+        cur.append(i)
+        size += n
+    if cur:
+        out.append(cur)
+    return out

@@ -1,0 +1,498 @@
+"""Zones: the fences, speed zones and points of interest of one GeoJSON file.
+
+The file is one GeoJSON FeatureCollection (RFC 7946: lon/lat, WGS 84). Each feature
+becomes one ``Zone``; its ``properties`` say what it is:
+
+==============  ===============================================================
+``id``          required, unique (string or number; the feature's own ``id`` is
+                used when ``properties.id`` is absent)
+``name``        shown to people; defaults to the id
+``kind``        ``"fence"`` | ``"speed"`` | ``"poi"``. Default: ``"poi"`` when the
+                feature has an ``offer``, else ``"fence"``. Fences produce geofence
+                events (and their ``maxspeed`` applies); ``"speed"`` zones only carry
+                a ``maxspeed``; POIs produce offers.
+``maxspeed``    km/h as OSM tags it: ``50``, ``"50"``, ``"30 mph"``, ``"none"`` (no limit)
+``dwell_s``     fences: emit ``dwell`` once after this long inside
+``radius_m``    with a Point geometry: a circle (required for POIs)
+``width_m``     with a LineString geometry: a corridor this wide (centre line ± width/2)
+``offer``       POIs: the offer sent to the phone (any JSON value)
+==============  ===============================================================
+
+Geometry is kept in metres, each zone in its own local frame (``edge.core.geo``), so
+circles, corridors and hysteresis are exact in metres and a fence that crosses the
+antimeridian (either split as RFC 7946 asks, or drawn with longitudes past ±180) works.
+One ``shapely.STRtree`` over every zone's lon/lat bounding box (with a ±360° copy for
+boxes that cross the antimeridian) finds candidates; prepared geometries answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from edge.core.geo import M_PER_DEG, MIN_COS, LocalFrame, wrap_lon
+from edge.errors import ZonesError
+
+ZoneKind = Literal["fence", "speed", "poi"]
+ZoneShape = Literal["polygon", "circle", "corridor"]
+KINDS: tuple[str, ...] = ("fence", "speed", "poi")
+MPH_KMH = 1.609344
+_SAFETY = 1.05
+KNOT_KMH = 1.852
+_MAXSPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$", re.I)
+
+
+def parse_maxspeed(value: Any) -> float | None:
+    """km/h from an OSM-style ``maxspeed``; None for ``"none"``. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"maxspeed must be a number or an OSM value, got {value!r}")
+    if isinstance(value, int | float):
+        kmh = float(value)
+    elif isinstance(value, str):
+        if value.strip().lower() in ("none", "unlimited"):
+            return None
+        m = _MAXSPEED_RE.match(value)
+        if not m:
+            raise ValueError(f"maxspeed {value!r} is not '50', '50 km/h' or '30 mph'")
+        kmh = float(m.group(1))
+        unit = (m.group(2) or "").lower()
+        if unit == "mph":
+            kmh *= MPH_KMH
+        elif unit == "knots":
+            kmh *= KNOT_KMH
+    else:
+        raise ValueError(f"maxspeed must be a number or an OSM value, got {value!r}")
+    if not math.isfinite(kmh) or kmh <= 0:
+        raise ValueError(f"maxspeed must be positive, got {value!r}")
+    return round(kmh, 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Zone:
+    """One feature of the zones file, with its geometry in metres in ``frame``."""
+
+    index: int
+    id: str
+    name: str
+    kind: ZoneKind
+    shape: ZoneShape
+    frame: LocalFrame
+    geom: BaseGeometry  # metres in ``frame``; prepared
+    boundary: BaseGeometry  # metres in ``frame``; prepared
+    bounds: tuple[float, float, float, float]  # lon/lat box; lon may pass ±180
+    maxspeed_kmh: float | None = None
+    dwell_s: float | None = None
+    radius_m: float | None = None
+    width_m: float | None = None
+    offer: Any = None
+    digest: str = ""  # hash of the feature: equal digests mean an unchanged zone
+
+    def signed_distance_m(self, lat: float, lon: float) -> float:
+        """Metres from the zone's edge: negative inside, positive outside."""
+        x, y = self.frame.xy(lat, lon)
+        return self.signed_distance_xy(x, y)
+
+    def signed_distance_xy(self, x: float, y: float) -> float:
+        if self.shape == "circle":
+            assert self.radius_m is not None
+            return math.hypot(x, y) - self.radius_m
+        pt = shapely.Point(x, y)
+        if shapely.contains_xy(self.geom, x, y):
+            return -float(shapely.distance(self.boundary, pt))
+        return float(shapely.distance(self.geom, pt))
+
+    def segment_hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
+        """Whether the straight segment between two points passes through the zone."""
+        a = self.frame.xy(lat1, lon1)
+        b = self.frame.xy(lat2, lon2)
+        if self.shape == "circle":
+            assert self.radius_m is not None
+            return _segment_point_distance(a, b) <= self.radius_m
+        return bool(self.geom.intersects(shapely.LineString([a, b])))
+
+
+def _segment_point_distance(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Distance from the origin to the segment a-b."""
+    ax, ay = a
+    dx, dy = b[0] - ax, b[1] - ay
+    d2 = dx * dx + dy * dy
+    t = 0.0 if d2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / d2))
+    return math.hypot(ax + t * dx, ay + t * dy)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Zones:
+    """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
+
+    zones: tuple[Zone, ...]
+    tree: shapely.STRtree
+    tree_zone: tuple[int, ...]  # tree item -> zone index (antimeridian boxes appear twice)
+    by_id: Mapping[str, Zone]
+    source: str = "<zones>"
+
+    @property
+    def fences(self) -> tuple[Zone, ...]:
+        return tuple(z for z in self.zones if z.kind == "fence")
+
+    @property
+    def pois(self) -> tuple[Zone, ...]:
+        return tuple(z for z in self.zones if z.kind == "poi")
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in KINDS}
+        for z in self.zones:
+            out[z.kind] += 1
+        return out
+
+    def query_box(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> set[int]:
+        """Indices of zones whose bounding box meets the lon/lat box (lon in any turn)."""
+        boxes = [shapely.box(min_lon, min_lat, max_lon, max_lat)]
+        if max_lon > 180.0:
+            boxes.append(shapely.box(min_lon - 360.0, min_lat, max_lon - 360.0, max_lat))
+        if min_lon < -180.0:
+            boxes.append(shapely.box(min_lon + 360.0, min_lat, max_lon + 360.0, max_lat))
+        out: set[int] = set()
+        for b in boxes:
+            for item in self.tree.query(b).tolist():
+                out.add(self.tree_zone[item])
+        return out
+
+    def at(self, lat: float, lon: float) -> list[Zone]:
+        """Zones that contain the point (one-off lookup; the rules use ``ZoneLocator``)."""
+        hits = self.tree.query(shapely.Point(lon, lat)).tolist()
+        out = {self.tree_zone[i] for i in hits}
+        return [self.zones[i] for i in sorted(out) if self.zones[i].signed_distance_m(lat, lon) <= 0]
+
+
+EMPTY_ZONES_SOURCE = "<none>"
+
+
+def empty_zones() -> Zones:
+    return _build([], EMPTY_ZONES_SOURCE)
+
+
+def load_zones(path: Path) -> Zones:
+    """Read and index a zones file. Raises ``ZonesError`` naming the file and feature."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZonesError(f"{path}: cannot read: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ZonesError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ZonesError(f"{path}: must be a GeoJSON FeatureCollection object")
+    return parse_zones(data, source=str(path))
+
+
+def parse_zones(data: Mapping[str, Any], *, source: str = "<zones>") -> Zones:
+    """Validate and index a GeoJSON FeatureCollection. Raises ``ZonesError``."""
+    if data.get("type") != "FeatureCollection":
+        raise ZonesError(f"{source}: type must be 'FeatureCollection', got {data.get('type')!r}")
+    features = data.get("features")
+    if not isinstance(features, list):
+        raise ZonesError(f"{source}: 'features' must be a list")
+    zones: list[Zone] = []
+    seen: dict[str, int] = {}
+    for i, feat in enumerate(features):
+        fid = _feature_id(feat)
+        where = f"{source}: feature {i}" + (f" (id {fid!r})" if fid is not None else "")
+        try:
+            zone = _parse_feature(feat, len(zones), fid)
+        except ZonesError as exc:
+            raise ZonesError(f"{where}: {exc}") from None
+        except (ValueError, TypeError, shapely.errors.ShapelyError) as exc:
+            raise ZonesError(f"{where}: {exc}") from exc
+        if zone.id in seen:
+            raise ZonesError(f"{where}: duplicate id (also feature {seen[zone.id]})")
+        seen[zone.id] = i
+        zones.append(zone)
+    return _build(zones, source)
+
+
+def _build(zones: list[Zone], source: str) -> Zones:
+    boxes: list[BaseGeometry] = []
+    tree_zone: list[int] = []
+    for z in zones:
+        x0, y0, x1, y1 = z.bounds
+        for shift in (0.0, -360.0, 360.0):
+            a, b = x0 + shift, x1 + shift
+            if b < -180.0 or a > 180.0:
+                continue
+            boxes.append(shapely.box(a, y0, b, y1))
+            tree_zone.append(z.index)
+    return Zones(
+        zones=tuple(zones),
+        tree=shapely.STRtree(boxes),
+        tree_zone=tuple(tree_zone),
+        by_id=MappingProxyType({z.id: z for z in zones}),
+        source=source,
+    )
+
+
+def _feature_id(feat: Any) -> str | None:
+    if not isinstance(feat, Mapping):
+        return None
+    props = feat.get("properties")
+    raw = props.get("id") if isinstance(props, Mapping) else None
+    if raw is None:
+        raw = feat.get("id")
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None
+    return str(raw)
+
+
+def _number(props: Mapping[str, Any], key: str, *, positive: bool) -> float | None:
+    v = props.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ZonesError(f"{key} must be a number, got {v!r}")
+    if v < 0 or (positive and v == 0):
+        raise ZonesError(f"{key} must be {'positive' if positive else 'non-negative'}, got {v!r}")
+    return float(v)
+
+
+def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
+    if not isinstance(feat, Mapping) or feat.get("type") != "Feature":
+        raise ZonesError("not a GeoJSON Feature")
+    props = feat.get("properties")
+    if not isinstance(props, Mapping):
+        raise ZonesError("properties must be an object")
+    if fid is None or not fid.strip():
+        raise ZonesError("needs an 'id' (string or number) in properties or on the feature")
+    name = props.get("name", fid)
+    if not isinstance(name, str):
+        raise ZonesError(f"name must be a string, got {name!r}")
+    kind = props.get("kind", "poi" if "offer" in props else "fence")
+    if kind not in KINDS:
+        raise ZonesError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    try:
+        maxspeed = parse_maxspeed(props["maxspeed"]) if props.get("maxspeed") is not None else None
+    except ValueError as exc:
+        raise ZonesError(str(exc)) from None
+    if kind == "speed" and maxspeed is None:
+        raise ZonesError("a 'speed' zone needs a maxspeed")
+    dwell = _number(props, "dwell_s", positive=False)
+    radius = _number(props, "radius_m", positive=True)
+    width = _number(props, "width_m", positive=True)
+    if kind == "poi" and "offer" not in props:
+        raise ZonesError("a POI needs an 'offer'")
+    geom = feat.get("geometry")
+    if not isinstance(geom, Mapping):
+        raise ZonesError("geometry must be an object")
+    gtype = geom.get("type")
+    coords = geom.get("coordinates")
+    if kind == "poi" and gtype != "Point":
+        raise ZonesError(f"a POI must be a Point with radius_m, got {gtype!r}")
+    shape: ZoneShape
+    if gtype == "Point":
+        if radius is None:
+            raise ZonesError("a Point needs radius_m (a circle)")
+        shape = "circle"
+        lon, lat = _position(coords)
+        frame = LocalFrame.at(lat, lon)
+        g: BaseGeometry = shapely.Point(0.0, 0.0).buffer(radius, quad_segs=16)
+    elif gtype == "LineString":
+        if width is None:
+            raise ZonesError("a LineString needs width_m (a corridor)")
+        shape = "corridor"
+        pts = [_position(c) for c in _list(coords, "coordinates")]
+        if len(pts) < 2:
+            raise ZonesError("a LineString needs at least 2 positions")
+        frame = _frame_for(pts)
+        line = shapely.LineString([frame.xy(lat, lon) for lon, lat in pts])
+        g = line.buffer(width / 2.0, quad_segs=8)
+    elif gtype in ("Polygon", "MultiPolygon"):
+        shape = "polygon"
+        polys = [coords] if gtype == "Polygon" else _list(coords, "coordinates")
+        rings = [[[_position(c) for c in _list(r, "ring")] for r in _list(p, "polygon")]
+                 for p in polys]
+        if not rings or any(not p for p in rings):
+            raise ZonesError(f"{gtype} has no rings")
+        frame = _frame_for([pt for p in rings for r in p for pt in r])
+        parts = []
+        for p in rings:
+            for r in p:
+                if len(r) < 4 or r[0] != r[-1]:
+                    raise ZonesError("a ring needs at least 4 positions and must be closed")
+            xy = [[frame.xy(lat, lon) for lon, lat in r] for r in p]
+            poly = shapely.Polygon(xy[0], xy[1:])
+            if not poly.is_valid:
+                raise ZonesError(f"invalid polygon: {shapely.is_valid_reason(poly)}")
+            parts.append(poly)
+        g = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+        if g.is_empty or g.area <= 0:
+            raise ZonesError("polygon has no area")
+    else:
+        raise ZonesError(
+            f"geometry type {gtype!r} not supported (Polygon, MultiPolygon, "
+            "Point + radius_m, LineString + width_m)"
+        )
+    boundary = g.boundary
+    shapely.prepare(g)
+    shapely.prepare(boundary)
+    x0, y0, x1, y1 = g.bounds
+    lat_a, lon_a = frame.latlon(x0, y0)
+    lat_b, lon_b = frame.latlon(x1, y1)
+    offer = props.get("offer")
+    digest = hashlib.sha1(
+        json.dumps({"g": geom, "p": props}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return Zone(
+        index=index, id=fid, name=name, kind=kind, shape=shape, frame=frame, geom=g,
+        boundary=boundary, bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
+        dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, digest=digest,
+    )
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise ZonesError(f"{what} must be a list")
+    return v
+
+
+def _position(c: Any) -> tuple[float, float]:
+    if (not isinstance(c, list | tuple) or len(c) < 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in c[:2])):
+        raise ZonesError(f"position must be [lon, lat], got {c!r}")
+    lon, lat = float(c[0]), float(c[1])
+    if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 540:
+        raise ZonesError(f"position out of range (lon, lat): {c!r}")
+    return lon, lat
+
+
+def _frame_for(pts: Sequence[tuple[float, float]]) -> LocalFrame:
+    """A frame centred on the points' box (longitudes unwrapped around the first)."""
+    lon0, lat0 = pts[0]
+    f0 = LocalFrame.at(lat0, lon0)
+    xs, ys = zip(*(f0.xy(lat, lon) for lon, lat in pts), strict=True)
+    lat_c, lon_c = f0.latlon((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2)
+    lon_c = (lon_c + 180.0) % 360.0 - 180.0
+    return LocalFrame.at(lat_c, lon_c)
+
+
+class ZoneLocator:
+    """Which zones contain a moving point, fast: one per ``Rules`` (mutable, not shared).
+
+    The STRtree is queried with a box of ``radius_m`` around the point and the candidates
+    are kept while the point stays well inside that box. For each candidate the signed
+    distance to its edge is remembered with the place it was measured: while the point
+    has moved less than that distance (and less than its distance to the hysteresis
+    line), the answer cannot have changed and no geometry is touched. Far candidates
+    keep a lower bound from their bounding box instead.
+    """
+
+    __slots__ = ("_entries", "_q", "_r", "evaluations", "queries", "zones")
+
+    def __init__(self, zones: Zones, *, radius_m: float = 300.0) -> None:
+        self.zones = zones
+        self._r = radius_m
+        self._q: LocalFrame | None = None
+        # [anchor x, anchor y, sd (or bound), exact, zone index, bx0, by0, bx1, by1]
+        self._entries: list[list[Any]] = []
+        self.queries = 0
+        self.evaluations = 0
+
+    def _requery(self, lat: float, lon: float) -> None:
+        q = LocalFrame.at(lat, lon)
+        dlat = self._r / M_PER_DEG
+        dlon = self._r / (M_PER_DEG * max(math.cos(math.radians(lat)), MIN_COS))
+        lat0 = max(-90.0, lat - dlat)
+        lat1 = min(90.0, lat + dlat)
+        idxs = self.zones.query_box(lon - dlon, lat0, lon + dlon, lat1)
+        entries: list[list[Any]] = []
+        for i in sorted(idxs):
+            z = self.zones.zones[i]
+            cx = wrap_lon((z.bounds[0] + z.bounds[2]) / 2.0 - q.lon0) * q.kx
+            half = (z.bounds[2] - z.bounds[0]) / 2.0 * q.kx
+            bx0, bx1 = cx - half, cx + half
+            by0 = (z.bounds[1] - q.lat0) * q.ky
+            by1 = (z.bounds[3] - q.lat0) * q.ky
+            entries.append([0.0, 0.0, -math.inf, False, i, bx0, by0, bx1, by1])
+        self._q = q
+        self._entries = entries
+        self.queries += 1
+
+    def locate(self, lat: float, lon: float, hysteresis_m: float) -> tuple[list[int], list[int]]:
+        """Zone indices (inside, near): inside the zone, and within ``hysteresis_m`` of it."""
+        q = self._q
+        h = hysteresis_m
+        if q is not None:
+            x, y = q.xy(lat, lon)
+            lim = self._r - h - 2.0
+            if lim <= 0 or abs(x) > lim or abs(y) > lim:
+                q = None
+        if q is None:
+            self._requery(lat, lon)
+            q = self._q
+            assert q is not None
+            x, y = 0.0, 0.0
+        inside: list[int] = []
+        near: list[int] = []
+        zones = self.zones.zones
+        for e in self._entries:
+            dx = x - e[0]
+            dy = y - e[1]
+            m2 = dx * dx + dy * dy
+            sd = e[2]
+            m2 *= _SAFETY  # frames differ slightly: stay a little conservative
+            if e[3]:
+                if sd <= 0.0:
+                    ok = m2 < sd * sd
+                else:
+                    d = sd - h
+                    ok = m2 < sd * sd and m2 < d * d
+            else:
+                d = sd - h
+                ok = d > 0.0 and m2 < d * d
+            if not ok:
+                # a cheap bound from the bounding box first
+                bx = max(e[5] - x, 0.0, x - e[7])
+                by = max(e[6] - y, 0.0, y - e[8])
+                bound = math.hypot(bx, by) * 0.99 - 1.0
+                e[0] = x
+                e[1] = y
+                if bound > h:
+                    e[2] = bound
+                    e[3] = False
+                    continue
+                sd = zones[e[4]].signed_distance_m(lat, lon)
+                self.evaluations += 1
+                e[2] = sd
+                e[3] = True
+            if sd <= 0.0:
+                inside.append(e[4])
+                near.append(e[4])
+            elif sd <= h:
+                near.append(e[4])
+        return inside, near
+
+    def nearby(self, lat: float, lon: float, within_m: float) -> list[int] | None:
+        """Candidates that may lie within ``within_m`` of the point from the cached set,
+        or None when the cache does not cover that far (the caller queries the tree)."""
+        q = self._q
+        if q is None:
+            return None
+        x, y = q.xy(lat, lon)
+        lim = self._r - within_m - 2.0
+        if lim <= 0 or abs(x) > lim or abs(y) > lim:
+            return None
+        out = []
+        for e in self._entries:
+            bx = max(e[5] - x, 0.0, x - e[7])
+            by = max(e[6] - y, 0.0, y - e[8])
+            if math.hypot(bx, by) * 0.99 - 1.0 <= within_m:
+                out.append(e[4])
+        return out

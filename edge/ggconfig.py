@@ -1,0 +1,399 @@
+"""Component configuration from the Greengrass nucleus, with validated hot reload.
+
+A recipe's ``DefaultConfiguration`` mirrors the TOML config (same tables, same keys) plus
+Greengrass' own ``accessControl``. ``component_config_to_dict`` turns that JSON into the
+dict ``edge.config.config_from_dict`` takes; ``GreengrassConfigWatcher`` then:
+
+* reads it with GetConfiguration at start (invalid at start: ``ConfigError``, the
+  daemon exits non-zero as it would with a bad TOML file);
+* answers SubscribeToValidateConfigurationUpdates events (sent by the nucleus *before*
+  a deployment changes the configuration) with SendConfigurationValidityReport
+  ACCEPTED / REJECTED, so an invalid fleet deployment fails and rolls back instead of
+  reaching the daemon;
+* on SubscribeToConfigurationUpdate (after a change, e.g. a local deployment or a
+  nucleus that does not validate) re-reads the configuration, validates it and either
+  calls ``on_config(new)`` or keeps the old one, logging the reason once and keeping it
+  in ``health()``. Optionally (``update_state_on_reject``) it reports UpdateState
+  ERRORED; off by default because the nucleus restarts an ERRORED component and marks
+  it BROKEN after three tries, which is the opposite of "keep running on the old
+  config".
+
+awsiotsdk calls back on awscrt threads; every callback only hands over to the asyncio
+loop with ``call_soon_threadsafe``. Updates are coalesced (the latest configuration is
+re-read), so nothing queues up without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from edge.config import Config, config_from_dict
+from edge.errors import ConfigError, EdgeError, UplinkError
+from edge.uplinks.greengrass import map_ipc_error, open_ipc_connection
+
+log = structlog.get_logger()
+
+# Keys of a component configuration that belong to Greengrass, not to our Config.
+GREENGRASS_ONLY_KEYS = frozenset({"accessControl"})
+THING_ENV = "AWS_IOT_THING_NAME"  # set by the nucleus for every component
+
+OnConfig = Callable[[Config], Awaitable[None] | None]
+
+
+def component_config_to_dict(
+    value: Mapping[str, Any], *, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Component configuration JSON -> the dict ``config_from_dict`` takes.
+
+    Drops Greengrass' own keys (``accessControl``) and JSON nulls (TOML has no null: an
+    absent key means the default); turns integral floats back into ints (the Java
+    nucleus may hand ``9600`` back as ``9600.0``); fills ``thing`` from
+    ``AWS_IOT_THING_NAME`` when the configuration leaves it empty.
+    """
+    e = os.environ if env is None else env
+    out = _clean({k: v for k, v in value.items() if k not in GREENGRASS_ONLY_KEYS})
+    if not out.get("thing") and e.get(THING_ENV):
+        out["thing"] = e[THING_ENV]
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_clean(v) for v in value if v is not None]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def config_from_component(
+    value: Mapping[str, Any], *, base: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a component configuration into a ``Config`` (raises ``ConfigError``)."""
+    return config_from_dict(component_config_to_dict(value, env=env), base=base)
+
+
+def changed_sections(old: Config, new: Config) -> frozenset[str]:
+    """Top-level config sections that differ (``uplink`` usually means reconnect)."""
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)
+    )
+
+
+class GreengrassConfigWatcher:
+    """Async context manager: the component's Config, kept current and valid."""
+
+    def __init__(
+        self,
+        *,
+        on_config: OnConfig,
+        base: Path | None = None,
+        ipc_socket: str | None = None,
+        authtoken: str | None = None,
+        env: Mapping[str, str] | None = None,
+        validate_deployments: bool = True,
+        update_state_on_reject: bool = False,
+        timeout_s: float = 10.0,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self._on_config = on_config
+        self._base = base or Path.cwd()
+        self._ipc_socket = ipc_socket
+        self._authtoken = authtoken
+        self._env = env
+        self._validate_deployments = validate_deployments
+        self._update_state_on_reject = update_state_on_reject
+        self._timeout_s = timeout_s
+        self._reconnect_max_s = reconnect_max_s
+        self._config: Config | None = None
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._validations: set[asyncio.Task[None]] = set()
+        self._counts = {"applied": 0, "rejected": 0, "validated": 0, "invalidated": 0,
+                        "reconnects": 0}
+        self._last_reject: str | None = None
+        self._last_reject_at: float | None = None
+        self._last_reject_logged: str | None = None
+        self._validation_supported = True
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            raise RuntimeError("GreengrassConfigWatcher is not entered")
+        return self._config
+
+    def health(self) -> dict[str, Any]:
+        """Counters and the last rejection, for the daemon's health report."""
+        return {
+            "connected": self._client is not None and not self._lost.is_set(),
+            "updates_applied": self._counts["applied"],
+            "updates_rejected": self._counts["rejected"],
+            "deployments_accepted": self._counts["validated"],
+            "deployments_rejected": self._counts["invalidated"],
+            "reconnects": self._counts["reconnects"],
+            "last_rejected_reason": self._last_reject,
+            "last_rejected_at": self._last_reject_at,
+            "validation_supported": self._validation_supported,
+            "last_error": self._last_error,
+        }
+
+    async def __aenter__(self) -> Self:
+        if self._task is not None:
+            raise RuntimeError("GreengrassConfigWatcher is already entered")
+        self._loop = asyncio.get_running_loop()
+        await self._connect()
+        try:
+            value = await self._get_configuration()
+            # invalid at start: ConfigError propagates (clear error, non-zero exit)
+            self._config = config_from_component(value, base=self._base, env=self._env)
+        except BaseException:
+            self._close_client()
+            raise
+        self._task = asyncio.create_task(self._run(), name="ggconfig-watch")
+        log.info("ggconfig_loaded", thing=self._config.thing)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        for t in [*([task] if task else []), *self._validations]:
+            t.cancel()
+        for t in [*([task] if task else []), *self._validations]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._validations.clear()
+        self._close_client()
+
+    # ------------------------------------------------------------------ IPC plumbing
+
+    def _threadsafe(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn)
+
+    async def _ipc(self, cfut: Any, what: str) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await asyncio.wrap_future(cfut)
+        except TimeoutError as exc:
+            raise UplinkError(f"ggconfig: {what} timed out") from exc
+        except EdgeError:
+            raise
+        except Exception as exc:
+            raise map_ipc_error(exc, f"ggconfig: {what}") from exc
+
+    async def _connect(self) -> None:
+        from awsiot.greengrasscoreipc.client import GreengrassCoreIPCClient
+        from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+        self._lost.clear()
+        conn, fut = open_ipc_connection(
+            ipc_socket=self._ipc_socket,
+            authtoken=self._authtoken,
+            on_disconnect=lambda reason: self._threadsafe(self._lost.set),
+        )
+        try:
+            await self._ipc(fut, "connect")
+        except BaseException:
+            conn.close()
+            raise
+        client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(conn), executor=None)
+        self._client = client
+        try:
+            sub, _op = client.subscribe_to_configuration_update_async(
+                key_path=[],
+                on_stream_event=lambda ev: self._threadsafe(self._dirty.set),
+                on_stream_error=lambda err: False,  # keep the stream open
+            )
+            await self._ipc(sub, "SubscribeToConfigurationUpdate")
+            if self._validate_deployments:
+                await self._subscribe_validation(client)
+        except BaseException:
+            self._close_client()
+            raise
+
+    async def _subscribe_validation(self, client: Any) -> None:
+        def on_event(ev: Any) -> None:  # awscrt thread
+            inner = getattr(ev, "validate_configuration_update_event", None)
+            if inner is None:
+                return
+            cfg = dict(inner.configuration or {})
+            dep = inner.deployment_id
+            self._threadsafe(lambda: self._spawn_validation(cfg, dep))
+
+        try:
+            sub, _op = client.subscribe_to_validate_configuration_updates_async(
+                on_stream_event=on_event, on_stream_error=lambda err: False
+            )
+            await self._ipc(sub, "SubscribeToValidateConfigurationUpdates")
+            self._validation_supported = True
+        except UplinkError as exc:
+            if self._lost.is_set():
+                raise
+            # e.g. a nucleus without the operation: post-apply checks still protect us
+            self._validation_supported = False
+            log.warning("ggconfig_validation_unavailable", reason=str(exc))
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(executor_wait=False)
+
+    async def _get_configuration(self) -> dict[str, Any]:
+        if self._client is None:
+            raise UplinkError("ggconfig: not connected")
+        resp = await self._ipc(self._client.get_configuration_async(key_path=[]),
+                               "GetConfiguration")
+        return dict(resp.value or {})
+
+    # ------------------------------------------------------------------ behaviour
+
+    async def _run(self) -> None:
+        while True:
+            dirty = asyncio.ensure_future(self._dirty.wait())
+            lost = asyncio.ensure_future(self._lost.wait())
+            try:
+                await asyncio.wait({dirty, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                dirty.cancel()
+                lost.cancel()
+            if self._lost.is_set():
+                await self._reconnect()
+                self._dirty.set()  # we may have missed updates meanwhile
+                continue
+            self._dirty.clear()
+            try:
+                value = await self._get_configuration()
+            except UplinkError as exc:
+                self._last_error = str(exc)
+                log.warning("ggconfig_read_failed", reason=str(exc))
+                self._lost.set()
+                continue
+            await self._apply(value)
+
+    async def _reconnect(self) -> None:
+        self._close_client()
+        delay = 0.5
+        first = True
+        while True:
+            try:
+                await self._connect()
+                self._counts["reconnects"] += 1
+                self._last_error = None
+                log.info("ggconfig_reconnected")
+                return
+            except EdgeError as exc:
+                self._last_error = str(exc)
+                (log.warning if first else log.debug)("ggconfig_reconnect_failed",
+                                                      reason=str(exc))
+                first = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    async def _apply(self, value: Mapping[str, Any]) -> None:
+        try:
+            new = config_from_component(value, base=self._base, env=self._env)
+        except ConfigError as exc:
+            await self._reject(str(exc))
+            return
+        if new == self._config:
+            return
+        try:
+            res = self._on_config(new)
+            if inspect.isawaitable(res):
+                await res
+        except ConfigError as exc:
+            await self._reject(str(exc))
+            return
+        except Exception as exc:
+            await self._reject(f"applying failed: {type(exc).__name__}: {exc}")
+            return
+        self._config = new
+        self._counts["applied"] += 1
+        log.info("ggconfig_applied")
+
+    async def _reject(self, reason: str) -> None:
+        self._counts["rejected"] += 1
+        self._last_reject = reason
+        self._last_reject_at = time.time()
+        if reason != self._last_reject_logged:  # logged once per distinct reason
+            self._last_reject_logged = reason
+            log.warning("ggconfig_rejected", reason=reason, kept="previous configuration")
+        if self._update_state_on_reject and self._client is not None:
+            from awsiot.greengrasscoreipc import model
+
+            try:
+                await self._ipc(
+                    self._client.update_state_async(state=model.ReportedLifecycleState.ERRORED),
+                    "UpdateState",
+                )
+            except UplinkError as exc:
+                log.debug("ggconfig_update_state_failed", reason=str(exc))
+
+    def _spawn_validation(self, value: dict[str, Any], deployment_id: str | None) -> None:
+        if len(self._validations) >= 8:  # the nucleus deploys one at a time; never pile up
+            log.warning("ggconfig_validation_dropped", deployment=deployment_id)
+            return
+        task = asyncio.create_task(self._validate(value, deployment_id),
+                                   name="ggconfig-validate")
+        self._validations.add(task)
+        task.add_done_callback(self._validations.discard)
+
+    async def _validate(self, value: dict[str, Any], deployment_id: str | None) -> None:
+        from awsiot.greengrasscoreipc import model
+
+        client = self._client
+        if client is None:  # reconnecting: the nucleus times the validation out and goes on
+            return
+        try:
+            config_from_component(value, base=self._base, env=self._env)
+        except ConfigError as exc:
+            status, message = model.ConfigurationValidityStatus.REJECTED, str(exc)
+            self._counts["invalidated"] += 1
+            self._last_reject = f"deployment {deployment_id}: {exc}"
+            self._last_reject_at = time.time()
+            log.warning("ggconfig_deployment_rejected", deployment=deployment_id,
+                        reason=str(exc))
+        else:
+            status, message = model.ConfigurationValidityStatus.ACCEPTED, "valid"
+            self._counts["validated"] += 1
+        report = model.ConfigurationValidityReport(
+            status=status, deployment_id=deployment_id, message=message
+        )
+        try:
+            await self._ipc(
+                client.send_configuration_validity_report_async(
+                    configuration_validity_report=report
+                ),
+                "SendConfigurationValidityReport",
+            )
+        except UplinkError as exc:
+            self._last_error = str(exc)
+            log.warning("ggconfig_report_failed", deployment=deployment_id, reason=str(exc))

@@ -1,0 +1,404 @@
+"""Vehicle speed from the CAN bus, through python-can (socketcan | slcan | virtual).
+
+Reading happens on the event loop: when the bus has a file descriptor (socketcan, slcan's
+serial port) ``loop.add_reader`` wakes us and we drain ``bus.recv(0)``; buses without one
+(the in-process virtual bus) are read by one thread blocked in ``recv(timeout)`` that
+hands frames to the loop. Only the frame IDs the decoder needs pass the kernel /
+hardware filters (python-can filters in software where the interface cannot).
+
+Between reading and decoding sits a bounded queue of ``config.queue_max`` frames. Policy
+when it is full: **drop the oldest frame** and count it (``dropped``): for speed the newest
+frame is the one worth having, and a burst can never grow memory or latency.
+
+Faults never escape ``run()``: error frames are counted and skipped; bus-off, a vanished
+adapter (slcan pty or USB gone), a failed open or send close the bus and reopen it with
+capped, jittered exponential backoff (reset once frames flow again); python-can's
+``ValueError`` out of ``recv()`` on a malformed slcan line is counted and reading goes
+on. Each kind of fault is logged at WARNING the first time, at DEBUG after that.
+
+OBD mode (``config.mode = "obd"``) polls PID 0x0D (and RPM/coolant when cheap) with
+``edge.core.obd.ObdPoller``; the last RPM/coolant are in ``health()["obd"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from edge.config import CanConfig
+from edge.core.canspeed import DbcSpeedDecoder, FrameDecoder
+from edge.core.obd import PID_SPEED, REQUEST_ID, ObdPoller
+from edge.errors import ConfigError
+from edge.model import SpeedSample
+
+log = structlog.get_logger()
+
+CAN_ERR_BUSOFF = 0x00000040
+DRAIN_PER_WAKEUP = 256  # frames read per readiness callback before yielding the loop
+DECODE_PER_SLICE = 512  # frames decoded before yielding the loop
+SLCAN_BITRATES = frozenset(
+    {10000, 20000, 50000, 100000, 125000, 250000, 500000, 750000, 1000000, 83300}
+)
+
+Frame = tuple[int, bytes, float, float]  # arbitration_id, data, bus time, monotonic
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter (50-100 % of the step); reset on success."""
+
+    def __init__(self, *, base: float = 0.25, cap: float = 30.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        step = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return step * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class CanSource:
+    """Speed samples from a CAN bus. ``run(emit)`` until cancelled; ``health()`` anytime."""
+
+    def __init__(self, config: CanConfig, *, decoder: FrameDecoder | None = None) -> None:
+        if config.interface == "none":
+            raise ConfigError("can.interface", "CAN is disabled ('none')")
+        if config.interface == "slcan" and config.bitrate not in SLCAN_BITRATES:
+            raise ConfigError(
+                "can.bitrate",
+                f"slcan adapters take {', '.join(str(b) for b in sorted(SLCAN_BITRATES))}",
+            )
+        self.config = config
+        self._poller: ObdPoller | None = None
+        self._decoder: FrameDecoder | None = None
+        if config.mode == "obd":
+            self._poller = ObdPoller(
+                interval_s=config.obd_interval_s,
+                timeout_s=config.obd_timeout_s,
+                max_pids=config.obd_max_pids,
+                backoff_max_s=config.reopen_max_s,
+            )
+        elif decoder is not None:
+            self._decoder = decoder
+        else:
+            if config.dbc is None or not config.speed_signal:
+                raise ConfigError("can.dbc", "a DBC and can.speed_signal are needed in dbc mode")
+            self._decoder = DbcSpeedDecoder(
+                config.dbc, config.speed_signal, checksum=config.checksum
+            )
+        self._queue: deque[Frame] = deque()
+        self._wake: asyncio.Event | None = None
+        self._failure: asyncio.Future[str] | None = None
+        self._backoff = _Backoff(cap=config.reopen_max_s)
+        self._seen: set[str] = set()
+        self.state = "closed"
+        self.counters: dict[str, int] = {
+            "frames": 0,
+            "samples": 0,
+            "dropped": 0,
+            "error_frames": 0,
+            "bus_off": 0,
+            "remote": 0,
+            "malformed": 0,
+            "opens": 0,
+            "open_failures": 0,
+            "reopens": 0,
+            "send_errors": 0,
+            "emit_errors": 0,
+        }
+        self.last_error: str | None = None
+        self._fresh_bus = False
+
+    # ------------------------------------------------------------------ public
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "interface": self.config.interface,
+            "channel": self.config.channel,
+            "mode": self.config.mode,
+            "queue": len(self._queue),
+            "queue_max": self.config.queue_max,
+            "drop_policy": "drop-oldest",
+            **self.counters,
+            "last_error": self.last_error,
+        }
+        if self._decoder is not None:
+            stats = getattr(self._decoder, "stats", None)
+            if stats is not None and hasattr(stats, "as_dict"):
+                out["decoder"] = stats.as_dict()
+        if self._poller is not None:
+            out["obd"] = {**self._poller.stats.as_dict(), **self._poller.telemetry()}
+        return out
+
+    async def run(self, emit: Callable[[SpeedSample], None]) -> None:
+        """Read, decode and emit until cancelled. Never raises anything else."""
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                self.state = "connecting"
+                try:
+                    bus = await self._open()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.counters["open_failures"] += 1
+                    self._fault("open_failed", f"cannot open {self._where()}: {exc}")
+                    await self._sleep_backoff()
+                    continue
+                self.counters["opens"] += 1
+                if self.counters["opens"] > 1:
+                    self.counters["reopens"] += 1
+                self.state = "open"
+                self._fresh_bus = True
+                log.info("can.open", where=self._where(), mode=self.config.mode)
+                try:
+                    reason = await self._serve(bus, emit)
+                finally:
+                    self._close(bus)
+                self.state = "backoff"
+                self._fault("bus_lost", f"{self._where()}: {reason}; reopening")
+                await self._sleep_backoff()
+        finally:
+            self.state = "closed"
+
+    # ------------------------------------------------------------------ internals
+    def _where(self) -> str:
+        return f"{self.config.interface}:{self.config.channel}"
+
+    def _fault(self, kind: str, message: str) -> None:
+        self.last_error = message
+        if kind not in self._seen:
+            self._seen.add(kind)
+            log.warning("can." + kind, reason=message)
+        else:
+            log.debug("can." + kind, reason=message)
+
+    async def _sleep_backoff(self) -> None:
+        self.state = "backoff"
+        await asyncio.sleep(self._backoff.next())
+
+    def _filters(self) -> list[dict[str, Any]]:
+        if self._poller is not None:
+            return [{"can_id": 0x7E8, "can_mask": 0x7F8, "extended": False}]
+        assert self._decoder is not None
+        ext = self._decoder.extended
+        mask = 0x1FFFFFFF if ext else 0x7FF
+        return [
+            {"can_id": fid, "can_mask": mask, "extended": ext}
+            for fid in sorted(self._decoder.frame_ids)
+        ]
+
+    def _bus_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "interface": cfg.interface,
+            "channel": cfg.channel,
+            "can_filters": self._filters(),
+        }
+        if cfg.interface == "slcan":
+            kwargs["bitrate"] = cfg.bitrate
+            kwargs["sleep_after_open"] = cfg.slcan_open_delay_s
+        elif cfg.interface == "socketcan":
+            kwargs["fd"] = cfg.fd  # bitrate is set by `ip link`, not by the socket
+        elif cfg.interface == "virtual":
+            kwargs["receive_own_messages"] = False
+        return kwargs
+
+    async def _open(self) -> Any:
+        import can  # python-can is imported only when a bus is actually opened
+
+        kwargs = self._bus_kwargs()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, lambda: can.Bus(**kwargs))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the open finishes in its thread: close what it opens
+            def _late(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self._close(f.result())
+
+            fut.add_done_callback(_late)
+            raise
+
+    def _close(self, bus: Any) -> None:
+        stop = getattr(bus, "_edge_stop", None)
+        if stop is not None:
+            stop()
+        try:
+            bus.shutdown()
+        except Exception as exc:  # closing a vanished adapter fails; it is closed anyway
+            log.debug("can.close_failed", reason=repr(exc))
+
+    def _fail(self, reason: str) -> None:
+        fut = self._failure
+        if fut is not None and not fut.done():
+            fut.set_result(reason)
+
+    def _push(self, msg: Any, mono: float) -> None:
+        if msg.is_error_frame:
+            self.counters["error_frames"] += 1
+            if msg.arbitration_id & CAN_ERR_BUSOFF:
+                self.counters["bus_off"] += 1
+                self._fail("bus-off")
+            else:
+                self._fault("error_frame", f"error frame 0x{msg.arbitration_id:08X}")
+            return
+        if msg.is_remote_frame:
+            self.counters["remote"] += 1
+            return
+        self.counters["frames"] += 1
+        if self._fresh_bus:
+            self._fresh_bus = False
+            self._backoff.reset()  # frames flow: the next fault starts from a short delay
+        q = self._queue
+        if len(q) >= self.config.queue_max:
+            q.popleft()
+            self.counters["dropped"] += 1
+            if self.counters["dropped"] == 1:
+                self._fault("queue_full", f"queue of {self.config.queue_max} full: dropping oldest")
+        q.append((msg.arbitration_id, bytes(msg.data), float(msg.timestamp), mono))
+        wake = self._wake
+        if wake is not None:
+            wake.set()
+
+    def _on_readable(self, bus: Any) -> None:
+        mono = time.monotonic()
+        for _ in range(DRAIN_PER_WAKEUP):
+            try:
+                msg = bus.recv(0)
+            except ValueError as exc:  # python-can on a malformed slcan line
+                self.counters["malformed"] += 1
+                self._fault("malformed", f"malformed frame from {self._where()}: {exc}")
+                continue
+            except Exception as exc:
+                self._fail(f"read failed: {exc}")
+                return
+            if msg is None:
+                return
+            self._push(msg, mono)
+
+    def _start_reader(self, bus: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        fd = -1
+        with contextlib.suppress(Exception):
+            fd = int(bus.fileno())
+        if fd >= 0:
+            loop.add_reader(fd, self._on_readable, bus)
+
+            def remove() -> None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(fd)
+
+            return remove
+
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    msg = bus.recv(0.1)
+                except ValueError as exc:
+                    loop.call_soon_threadsafe(self._malformed, exc)
+                    continue
+                except Exception as exc:
+                    if not stop.is_set():
+                        loop.call_soon_threadsafe(self._fail, f"read failed: {exc}")
+                    return
+                if msg is not None:
+                    try:
+                        loop.call_soon_threadsafe(self._push, msg, time.monotonic())
+                    except RuntimeError:  # loop closed
+                        return
+
+        thread = threading.Thread(target=reader, name=f"can-read-{self.config.channel}",
+                                  daemon=True)
+        thread.start()
+
+        def stop_thread() -> None:
+            stop.set()
+            thread.join(timeout=1.0)
+
+        return stop_thread
+
+    def _malformed(self, exc: Exception) -> None:
+        self.counters["malformed"] += 1
+        self._fault("malformed", f"malformed frame from {self._where()}: {exc}")
+
+    async def _serve(self, bus: Any, emit: Callable[[SpeedSample], None]) -> str:
+        loop = asyncio.get_running_loop()
+        self._failure = loop.create_future()
+        self._queue.clear()
+        remove_reader = self._start_reader(bus, loop)
+        tasks = [asyncio.create_task(self._consume(emit), name="can-decode")]
+        if self._poller is not None:
+            tasks.append(asyncio.create_task(self._obd_loop(bus), name="can-obd-poll"))
+        try:
+            return await self._failure
+        finally:
+            remove_reader()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._failure = None
+
+    def _emit(self, emit: Callable[[SpeedSample], None], sample: SpeedSample) -> None:
+        self.counters["samples"] += 1
+        try:
+            emit(sample)
+        except Exception as exc:
+            self.counters["emit_errors"] += 1
+            self._fault("emit_failed", f"emit raised {exc!r}")
+
+    async def _consume(self, emit: Callable[[SpeedSample], None]) -> None:
+        assert self._wake is not None
+        wake, q = self._wake, self._queue
+        decoder, poller = self._decoder, self._poller
+        while True:
+            await wake.wait()
+            wake.clear()
+            n = 0
+            while q:
+                arb, data, ts, mono = q.popleft()
+                if decoder is not None:
+                    sample = decoder.decode(arb, data, ts, mono)
+                    if sample is not None:
+                        self._emit(emit, sample)
+                elif poller is not None:
+                    for value in poller.on_frame(arb, data, mono):
+                        if value.pid == PID_SPEED:
+                            self._emit(emit, SpeedSample(
+                                time=ts, speed_kmh=value.value, source="obd", mono=mono))
+                n += 1
+                if n % DECODE_PER_SLICE == 0:
+                    await asyncio.sleep(0)
+
+    async def _obd_loop(self, bus: Any) -> None:
+        import can
+
+        poller = self._poller
+        assert poller is not None
+        while True:
+            now = time.monotonic()
+            frame = poller.poll(now)
+            if frame is not None:
+                msg = can.Message(arbitration_id=REQUEST_ID, data=frame, is_extended_id=False)
+                try:
+                    bus.send(msg, timeout=0.05)
+                except Exception as exc:
+                    self.counters["send_errors"] += 1
+                    self._fail(f"send failed: {exc}")
+                    return
+            wait = poller.next_wakeup(time.monotonic())
+            await asyncio.sleep(min(max(wait, 0.005), self.config.obd_interval_s))
+

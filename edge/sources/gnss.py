@@ -1,0 +1,206 @@
+"""Serial GNSS source: NMEA bytes from a receiver -> merged fixes, on the event loop.
+
+The port is opened with pyserial (it sets baud and raw mode) and read without blocking
+through ``loop.add_reader`` on its file descriptor, so a USB receiver, a UART and a pty
+(the simulator, the tests) are read the same way. Framing and merging are
+``edge.core.nmea``'s.
+
+When the port cannot be opened, vanishes, reports EOF or an I/O error (a receiver
+unplugged: the kernel returns EIO / ENODEV), the source logs it (WARNING the first time,
+DEBUG while it keeps failing), counts it, flushes the pending epoch, closes the port and
+reopens it after a capped, jittered exponential backoff (``reopen_max_s``). The backoff
+resets once bytes flow again. Re-resolving the path on each attempt is what makes a
+replug work: udev's ``/dev/serial/by-id/...`` symlink (or a test's symlink) points to
+the new device node. ``run`` never raises except ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import serial
+import structlog
+
+from edge.config import GnssConfig
+from edge.core.nmea import GPS_ROLLOVER_2019, FixAssembler, NmeaDecoder
+from edge.errors import GnssError
+from edge.model import Fix
+
+log = structlog.get_logger()
+
+READ_SIZE = 4096
+BACKOFF_BASE_S = 0.2
+# Counters whose first increment is worth one log line (the reason of bad input).
+_BAD_INPUT = ("bad_checksum", "parse_error", "unknown", "framer_garbage_bytes",
+              "framer_too_long", "framer_aborted", "framer_restarts", "framer_binary_bad",
+              "jumps_rejected", "rollover_corrected", "late_sentences")
+
+
+def _default_assembler(config: GnssConfig) -> FixAssembler:
+    date = dt.date.fromisoformat(config.date) if config.date else None
+    today = dt.datetime.now(dt.UTC).date()
+    # The system clock is a rollover reference only when it looks set (a Pi without an
+    # RTC boots in 1970 or at its last shutdown time).
+    reference = today if today >= GPS_ROLLOVER_2019 else None
+    return FixAssembler(date=date, max_hdop=config.max_hdop,
+                        max_jump_mps=config.max_jump_mps,
+                        confirm_fixes=config.confirm_fixes, reference_date=reference)
+
+
+class GnssSource:
+    """Read fixes from ``config.port`` until cancelled. ``health()`` is cheap."""
+
+    def __init__(self, config: GnssConfig, *, assembler: FixAssembler | None = None) -> None:
+        if not config.port:
+            raise GnssError("gnss.port is not set")
+        self.config = config
+        self._decoder = NmeaDecoder(assembler or _default_assembler(config))
+        self._connected = False
+        self._failures = 0  # consecutive, for the backoff and the log level
+        self._counters: dict[str, int] = dict.fromkeys(
+            ("opens", "open_failures", "disconnects", "bytes", "fixes_emitted",
+             "emit_errors"), 0)
+        self._logged: set[str] = set()
+        self._last_fix_mono: float | None = None
+        self._last_valid_mono: float | None = None
+        self._skew_s: float | None = None
+        self._last_error: str | None = None
+
+    # -- public --------------------------------------------------------------------
+
+    async def run(self, emit: Callable[[Fix], None]) -> None:
+        port = self.config.port
+        assert port is not None
+        while True:
+            try:
+                ser = self._open(port)
+            except GnssError as exc:
+                self._counters["open_failures"] += 1
+                self._lost(str(exc))
+                await asyncio.sleep(self._next_delay())
+                continue
+            try:
+                reason = await self._read(ser, emit)
+            finally:
+                self._connected = False
+                self._decoder.framer.reset()
+                try:
+                    ser.close()
+                except Exception:  # closing a vanished device may fail: nothing to do
+                    pass
+            self._counters["disconnects"] += 1
+            self._lost(reason)
+            await asyncio.sleep(self._next_delay())
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "port": self.config.port,
+            "connected": self._connected,
+            "last_error": self._last_error,
+            "last_fix_age_s": None if self._last_fix_mono is None
+            else round(now - self._last_fix_mono, 3),
+            "last_valid_fix_age_s": None if self._last_valid_mono is None
+            else round(now - self._last_valid_mono, 3),
+            # system clock minus GNSS time at the last valid fix (includes the ~0.1-0.5 s
+            # the receiver takes to output an epoch); positive: the system clock is ahead
+            "clock_skew_s": None if self._skew_s is None else round(self._skew_s, 3),
+            **self._counters,
+            **self._decoder.stats,
+        }
+
+    # -- internals -----------------------------------------------------------------
+
+    def _open(self, port: str) -> serial.Serial:
+        try:
+            ser = serial.Serial(port=port, baudrate=self.config.baud, timeout=0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise GnssError(f"cannot open {port}: {exc}") from exc
+        self._counters["opens"] += 1
+        self._connected = True
+        log.debug("gnss.opened", port=port, baud=self.config.baud)
+        return ser
+
+    async def _read(self, ser: serial.Serial, emit: Callable[[Fix], None]) -> str:
+        """Read until the port is lost; return why."""
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = loop.create_future()
+        fd = ser.fileno()
+        decoder = self._decoder
+
+        def on_readable() -> None:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if not lost.done():
+                    lost.set_result(f"read error: {exc.strerror or exc}")
+                loop.remove_reader(fd)
+                return
+            if not data:
+                if not lost.done():
+                    lost.set_result("end of file (device closed)")
+                loop.remove_reader(fd)
+                return
+            if self._failures:
+                self._failures = 0
+                log.info("gnss.receiving", port=self.config.port)
+            self._counters["bytes"] += len(data)
+            self._deliver(decoder.feed(data, time.monotonic()), emit)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            reason = await lost
+        finally:
+            loop.remove_reader(fd)
+        # the epoch in progress when the port went away is complete as far as we know
+        self._deliver(decoder.flush(), emit)
+        return reason
+
+    def _deliver(self, fixes: list[Fix], emit: Callable[[Fix], None]) -> None:
+        if fixes:
+            now = time.monotonic()
+            for fix in fixes:
+                self._last_fix_mono = now
+                if fix.valid and fix.time is not None:
+                    self._last_valid_mono = now
+                    self._skew_s = time.time() - fix.time
+                self._counters["fixes_emitted"] += 1
+                try:
+                    emit(fix)
+                except Exception as exc:  # a consumer bug must not kill the source
+                    self._counters["emit_errors"] += 1
+                    if "emit" not in self._logged:
+                        self._logged.add("emit")
+                        log.error("gnss.emit_failed", error=repr(exc))
+        stats = None
+        for key in _BAD_INPUT:
+            if key in self._logged:
+                continue
+            if stats is None:
+                stats = self._decoder.stats
+            if stats.get(key, 0):
+                self._logged.add(key)
+                log.warning("gnss.bad_input", port=self.config.port, kind=key,
+                            count=stats[key])
+
+    def _lost(self, reason: str) -> None:
+        self._last_error = reason
+        self._failures += 1
+        if self._failures == 1:
+            log.warning("gnss.port_lost", port=self.config.port, reason=reason)
+        else:
+            log.debug("gnss.port_lost", port=self.config.port, reason=reason,
+                      attempt=self._failures)
+
+    def _next_delay(self) -> float:
+        cap = max(self.config.reopen_max_s, BACKOFF_BASE_S)
+        ceiling = min(cap, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 30))
+        return random.uniform(ceiling / 2, ceiling)  # jitter keeps half the step

@@ -1,0 +1,61 @@
+"""The one interface every uplink implements (iotcore, greengrass, mqtt, file).
+
+An uplink is an async context manager: entering connects (raising ``UplinkError`` or
+``UplinkAuthError``), leaving disconnects. It can be entered again after it was left,
+never twice at once. The reconnect loop belongs to the caller (``edge.app``).
+
+``publish`` returns only once the far side acknowledged the message (MQTT PUBACK with a
+reason code < 0x80, Greengrass IPC success, a flushed line in a file). It raises
+``PublishRejected`` when this message will never be accepted as it is (ACL denied,
+payload too large, bad topic) and ``UplinkError`` when the connection failed; library
+exceptions never leak out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, Self
+
+# AWS IoT Core hard limits, enforced by every uplink so that a message that passes
+# locally also passes in the cloud.
+MAX_PAYLOAD = 128 * 1024
+MAX_TOPIC_SLASHES = 7
+MAX_PUBLISH_PER_S = 100
+MAX_BYTES_PER_S = 512 * 1024
+
+
+class Uplink(Protocol):
+    name: str
+    max_payload: int
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        user_properties: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
+
+
+def check_topic(topic: str) -> str | None:
+    """Why ``topic`` may not be published to AWS IoT Core, or None when it may."""
+    if not topic or len(topic.encode()) > 256:
+        return "topic empty or longer than 256 bytes"
+    if topic.startswith("$"):
+        return "reserved topic ($...)"
+    if "+" in topic or "#" in topic:
+        return "wildcards are not allowed in a publish topic"
+    if topic.count("/") > MAX_TOPIC_SLASHES:
+        return f"topic has more than {MAX_TOPIC_SLASHES} slashes"
+    return None

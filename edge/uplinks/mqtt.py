@@ -1,0 +1,248 @@
+"""MQTT uplink to any broker with paho-mqtt 2.x (MQTT 5 or 3.1.1, optional mutual TLS).
+
+paho's network loop runs on its own thread (``loop_start``); every callback hands its
+result to the event loop with ``call_soon_threadsafe``. ``publish`` waits for the
+PUBACK: a reason code >= 0x80 (e.g. 0x87 "not authorized" from an ACL) raises
+``PublishRejected``; 0x10 "no matching subscribers" is a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from edge.config import UplinkConfig
+from edge.errors import PublishRejected, UplinkAuthError, UplinkError
+from edge.uplinks.base import MAX_PAYLOAD, check_topic
+
+log = structlog.get_logger()
+
+# CONNACK reason codes that retrying soon will not fix.
+_AUTH_CODES = {0x86, 0x87, 0x8C, 0x95, 4, 5}
+
+
+class MqttUplink:
+    name = "mqtt"
+    max_payload = MAX_PAYLOAD
+
+    def __init__(self, config: UplinkConfig, *, client_id: str) -> None:
+        self.config = config
+        self.client_id = config.client_id or client_id
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._early: dict[int, int] = {}
+        self._connected: asyncio.Future[None] | None = None
+        self._lost: asyncio.Event | None = None
+        self._lost_reason = ""
+
+    @property
+    def tls(self) -> bool:
+        c = self.config
+        return c.tls if c.tls is not None else (c.cert is not None or c.ca is not None)
+
+    @property
+    def port(self) -> int:
+        return self.config.port or (8883 if self.tls else 1883)
+
+    async def __aenter__(self) -> Self:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        if self._client is not None:
+            raise RuntimeError("MqttUplink is already connected")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._connected = loop.create_future()
+        self._lost = asyncio.Event()
+        v5 = self.config.protocol == 5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            **({} if v5 else {"clean_session": True}),
+        )
+        if self.tls:
+            key = self.config.key
+            if key is not None:
+                try:
+                    mode = key.stat().st_mode
+                except OSError as exc:
+                    raise UplinkAuthError(f"uplink.key {key}: {exc.strerror}") from exc
+                if mode & 0o004:
+                    raise UplinkAuthError(
+                        f"uplink.key {key} is world-readable; chmod 600 it"
+                    )
+            try:
+                ctx = ssl.create_default_context(
+                    cafile=str(self.config.ca) if self.config.ca else None
+                )
+                if self.config.cert and self.config.key:
+                    ctx.load_cert_chain(str(self.config.cert), str(self.config.key))
+            except (OSError, ssl.SSLError) as exc:
+                raise UplinkAuthError(f"TLS setup failed: {exc}") from exc
+            client.tls_set_context(ctx)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(1000)
+        self._client = client
+        try:
+            client.connect_async(
+                self.config.endpoint, self.port, keepalive=self.config.keepalive_s
+            )
+            client.loop_start()
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await self._connected
+        except TimeoutError as exc:
+            self._teardown()
+            raise UplinkError(
+                f"no CONNACK from {self.config.endpoint}:{self.port} within "
+                f"{self.config.connect_timeout_s:g} s"
+            ) from exc
+        except UplinkError:
+            self._teardown()
+            raise
+        except (OSError, ValueError) as exc:
+            self._teardown()
+            raise UplinkError(f"connect to {self.config.endpoint}:{self.port}: {exc}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.disconnect()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        await asyncio.to_thread(self._teardown)
+
+    def _teardown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.loop_stop()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._early.clear()
+        loop = self._loop
+        for fut in pending.values():
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_fail, fut, UplinkError("disconnected"))
+
+    # ---- callbacks: paho's thread
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        code = int(getattr(rc, "value", rc))
+        assert self._loop is not None and self._connected is not None
+        fut = self._connected
+        if code == 0:
+            self._loop.call_soon_threadsafe(_resolve, fut, None)
+            return
+        err_cls = UplinkAuthError if code in _AUTH_CODES else UplinkError
+        err = err_cls(f"broker refused the connection: {rc} (code {code})")
+        self._loop.call_soon_threadsafe(_fail, fut, err)
+        client.disconnect()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        self._lost_reason = str(rc)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        err = UplinkError(f"connection lost: {rc}")
+        for fut in pending.values():
+            loop.call_soon_threadsafe(_fail, fut, err)
+        if self._connected is not None:
+            loop.call_soon_threadsafe(_fail, self._connected, err)
+        if self._lost is not None:
+            loop.call_soon_threadsafe(self._lost.set)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        code = int(getattr(rc, "value", rc))
+        with self._lock:
+            fut = self._pending.pop(mid, None)
+            if fut is None:
+                self._early[mid] = code
+                return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, fut, code)
+
+    # ---- the interface
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the connection dropped; the caller leaves the context and retries."""
+        assert self._lost is not None
+        return self._lost
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        user_properties: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        why = check_topic(topic)
+        if why:
+            raise PublishRejected(f"{topic}: {why}")
+        if len(payload) > self.max_payload:
+            raise PublishRejected(f"{topic}: payload {len(payload)} B over {self.max_payload} B")
+        if qos not in (0, 1):
+            raise PublishRejected(f"{topic}: QoS {qos} not supported (0 or 1)")
+        client = self._client
+        if client is None or (self._lost is not None and self._lost.is_set()):
+            raise UplinkError("not connected")
+        props = None
+        if self.config.protocol == 5 and user_properties:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = list(user_properties)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        with self._lock:
+            info = client.publish(topic, payload, qos=qos, properties=props)
+            if info.rc != 0:
+                raise UplinkError(f"publish failed locally: rc={info.rc}")
+            if qos == 0:
+                return
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._pending[info.mid] = fut
+        if early is not None:
+            code = early
+        else:
+            async with asyncio.timeout(max(10.0, self.config.keepalive_s)):
+                code = await fut
+        if code >= 0x80:
+            raise PublishRejected(f"{topic}: broker rejected the publish (reason {code:#x})",
+                                  reason_code=code)
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,197 @@
+"""Replay a drive's merged timeline through device interfaces, in time.
+
+NMEA goes into a ``PtySerial`` (the daemon's serial port); CAN goes into a ``CanSink``:
+the fake USB slcan adapter of ``sim.slcan`` (a pty too) or python-can's in-process
+virtual bus. Timing follows the recorded timestamps, scaled by ``rate`` (1.0 = real
+time, 10.0 = ten times faster, None = as fast as the consumers take it); idle gaps
+longer than ``max_gap_s`` are shortened to that; ``loop`` starts over at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from sim.drive import Drive, iter_timeline, parse_candump
+from sim.pty import PtySerial
+
+log = structlog.get_logger()
+
+
+class CanSink(Protocol):
+    """Where replayed CAN frames go."""
+
+    def send(self, arbitration_id: int, data: bytes, extended: bool = False) -> Any: ...
+
+
+class VirtualCanSink:
+    """python-can's in-process virtual bus (``interface = "virtual"`` in the config)."""
+
+    def __init__(self, channel: str) -> None:
+        import can
+
+        self.channel = channel
+        self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        self._can = can
+        self.unplugged = False
+
+    def send(self, arbitration_id: int, data: bytes, extended: bool = False) -> None:
+        if self.unplugged:
+            return
+        self._bus.send(self._can.Message(arbitration_id=arbitration_id, data=data,
+                                         is_extended_id=extended))
+
+    def send_error(self) -> None:
+        if not self.unplugged:
+            self._bus.send(self._can.Message(is_error_frame=True, data=bytes(8)))
+
+    def unplug(self) -> None:
+        self.unplugged = True
+
+    def replug(self) -> None:
+        self.unplugged = False
+
+    def close(self) -> None:
+        self._bus.shutdown()
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    nmea_lines: int = 0
+    can_frames: int = 0
+    can_errors: int = 0
+    can_skipped: int = 0  # error frames a sink cannot carry, bad lines, unplugged time
+    unplugs: int = 0
+    loops: int = 0
+    drive_s: float = 0.0  # timeline seconds covered (before gap shortening)
+    wall_s: float = 0.0
+
+
+class Replayer:
+    """``await Replayer(drive, nmea=pty, can=sink, rate=1.0).run()``."""
+
+    def __init__(
+        self,
+        drive: Drive,
+        *,
+        nmea: PtySerial | None = None,
+        can: CanSink | None = None,
+        rate: float | None = 1.0,
+        max_gap_s: float | None = None,
+        loop: bool = False,
+        progress: Callable[[float, float], None] | None = None,
+        yield_every: int = 64,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive (or None for as fast as possible)")
+        self.drive = drive
+        self.nmea = nmea
+        self.can = can
+        self.rate = rate
+        self.max_gap_s = max_gap_s
+        self.loop = loop
+        self.progress = progress
+        self.yield_every = yield_every
+        self.stats = ReplayStats()
+        self._span: tuple[float, float] | None = None
+
+    def span(self) -> tuple[float, float]:
+        """(first, last) timeline time of the drive."""
+        if self._span is None:
+            first = last = None
+            for t, _, _ in iter_timeline(self.drive):
+                if first is None:
+                    first = t
+                last = t
+            self._span = (first or 0.0, last or 0.0)
+        return self._span
+
+    async def _send_can(self, line: bytes) -> None:
+        assert self.can is not None
+        frame = parse_candump(line)
+        if frame is None:
+            self.stats.can_skipped += 1
+            return
+        if frame.error:
+            send_error = getattr(self.can, "send_error", None)
+            if send_error is None:
+                self.stats.can_skipped += 1
+                return
+            result = send_error()
+            self.stats.can_errors += 1
+        else:
+            result = self.can.send(frame.arbitration_id, frame.data, frame.extended)
+            self.stats.can_frames += 1
+        if inspect.isawaitable(result):
+            await result
+
+    def _control(self, what: bytes) -> None:
+        if self.can is None:
+            return
+        fn = getattr(self.can, what.decode(), None)
+        if fn is None:
+            log.warning("sim.replay_control_unsupported", action=what.decode(),
+                        sink=type(self.can).__name__)
+            return
+        fn()
+        if what == b"unplug":
+            self.stats.unplugs += 1
+
+    async def _once(self) -> None:
+        first, last = self.span()
+        wall0 = time.monotonic()
+        skipped = 0.0  # timeline seconds cut out of long idle gaps
+        prev: float | None = None
+        n = 0
+        last_progress = 0.0
+        for t, kind, data in iter_timeline(self.drive, control=True):
+            if prev is not None and self.max_gap_s is not None and t - prev > self.max_gap_s:
+                skipped += t - prev - self.max_gap_s
+            prev = t
+            if self.rate is not None:
+                due = wall0 + (t - first - skipped) / self.rate
+                delay = due - time.monotonic()
+                if delay > 0.002:
+                    await asyncio.sleep(delay)
+                    n = 0
+            n += 1
+            if n >= self.yield_every:
+                n = 0
+                await asyncio.sleep(0)
+            if kind == "gnss":
+                if self.nmea is not None:
+                    await self.nmea.write(data + b"\r\n")
+                    self.stats.nmea_lines += 1
+            elif kind == "can":
+                if self.can is not None:
+                    await self._send_can(data)
+            elif kind == "ctl":
+                self._control(data)
+            if self.progress is not None:
+                now = time.monotonic()
+                if now - last_progress >= 0.5:
+                    last_progress = now
+                    self.progress(t - first, last - first)
+        self.stats.drive_s += last - first
+        if self.progress is not None:
+            self.progress(last - first, last - first)
+
+    async def run(self) -> None:
+        start = time.monotonic()
+        try:
+            while True:
+                await self._once()
+                self.stats.loops += 1
+                if not self.loop:
+                    break
+        finally:
+            self.stats.wall_s = time.monotonic() - start
+            log.info("sim.replay_done", drive=str(self.drive.path), nmea=self.stats.nmea_lines,
+                     can=self.stats.can_frames, can_errors=self.stats.can_errors,
+                     wall_s=round(self.stats.wall_s, 3))

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.broker import Broker, Pki, Subscriber
+
+THING = "car-test-1"
+OTHER = "car-test-2"
+
+
+@pytest.fixture(scope="session")
+def pki() -> Iterator[Pki]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is required for the TLS broker tests")
+    p = Pki.create([THING, OTHER])
+    yield p
+    shutil.rmtree(p.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(pki: Pki) -> Iterator[Broker]:
+    if shutil.which("mosquitto") is None and not __import__("os").path.exists(
+        "/usr/sbin/mosquitto"
+    ):
+        pytest.fail("mosquitto is not installed (make test installs it: apt-get install mosquitto)")
+    b = Broker(pki)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscriber(broker: Broker) -> Iterator[Subscriber]:
+    s = Subscriber(broker)
+    yield s
+    s.close()

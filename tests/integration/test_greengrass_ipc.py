@@ -1,0 +1,330 @@
+"""GreengrassUplink and GreengrassConfigWatcher against an eventstream IPC server written
+in the test suite, with awsiotsdk's real GreengrassCoreIPCClientV2 on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("awsiot.greengrasscoreipc.clientv2")
+
+from edge.config import Config
+from edge.errors import ConfigError, PublishRejected, UplinkAuthError, UplinkError
+from edge.ggconfig import (
+    GreengrassConfigWatcher,
+    changed_sections,
+    component_config_to_dict,
+    config_from_component,
+)
+from edge.uplinks.base import MAX_PAYLOAD
+from edge.uplinks.greengrass import GreengrassUplink
+from tests.support.ggipc_server import GgIpcServer, thing_topic_policy
+
+THING = "car-0001"
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    # unix socket paths are limited to ~107 bytes: keep it short, not under tmp_path
+    with tempfile.TemporaryDirectory(prefix="gg") as d:
+        yield Path(d)
+
+
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
+    async def main() -> None:
+        async with asyncio.timeout(timeout):
+            await coro_fn()
+
+    asyncio.run(main())
+
+
+def server(sock_dir: Path, **kw: Any) -> GgIpcServer:
+    kw.setdefault("may_publish", thing_topic_policy(THING))
+    return GgIpcServer(sock_dir / "ipc.sock", **kw)
+
+
+def uplink_for(srv: GgIpcServer, **kw: Any) -> GreengrassUplink:
+    return GreengrassUplink(ipc_socket=str(srv.path), authtoken=srv.svcuid, **kw)
+
+
+# --------------------------------------------------------------------------- uplink
+
+
+def test_publish_reaches_nucleus_with_qos_and_user_properties(sock_dir: Path) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv, uplink_for(srv) as up:
+            payload = json.dumps({"id": "01J", "type": "overspeed"}).encode()
+            await up.publish(f"vehicles/{THING}/events/overspeed", payload,
+                             user_properties=[("content-encoding", "gzip")])
+            await up.publish(f"vehicles/{THING}/telemetry", b"{}", qos=0)
+            assert [(p.topic, p.payload, p.qos) for p in srv.published] == [
+                (f"vehicles/{THING}/events/overspeed", payload, "1"),
+                (f"vehicles/{THING}/telemetry", b"{}", "0"),
+            ]
+            assert srv.published[0].user_properties == [("content-encoding", "gzip")]
+
+    run(body)
+
+
+def test_publish_uses_env_like_a_component(sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv:
+            for k, v in srv.env.items():
+                monkeypatch.setenv(k, v)
+            async with GreengrassUplink() as up:
+                await up.publish(f"vehicles/{THING}/health", b"{}")
+            assert len(srv.published) == 1
+
+    run(body)
+
+
+def test_unauthorized_topic_is_rejected_and_connection_survives(sock_dir: Path) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv, uplink_for(srv) as up:
+            with pytest.raises(PublishRejected, match="not authorized"):
+                await up.publish("vehicles/other-car/events/poi", b"{}")
+            await up.publish(f"vehicles/{THING}/events/poi", b"{}")
+            assert [p.topic for p in srv.published] == [f"vehicles/{THING}/events/poi"]
+
+    run(body)
+
+
+def test_local_limits_rejected_before_ipc(sock_dir: Path) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv, uplink_for(srv) as up:
+            for topic in ("$aws/things/x/shadow/update", "vehicles/+/x",
+                          "a/b/c/d/e/f/g/h/i"):
+                with pytest.raises(PublishRejected):
+                    await up.publish(topic, b"{}")
+            with pytest.raises(PublishRejected, match="exceeds"):
+                await up.publish(f"vehicles/{THING}/telemetry", b"x" * (MAX_PAYLOAD + 1))
+            with pytest.raises(PublishRejected):
+                await up.publish(f"vehicles/{THING}/telemetry", b"{}", qos=2)
+            await up.publish(f"vehicles/{THING}/telemetry", b"x" * MAX_PAYLOAD)
+            assert len(srv.published) == 1
+            assert "PublishToIoTCore" in srv.operations
+
+    run(body)
+
+
+def test_nucleus_offline_error_is_transient(sock_dir: Path) -> None:
+    """Nucleus lite answers at once with an error when offline: retry later, not drop."""
+
+    async def body() -> None:
+        async with server(sock_dir) as srv, uplink_for(srv) as up:
+            srv.publish_service_error = "Failed to publish: not connected to AWS IoT Core"
+            with pytest.raises(UplinkError) as info:
+                await up.publish(f"vehicles/{THING}/events/geofence", b"{}")
+            assert not isinstance(info.value, PublishRejected)
+            srv.publish_service_error = None
+            await up.publish(f"vehicles/{THING}/events/geofence", b"{}")
+            assert len(srv.published) == 1
+
+    run(body)
+
+
+def test_server_closing_raises_uplink_error_then_reconnect_works(sock_dir: Path) -> None:
+    async def body() -> None:
+        srv = server(sock_dir)
+        await srv.start()
+        up = uplink_for(srv)
+        async with up:
+            await up.publish(f"vehicles/{THING}/telemetry", b"1")
+            await srv.stop()
+            with pytest.raises(UplinkError) as info:
+                await up.publish(f"vehicles/{THING}/telemetry", b"2")
+            assert not isinstance(info.value, PublishRejected)
+        # nucleus not listening: entering fails with UplinkError, never a library error
+        with pytest.raises(UplinkError):
+            async with up:
+                pass
+        await srv.start()
+        async with up:  # the caller's reconnect loop re-enters the same uplink
+            await up.publish(f"vehicles/{THING}/telemetry", b"3")
+        await srv.stop()
+        assert [p.payload for p in srv.published] == [b"1", b"3"]
+
+    run(body)
+
+
+def test_in_flight_publish_fails_when_nucleus_drops(sock_dir: Path) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv, uplink_for(srv) as up:
+            srv.publish_delay_s = 5.0
+            task = asyncio.create_task(up.publish(f"vehicles/{THING}/telemetry", b"x"))
+            await asyncio.sleep(0.3)
+            srv.drop_connections()
+            with pytest.raises(UplinkError):
+                async with asyncio.timeout(3):
+                    await task
+
+    run(body)
+
+
+def test_wrong_svcuid_is_auth_error(sock_dir: Path) -> None:
+    async def body() -> None:
+        async with server(sock_dir) as srv:
+            with pytest.raises(UplinkAuthError):
+                async with GreengrassUplink(ipc_socket=str(srv.path), authtoken="wrong"):
+                    pass
+
+    run(body)
+
+
+def test_no_ipc_environment_is_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", raising=False)
+
+    async def body() -> None:
+        with pytest.raises(UplinkError, match="AWS_GG_NUCLEUS_DOMAIN_SOCKET"):
+            async with GreengrassUplink():
+                pass
+
+    run(body)
+
+
+# --------------------------------------------------------------------------- config
+
+BASE_CONFIG: dict[str, Any] = {
+    "thing": "",
+    "uplink": {"kind": "greengrass"},
+    "telemetry": {"interval_s": 1.0, "batch_max": 60.0},
+    "gnss": {"port": None, "baud": 9600.0},
+    "accessControl": {"aws.greengrass.ipc.mqttproxy": {}},
+}
+
+
+def test_component_config_to_dict_mirrors_toml() -> None:
+    d = component_config_to_dict(BASE_CONFIG, env={"AWS_IOT_THING_NAME": THING})
+    assert d == {
+        "thing": THING,
+        "uplink": {"kind": "greengrass"},
+        "telemetry": {"interval_s": 1, "batch_max": 60},
+        "gnss": {"baud": 9600},
+    }
+    cfg = config_from_component(BASE_CONFIG, base=Path("/tmp"), env={"AWS_IOT_THING_NAME": THING})
+    assert cfg.thing == THING and cfg.telemetry.batch_max == 60 and cfg.gnss.port is None
+    with pytest.raises(ConfigError, match="uplink.kind"):
+        config_from_component({**BASE_CONFIG, "uplink": {"kind": "carrier-pigeon"}},
+                              env={"AWS_IOT_THING_NAME": THING})
+
+
+class Applied:
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, cfg: Config) -> None:
+        self.configs.append(cfg)
+        self.event.set()
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)
+
+
+def watcher_for(srv: GgIpcServer, applied: Applied, **kw: Any) -> GreengrassConfigWatcher:
+    return GreengrassConfigWatcher(
+        on_config=applied, ipc_socket=str(srv.path), authtoken=srv.svcuid,
+        env={"AWS_IOT_THING_NAME": THING}, base=Path("/tmp"), **kw,
+    )
+
+
+def test_config_at_start_and_valid_update_calls_back(sock_dir: Path) -> None:
+    async def body() -> None:
+        applied = Applied()
+        async with server(sock_dir, configuration=BASE_CONFIG) as srv:
+            async with watcher_for(srv, applied) as w:
+                assert w.config.thing == THING
+                assert srv.subscribers("SubscribeToConfigurationUpdate") == 1
+                new = {**BASE_CONFIG, "telemetry": {"interval_s": 5, "batch_max": 30}}
+                await srv.update_configuration(new)
+                async with asyncio.timeout(5):
+                    await applied.event.wait()
+                assert applied.configs[-1].telemetry.interval_s == 5.0
+                assert w.config.telemetry.batch_max == 30
+                assert changed_sections(applied.configs[0], w.config) == frozenset()
+                assert w.health()["updates_applied"] == 1
+
+    run(body)
+
+
+def test_invalid_update_rejected_old_kept_and_reported(sock_dir: Path) -> None:
+    async def body() -> None:
+        applied = Applied()
+        async with server(sock_dir, configuration=BASE_CONFIG) as srv:
+            async with watcher_for(srv, applied, update_state_on_reject=True) as w:
+                old = w.config
+                bad = {**BASE_CONFIG, "telemetry": {"interval_s": -1}}
+                await srv.update_configuration(bad)
+                await wait_for(lambda: w.health()["updates_rejected"] == 1)
+                assert w.config == old and applied.configs == []
+                h = w.health()
+                assert "telemetry.interval_s" in h["last_rejected_reason"]
+                await wait_for(lambda: srv.states == ["ERRORED"])
+                # a later valid update still applies
+                await srv.update_configuration({**BASE_CONFIG, "log": {"level": "debug"}})
+                async with asyncio.timeout(5):
+                    await applied.event.wait()
+                assert w.config.log.level == "debug"
+
+    run(body)
+
+
+def test_deployment_validation_reports_accept_and_reject(sock_dir: Path) -> None:
+    async def body() -> None:
+        applied = Applied()
+        async with server(sock_dir, configuration=BASE_CONFIG) as srv:
+            async with watcher_for(srv, applied) as w:
+                assert srv.subscribers("SubscribeToValidateConfigurationUpdates") == 1
+                bad = {**BASE_CONFIG, "outbox": {"max_mb": 0}}
+                report = await srv.validate_configuration(bad, deployment_id="dep-bad")
+                assert report["status"] == "REJECTED"
+                assert "outbox.max_mb" in report["message"]
+                ok = await srv.validate_configuration(BASE_CONFIG, deployment_id="dep-ok")
+                assert ok["status"] == "ACCEPTED"
+                h = w.health()
+                assert h["deployments_rejected"] == 1 and h["deployments_accepted"] == 1
+                assert "dep-bad" in h["last_rejected_reason"]
+                assert applied.configs == []  # validation never applies anything
+
+    run(body)
+
+
+def test_invalid_config_at_start_is_config_error(sock_dir: Path) -> None:
+    async def body() -> None:
+        bad = {**BASE_CONFIG, "gnss": {"baud": -5}}
+        async with server(sock_dir, configuration=bad) as srv:
+            with pytest.raises(ConfigError, match="gnss.baud"):
+                async with watcher_for(srv, Applied()):
+                    pass
+
+    run(body)
+
+
+def test_watcher_reconnects_and_rereads_after_nucleus_restart(sock_dir: Path) -> None:
+    async def body() -> None:
+        applied = Applied()
+        srv = server(sock_dir, configuration=BASE_CONFIG)
+        await srv.start()
+        try:
+            async with watcher_for(srv, applied, reconnect_max_s=0.5) as w:
+                await srv.stop()
+                await wait_for(lambda: not w.health()["connected"])
+                srv.configuration = {**BASE_CONFIG, "log": {"level": "warning"}}
+                await srv.start()
+                async with asyncio.timeout(10):
+                    await applied.event.wait()
+                assert w.config.log.level == "warning"
+                assert w.health()["reconnects"] >= 1
+        finally:
+            await srv.stop()
+
+    run(body)
