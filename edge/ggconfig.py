@@ -47,6 +47,8 @@ log = structlog.get_logger()
 # Keys of a component configuration that belong to Greengrass, not to our Config.
 GREENGRASS_ONLY_KEYS = frozenset({"accessControl"})
 THING_ENV = "AWS_IOT_THING_NAME"  # set by the nucleus for every component
+ZONES_ENV = "VEHICLE_EDGE_ZONES"  # set by the recipe: com.vehicleedge.Zones' zones file
+WORK_ENV = "VEHICLE_EDGE_WORK"  # set by the recipe: the component's work dir (relative paths)
 
 OnConfig = Callable[[Config], Awaitable[None] | None]
 
@@ -62,7 +64,9 @@ def component_config_to_dict(
     ``AWS_IOT_THING_NAME`` when the configuration leaves it empty.
     """
     e = os.environ if env is None else env
-    out = _clean({k: v for k, v in value.items() if k not in GREENGRASS_ONLY_KEYS})
+    out: dict[str, Any] = _clean(
+        {k: v for k, v in value.items() if k not in GREENGRASS_ONLY_KEYS}
+    )
     if not out.get("thing") and e.get(THING_ENV):
         out["thing"] = e[THING_ENV]
     return out
@@ -81,8 +85,13 @@ def _clean(value: Any) -> Any:
 def config_from_component(
     value: Mapping[str, Any], *, base: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
-    """Validate a component configuration into a ``Config`` (raises ``ConfigError``)."""
-    return config_from_dict(component_config_to_dict(value, env=env), base=base)
+    """Validate a component configuration into a ``Config`` (raises ``ConfigError``).
+
+    Relative paths resolve against ``base``, else ``$VEHICLE_EDGE_WORK`` (the recipe sets
+    it to the component's work dir), else the current directory."""
+    e = os.environ if env is None else env
+    base = base or Path(e.get(WORK_ENV) or Path.cwd())
+    return config_from_dict(component_config_to_dict(value, env=e), base=base)
 
 
 def changed_sections(old: Config, new: Config) -> frozenset[str]:
@@ -111,7 +120,8 @@ class GreengrassConfigWatcher:
         reconnect_max_s: float = 30.0,
     ) -> None:
         self._on_config = on_config
-        self._base = base or Path.cwd()
+        e = os.environ if env is None else env
+        self._base = base or Path(e.get(WORK_ENV) or Path.cwd())
         self._ipc_socket = ipc_socket
         self._authtoken = authtoken
         self._env = env

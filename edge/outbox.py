@@ -93,7 +93,7 @@ class Outbox:
                 "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
             ).fetchone()
             self._bytes = int(row[0])
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
 
     # ------------------------------------------------------------------ writing

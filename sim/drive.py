@@ -300,9 +300,10 @@ def parse_candump(line: bytes) -> CandumpFrame | None:
     except ValueError:
         return None
     error = bool(ident & CAN_ERR_FLAG) and len(ident_s) > 3
+    # an error frame's "id" is its error class (CAN_ERR_BUSERROR, ...), not an address
     return CandumpFrame(ts=float(m.group(1)), channel=m.group(2).decode(),
                         arbitration_id=ident & 0x1FFFFFFF, data=data,
-                        extended=len(ident_s) > 3, error=error, remote=remote)
+                        extended=len(ident_s) > 3 and not error, error=error, remote=remote)
 
 
 def iter_can(drive: Drive) -> Iterator[TimelineItem]:

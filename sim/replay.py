@@ -127,11 +127,31 @@ class Replayer:
             self.stats.can_errors += 1
         else:
             result = self.can.send(frame.arbitration_id, frame.data, frame.extended)
-            self.stats.can_frames += 1
+            if inspect.isawaitable(result):
+                result = await result
+            if result is False and self.rate is None:
+                # as fast as the consumer takes it: wait for room rather than overflow
+                for _ in range(200):
+                    if not self._sink_open():
+                        break
+                    await asyncio.sleep(0.001)
+                    result = self.can.send(frame.arbitration_id, frame.data, frame.extended)
+                    if result is not False:
+                        break
+            if result is False:
+                self.stats.can_skipped += 1
+            else:
+                self.stats.can_frames += 1
+            return
         if inspect.isawaitable(result):
             await result
 
-    def _control(self, what: bytes) -> None:
+    def _sink_open(self) -> bool:
+        opened = getattr(self.can, "opened", None)
+        plugged = getattr(self.can, "plugged", True)
+        return bool(plugged) and (opened is None or opened.is_set())
+
+    async def _control(self, what: bytes) -> None:
         if self.can is None:
             return
         fn = getattr(self.can, what.decode(), None)
@@ -142,6 +162,19 @@ class Replayer:
         fn()
         if what == b"unplug":
             self.stats.unplugs += 1
+        elif self.rate is None or self.rate > 1.0:
+            # faster than life: give the host its real reopen time after a replug
+            await self.wait_open()
+
+    async def wait_open(self, timeout_s: float = 15.0) -> bool:
+        """Wait until the host has opened the CAN sink (sinks without the notion: True)."""
+        opened = getattr(self.can, "opened", None)
+        if opened is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while not opened.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return bool(opened.is_set())
 
     async def _once(self) -> None:
         first, last = self.span()
@@ -172,7 +205,9 @@ class Replayer:
                 if self.can is not None:
                     await self._send_can(data)
             elif kind == "ctl":
-                self._control(data)
+                t_ctl = time.monotonic()
+                await self._control(data)
+                wall0 += time.monotonic() - t_ctl  # the wait is not drive time
             if self.progress is not None:
                 now = time.monotonic()
                 if now - last_progress >= 0.5:

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import select
+import tempfile
 import threading
 import tty
 from collections.abc import Callable
@@ -39,8 +40,13 @@ class SlcanPtyAdapter:
         version: str = "1013",
         serial_number: str = "A123",
         on_frame: FrameCallback | None = None,
+        autostart: bool = True,
     ) -> None:
-        self.link = Path(link) if link is not None else None
+        self._tmpdir: str | None = None
+        if link is None:  # a stable path across unplug/replug, as udev gives a real one
+            self._tmpdir = tempfile.mkdtemp(prefix="slcan-")
+            link = Path(self._tmpdir) / "ttyACM0"
+        self.link = Path(link)
         self.timestamps = timestamps
         self.version = version
         self.serial_number = serial_number
@@ -58,20 +64,24 @@ class SlcanPtyAdapter:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._ms = 0
+        if autostart:
+            self.start()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Self:
+        """Plug in: a new pty, the link pointed at it (no-op when already plugged)."""
+        if self._master >= 0:
+            return self
         master, slave = os.openpty()
         tty.setraw(slave)  # no CR->NL translation, no echo, before anyone opens it
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
         self._tty = os.ttyname(slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            os.symlink(self._tty, tmp)
-            os.replace(tmp, self.link)
+        tmp = self.link.with_name(self.link.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(self._tty, tmp)
+        os.replace(tmp, self.link)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._serve, args=(master,), name="slcan-adapter", daemon=True
@@ -81,8 +91,8 @@ class SlcanPtyAdapter:
 
     @property
     def path(self) -> str:
-        """What the host opens: the stable link if one was given, else the tty."""
-        return str(self.link) if self.link is not None else self._tty
+        """What the host opens (as ``can.channel``): a link that survives replug."""
+        return str(self.link)
 
     @property
     def tty_path(self) -> str:
@@ -112,9 +122,12 @@ class SlcanPtyAdapter:
 
     def close(self) -> None:
         self.unplug()
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
+        if self._tmpdir is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._tmpdir)
+            self._tmpdir = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -142,8 +155,9 @@ class SlcanPtyAdapter:
         """Stream one bus frame to the host. False when closed/unplugged or overflowing."""
         if not self.opened.is_set():
             return False
-        if len(data) > 8:
-            raise ValueError("classic CAN frames carry at most 8 bytes")
+        if len(data) > 8:  # slcan (Lawicel) carries classic CAN only
+            self.dropped += 1
+            return False
         if extended:
             head = f"{'R' if remote else 'T'}{arbitration_id:08X}{len(data)}"
         else:

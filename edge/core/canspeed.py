@@ -270,7 +270,9 @@ class DbcSpeedDecoder:
         st.frames += 1
         if not self._length_ok(len(data)):
             st.wrong_length += 1
-            st.last_error = f"frame 0x{arbitration_id:X}: {len(data)} bytes, DBC says {self._length}"
+            st.last_error = (
+                f"frame 0x{arbitration_id:X}: {len(data)} bytes, DBC says {self._length}"
+            )
             return None
         try:
             for mux_extract, allowed in self._mux_chain:

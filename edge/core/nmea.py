@@ -160,6 +160,12 @@ class NmeaFramer:
 
     def feed(self, data: bytes | bytearray) -> list[bytes]:
         buf = self._buf
+        if not buf and data[:1] == b"$" and data[-1:] == b"\n":
+            # fast path: exactly one clean line (a capture read line by line)
+            body = bytes(data).rstrip(b"\r\n")
+            if 1 < len(body) <= MAX_SENTENCE and _BREAK.search(body, 1) is None:
+                self.stats["sentences"] += 1
+                return [body]
         buf += data
         n = len(buf)
         out: list[bytes] = []
@@ -214,10 +220,9 @@ class NmeaFramer:
                     total = (((buf[i + 1] & 0x03) << 8) | buf[i + 2]) + 6
                     if n - i < total:
                         break
-                    body = buf[i:i + total - 3]
-                    crc = (buf[i + total - 3] << 16) | (buf[i + total - 2] << 8) | buf[
-                        i + total - 1]
-                    if _crc24q(body) == crc:
+                    end = i + total - 3
+                    crc = (buf[end] << 16) | (buf[end + 1] << 8) | buf[end + 2]
+                    if _crc24q(buf[i:end]) == crc:
                         st["rtcm3"] += 1
                         i += total
                         continue
@@ -235,16 +240,13 @@ class NmeaFramer:
 
 # --------------------------------------------------------------------------- fields
 
-_LAT = re.compile(r"^(\d{2})(\d{2}(?:\.\d*)?)$")
-_LON = re.compile(r"^(\d{3})(\d{2}(?:\.\d*)?)$")
-_TOD = re.compile(r"^(\d{2})(\d{2})(\d{2}(?:\.\d*)?)$")
 _INVALID_FAA = frozenset("NVESM")
 _GOOD_FAA = frozenset("ADPRF")
 _USED = frozenset({"RMC", "GGA", "GNS", "GLL", "VTG", "GSA", "ZDA"})
 
 
 def _field(data: list[str], i: int) -> str:
-    return data[i].strip() if i < len(data) else ""
+    return data[i] if i < len(data) else ""
 
 
 def _float(s: str) -> float | None:
@@ -263,28 +265,32 @@ def _int(s: str) -> int | None:
     return int(s)
 
 
-def _coord(value: str, hemi: str, pattern: re.Pattern[str], limit: float) -> float | None:
-    m = pattern.match(value)
-    if m is None:
+def _coord(value: str, hemi: str, width: int, limit: float) -> float | None:
+    """``ddmm.mmmm`` (width 2) / ``dddmm.mmmm`` (width 3) and N/S/E/W -> degrees."""
+    if hemi in ("N", "E"):
+        sign = 1.0
+    elif hemi in ("S", "W"):
+        sign = -1.0
+    else:
         return None
-    minutes = float(m.group(2))
+    head, dot, frac = value.partition(".")
+    if len(head) != width + 2 or not head.isdigit() or (dot and frac and not frac.isdigit()):
+        return None
+    minutes = float(value[width:])
     if minutes >= 60.0:
         return None
-    deg = int(m.group(1)) + minutes / 60.0
+    deg = int(head[:width]) + minutes / 60.0
     if deg > limit:
         return None
-    if hemi in ("N", "E"):
-        return deg
-    if hemi in ("S", "W"):
-        return -deg
-    return None
+    return sign * deg
 
 
 def _tod(s: str) -> float | None:
-    m = _TOD.match(s)
-    if m is None:
+    head, dot, frac = s.partition(".")
+    if len(head) != 6 or not head.isdigit() or (dot and frac and not frac.isdigit()):
         return None
-    h, mi, sec = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    h, mi = int(head[0:2]), int(head[2:4])
+    sec = float(s[4:])
     if h > 23 or mi > 59 or sec >= 61.0:
         return None
     return h * 3600 + mi * 60 + sec
@@ -380,13 +386,15 @@ class FixAssembler:
         self._date: dt.date | None = date
         self._date_tod: float | None = None
         self._epoch: _Epoch | None = None
-        self._last_time: float | None = None  # time of the previous emitted fix
+        self._last_time: float | None = None  # time of the last valid fix
+        self._rewind: list[float] = []  # consecutive fixes behind _last_time, advancing
         self._last_tod: float | None = None  # time of day of the previous emitted epoch
         self._anchor: tuple[float, float, float] | None = None  # lat, lon, time (valid)
         self._chain: list[tuple[float, float, float]] = []  # jump candidates
         self._end_candidate: tuple[str, int] | None = None
         self._cycle_end: tuple[str, int] | None = None
         self._ended_early = False
+        self._early_types: dict[str, int] = {}
         self.replay = False  # Fix.mono = GNSS time (replays have no receive clock)
         self.stats: dict[str, int] = dict.fromkeys(
             ("sentences", "bad_checksum", "unknown", "proprietary", "ignored",
@@ -484,8 +492,10 @@ class FixAssembler:
                 self._epoch = None
                 out += self._emit(ep)
                 ep = None
-            if ep is None and self._ended_early and tod == self._last_tod:
+            if (ep is None and self._ended_early and tod == self._last_tod
+                    and key not in self._early_types):
                 # A sentence of the epoch we already emitted: the learned end was wrong.
+                # (The same type again is a repeated epoch: judged time_not_advancing.)
                 self._ended_early = False
                 self._cycle_end = self._end_candidate = None
                 self.stats["late_sentences"] += 1
@@ -503,6 +513,7 @@ class FixAssembler:
         if self._cycle_end is not None and self._cycle_end == (key, ep.types[key]):
             self._epoch = None
             self._ended_early = True
+            self._early_types = ep.types
             out += self._emit(ep)
         return out
 
@@ -519,7 +530,7 @@ class FixAssembler:
 
     def _fill(self, ep: _Epoch, kind: str, d: list[str]) -> None:
         if kind == "RMC":
-            ep.status = _field(d, 1) or ep.status
+            self._status(ep, _field(d, 1))
             self._position(ep, d, 2)
             spd = _float(_field(d, 6))
             if spd is not None and spd >= 0:
@@ -550,7 +561,7 @@ class FixAssembler:
             self._sats_hdop_alt(ep, _field(d, 6), _field(d, 7), _field(d, 8), "M")
         elif kind == "GLL":
             self._position(ep, d, 0)
-            ep.status = _field(d, 5) or ep.status
+            self._status(ep, _field(d, 5))
             self._faa(ep, _field(d, 6))
         elif kind == "VTG":
             crs = _float(_field(d, 0))
@@ -574,10 +585,16 @@ class FixAssembler:
 
     @staticmethod
     def _position(ep: _Epoch, d: list[str], i: int) -> None:
-        lat = _coord(_field(d, i), _field(d, i + 1), _LAT, 90.0)
-        lon = _coord(_field(d, i + 2), _field(d, i + 3), _LON, 180.0)
+        lat = _coord(_field(d, i), _field(d, i + 1), 2, 90.0)
+        lon = _coord(_field(d, i + 2), _field(d, i + 3), 3, 180.0)
         if lat is not None and lon is not None:
             ep.lat, ep.lon = lat, lon
+
+    @staticmethod
+    def _status(ep: _Epoch, status: str) -> None:
+        # any RMC/GLL of the epoch that does not say A (empty included) makes it invalid
+        if ep.status is None or ep.status == "A":
+            ep.status = status
 
     @staticmethod
     def _faa(ep: _Epoch, mode: str) -> None:
@@ -646,7 +663,7 @@ class FixAssembler:
         if reason is None:
             assert lat is not None and lon is not None and time is not None
             reason = self._jump(lat, lon, time)
-        if time is not None:
+        if reason is None and time is not None:
             self._last_time = time
         self._last_tod = ep.tod
         valid = reason is None
@@ -690,7 +707,17 @@ class FixAssembler:
         if ep.hdop is not None and ep.hdop > self.max_hdop:
             return "hdop"
         if self._last_time is not None and time <= self._last_time:
-            return "time_not_advancing"
+            # Behind the last valid fix. If that one had a bogus future time, the clock
+            # must not stay stuck: confirm_fixes consecutive advancing fixes accept it.
+            rw = self._rewind
+            if rw and time <= rw[-1]:
+                rw.clear()
+            rw.append(time)
+            if len(rw) < self.confirm_fixes:
+                return "time_not_advancing"
+            self.stats["time_rewinds"] = self.stats.get("time_rewinds", 0) + 1
+            self._anchor = None
+        self._rewind.clear()
         return None
 
     def _jump(self, lat: float, lon: float, time: float) -> str | None:

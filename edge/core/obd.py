@@ -183,7 +183,10 @@ class ObdPoller:
         due = [pid for pid, st in self._pids.items() if st.due <= mono]
         if not due:
             return None
-        due.sort(key=lambda p: (p != PID_SPEED, p))  # speed first
+        # most overdue first, the others handicapped by one speed interval: speed goes
+        # first unless another PID has waited an interval longer (no starvation)
+        due.sort(key=lambda p: (
+            self._pids[p].due + (0.0 if p == PID_SPEED else self.interval_s), p))
         chosen: list[int] = []
         answer = 1  # 0x41
         for pid in due:

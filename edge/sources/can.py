@@ -3,8 +3,9 @@
 Reading happens on the event loop: when the bus has a file descriptor (socketcan, slcan's
 serial port) ``loop.add_reader`` wakes us and we drain ``bus.recv(0)``; buses without one
 (the in-process virtual bus) are read by one thread blocked in ``recv(timeout)`` that
-hands frames to the loop. Only the frame IDs the decoder needs pass the kernel /
-hardware filters (python-can filters in software where the interface cannot).
+hands frames to the loop. Only the frame IDs the decoder needs pass: kernel
+filters on socketcan; elsewhere (slcan, virtual) a set lookup on the loop drops the others
+before they are queued (python-can's own software filter would also drop error frames).
 
 Between reading and decoding sits a bounded queue of ``config.queue_max`` frames. Policy
 when it is full: **drop the oldest frame** and count it (``dropped``): for speed the newest
@@ -13,8 +14,9 @@ frame is the one worth having, and a burst can never grow memory or latency.
 Faults never escape ``run()``: error frames are counted and skipped; bus-off, a vanished
 adapter (slcan pty or USB gone), a failed open or send close the bus and reopen it with
 capped, jittered exponential backoff (reset once frames flow again); python-can's
-``ValueError`` out of ``recv()`` on a malformed slcan line is counted and reading goes
-on. Each kind of fault is logged at WARNING the first time, at DEBUG after that.
+``ValueError`` (or ``IndexError``, for a truncated line) out of ``recv()`` on a malformed
+slcan line is counted and reading goes on. Each kind of fault is logged at WARNING the
+first time, at DEBUG after that.
 
 OBD mode (``config.mode = "obd"``) polls PID 0x0D (and RPM/coolant when cheap) with
 ``edge.core.obd.ObdPoller``; the last RPM/coolant are in ``health()["obd"]``.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from typing import Any
 import structlog
 
 from edge.config import CanConfig
+from edge.core.backoff import Backoff
 from edge.core.canspeed import DbcSpeedDecoder, FrameDecoder
 from edge.core.obd import PID_SPEED, REQUEST_ID, ObdPoller
 from edge.errors import ConfigError
@@ -49,23 +51,6 @@ SLCAN_BITRATES = frozenset(
 )
 
 Frame = tuple[int, bytes, float, float]  # arbitration_id, data, bus time, monotonic
-
-
-class _Backoff:
-    """Capped exponential backoff with jitter (50-100 % of the step); reset on success."""
-
-    def __init__(self, *, base: float = 0.25, cap: float = 30.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        step = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return step * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class CanSource:
@@ -97,10 +82,14 @@ class CanSource:
             self._decoder = DbcSpeedDecoder(
                 config.dbc, config.speed_signal, checksum=config.checksum
             )
+        source = self._poller if self._poller is not None else self._decoder
+        assert source is not None
+        self._wanted: frozenset[int] = source.frame_ids
+        self._extended: bool = source.extended
         self._queue: deque[Frame] = deque()
         self._wake: asyncio.Event | None = None
         self._failure: asyncio.Future[str] | None = None
-        self._backoff = _Backoff(cap=config.reopen_max_s)
+        self._backoff = Backoff(base_s=0.25, cap_s=config.reopen_max_s)
         self._seen: set[str] = set()
         self.state = "closed"
         self.counters: dict[str, int] = {
@@ -119,6 +108,7 @@ class CanSource:
         }
         self.last_error: str | None = None
         self._fresh_bus = False
+        self._obd_kick: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ public
     def health(self) -> dict[str, Any]:
@@ -201,11 +191,12 @@ class CanSource:
 
     def _bus_kwargs(self) -> dict[str, Any]:
         cfg = self.config
-        kwargs: dict[str, Any] = {
-            "interface": cfg.interface,
-            "channel": cfg.channel,
-            "can_filters": self._filters(),
-        }
+        kwargs: dict[str, Any] = {"interface": cfg.interface, "channel": cfg.channel}
+        if cfg.interface == "socketcan":
+            # kernel filters: unwanted frames never wake us (error frames still come,
+            # through CAN_RAW_ERR_FILTER). Elsewhere python-can would filter in Python
+            # *and* drop error frames, so we filter ourselves in _push.
+            kwargs["can_filters"] = self._filters()
         if cfg.interface == "slcan":
             kwargs["bitrate"] = cfg.bitrate
             kwargs["sleep_after_open"] = cfg.slcan_open_delay_s
@@ -255,6 +246,8 @@ class CanSource:
             else:
                 self._fault("error_frame", f"error frame 0x{msg.arbitration_id:08X}")
             return
+        if msg.arbitration_id not in self._wanted or msg.is_extended_id != self._extended:
+            return  # a frame the kernel filter would have dropped (slcan, virtual)
         if msg.is_remote_frame:
             self.counters["remote"] += 1
             return
@@ -278,7 +271,7 @@ class CanSource:
         for _ in range(DRAIN_PER_WAKEUP):
             try:
                 msg = bus.recv(0)
-            except ValueError as exc:  # python-can on a malformed slcan line
+            except (ValueError, IndexError) as exc:  # python-can on a malformed slcan line
                 self.counters["malformed"] += 1
                 self._fault("malformed", f"malformed frame from {self._where()}: {exc}")
                 continue
@@ -308,7 +301,7 @@ class CanSource:
             while not stop.is_set():
                 try:
                     msg = bus.recv(0.1)
-                except ValueError as exc:
+                except (ValueError, IndexError) as exc:
                     loop.call_soon_threadsafe(self._malformed, exc)
                     continue
                 except Exception as exc:
@@ -375,7 +368,11 @@ class CanSource:
                     if sample is not None:
                         self._emit(emit, sample)
                 elif poller is not None:
-                    for value in poller.on_frame(arb, data, mono):
+                    busy = bool(poller.outstanding)
+                    values = poller.on_frame(arb, data, mono)
+                    if busy and not poller.outstanding and self._obd_kick is not None:
+                        self._obd_kick.set()  # answered: the next request may go now
+                    for value in values:
                         if value.pid == PID_SPEED:
                             self._emit(emit, SpeedSample(
                                 time=ts, speed_kmh=value.value, source="obd", mono=mono))
@@ -388,6 +385,7 @@ class CanSource:
 
         poller = self._poller
         assert poller is not None
+        kick = self._obd_kick = asyncio.Event()
         while True:
             now = time.monotonic()
             frame = poller.poll(now)
@@ -400,5 +398,9 @@ class CanSource:
                     self._fail(f"send failed: {exc}")
                     return
             wait = poller.next_wakeup(time.monotonic())
-            await asyncio.sleep(min(max(wait, 0.005), self.config.obd_interval_s))
+            kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    kick.wait(), min(max(wait, 0.005), self.config.obd_interval_s)
+                )
 

@@ -209,7 +209,7 @@ def test_component_config_to_dict_mirrors_toml() -> None:
     }
     cfg = config_from_component(BASE_CONFIG, base=Path("/tmp"), env={"AWS_IOT_THING_NAME": THING})
     assert cfg.thing == THING and cfg.telemetry.batch_max == 60 and cfg.gnss.port is None
-    with pytest.raises(ConfigError, match="uplink.kind"):
+    with pytest.raises(ConfigError, match=r"uplink\.kind"):
         config_from_component({**BASE_CONFIG, "uplink": {"kind": "carrier-pigeon"}},
                               env={"AWS_IOT_THING_NAME": THING})
 
@@ -224,9 +224,10 @@ class Applied:
         self.event.set()
 
 
-async def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
+async def wait_for(pred: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Poll a condition that changes on another thread (awscrt) or inside the watcher."""
+    async with asyncio.timeout(within_s):
+        while not pred():  # noqa: ASYNC110 - no event to wait on for these conditions
             await asyncio.sleep(0.02)
 
 
@@ -302,7 +303,7 @@ def test_invalid_config_at_start_is_config_error(sock_dir: Path) -> None:
     async def body() -> None:
         bad = {**BASE_CONFIG, "gnss": {"baud": -5}}
         async with server(sock_dir, configuration=bad) as srv:
-            with pytest.raises(ConfigError, match="gnss.baud"):
+            with pytest.raises(ConfigError, match=r"gnss\.baud"):
                 async with watcher_for(srv, Applied()):
                     pass
 

@@ -268,7 +268,7 @@ class GgIpcServer:
                 await s.conn.writer.drain()
 
     async def validate_configuration(
-        self, value: dict[str, Any], *, deployment_id: str, timeout: float = 5.0
+        self, value: dict[str, Any], *, deployment_id: str, within_s: float = 5.0
     ) -> dict[str, Any]:
         """Ask validators about ``value`` (a deployment); return the component's report."""
         for s in list(self._streams):
@@ -285,7 +285,7 @@ class GgIpcServer:
                     },
                 )
                 await s.conn.writer.drain()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 report = await self._reports.get()
                 if report.get("deploymentId") == deployment_id:

@@ -1,0 +1,40 @@
+"""``edge report DRIVE --config FILE --out report.png``: draw a drive and its events.
+
+The events come from replaying the drive through the engine with the config (the same
+path as ``edge replay``); the drawing is ``sim.report.render`` (matplotlib, offline).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edge.config import load_config
+from edge.errors import ConfigError, EdgeError
+
+
+def main(drive: Path, *, config: Path, out: Path) -> int:
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        print(f"edge report: invalid config {config}: {exc.field}: {exc.reason}", file=sys.stderr)
+        return 2
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("edge report: needs matplotlib (pip install 'vehicle-edge[report]')",
+              file=sys.stderr)
+        return 2
+    from sim.drive import DriveError
+    from sim.report import main as report_main
+
+    try:
+        rc = report_main(drive, config=cfg, out=out)
+    except (DriveError, EdgeError) as exc:
+        print(f"edge report: {drive}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edge report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"edge report: wrote {out}", file=sys.stderr)
+    return rc

@@ -1,0 +1,265 @@
+"""The rules engine: fixes, speed samples and time in; geofence, overspeed, POI and
+trip events out. Pure and deterministic (the zones file is read only by
+``reload_file``, which the daemon calls on a reload request).
+
+Events are ``edge.model.Event``; their ``time`` is the time of the input that decided
+them (fix or sample time, UTC epoch seconds), made monotone: an event is never stamped
+earlier than one returned before it. ``lat``/``lon`` are those of the last valid fix.
+Bodies never carry ``type`` (the envelope adds it):
+
+* geofence ``{"fence", "name", "transition"[, "after_gap": true]}``
+* overspeed ``{"phase", "speed_kmh", "limit_kmh", "limit_source", "peak_kmh",
+  "duration_s"[, "reason"]}``
+* poi ``{"poi", "name", "offer", "distance_m"}``
+* trip ``{"phase": "start", "start_ts", "speed_kmh"}`` /
+  ``{"phase": "end", "start_ts", "distance_m", "duration_s", "max_kmh", "mean_kmh",
+  "idle_s", "harsh_accel", "harsh_brake", "reason"}``
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge.config import RulesConfig
+from edge.core.geo import haversine_m
+from edge.core.geofence import GeofenceTracker, hysteresis_for
+from edge.core.poi import PoiTracker
+from edge.core.speed import OverspeedTracker
+from edge.core.trip import TripTracker
+from edge.core.zones import ZoneLocator, Zones, empty_zones, load_zones
+from edge.errors import ZonesError
+from edge.model import Event, Fix, SpeedSample
+
+_Body = dict[str, object]
+
+
+class Rules:
+    def __init__(self, config: RulesConfig, zones: Zones | None = None) -> None:
+        self.cfg = config
+        self.zones = zones if zones is not None else empty_zones()
+        self._loc = ZoneLocator(self.zones)
+        self.geofence = GeofenceTracker(config.geofence, self.zones)
+        self.speed = OverspeedTracker(config.speed)
+        self.poi = PoiTracker(config.poi)
+        self.trip = TripTracker(config.trip, gap_s=config.speed.gap_s)
+        self._fix: tuple[float, float, float] | None = None  # t, lat, lon of last valid fix
+        self._prev_inside: set[int] = set()
+        self._last_event_t = float("-inf")
+        self._last_input_t: float | None = None
+        self._last_sample_t: float | None = None
+        self._h = 0.0
+        self._zones_error: str | None = None
+        self._reloads = 0
+        self._count: Counter[str] = Counter()
+        self._events: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _emit(self, kind: str, t: float, body: Mapping[str, Any], clock: str) -> Event:
+        t = max(t, self._last_event_t)
+        self._last_event_t = t
+        self._events[kind] += 1
+        lat = lon = None
+        if self._fix is not None:
+            lat = round(self._fix[1], 7)
+            lon = round(self._fix[2], 7)
+        return Event(kind=kind, time=t, body=body, lat=lat, lon=lon, clock=clock)
+
+    def _seen(self, t: float) -> None:
+        if self._last_input_t is None or t > self._last_input_t:
+            self._last_input_t = t
+
+    def _trip_events(self, out: list[Event], items: list[tuple[float, _Body]], clock: str) -> None:
+        for t, body in items:
+            if body["phase"] == "start":
+                self.poi.new_trip()
+            out.append(self._emit("trip", t, body, clock))
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_fix(self, fix: Fix) -> list[Event]:
+        self._count["fixes"] += 1
+        if fix.time is None or not fix.valid or fix.lat is None or fix.lon is None:
+            self._count["invalid_fixes"] += 1
+            return self.tick(fix.time) if fix.time is not None else []
+        t, lat, lon = fix.time, fix.lat, fix.lon
+        prev = self._fix
+        if prev is not None and t <= prev[0]:
+            self._count["reordered_fixes"] += 1
+            return []
+        self._seen(t)
+        out: list[Event] = []
+        gap = prev is not None and t - prev[0] > self.cfg.geofence.gap_s
+        if gap:
+            self.geofence.mark_gap()
+        self._fix = (t, lat, lon)
+        h = hysteresis_for(self.cfg.geofence, fix.hdop)
+        self._h = h
+        inside, near = self._loc.locate(lat, lon, h)
+        zones = self.zones.zones
+
+        # speed limit from the zones the car is in (used by on_speed)
+        limits = [(z.maxspeed_kmh, z.id) for z in (zones[i] for i in inside)
+                  if z.maxspeed_kmh is not None and z.kind != "poi"]
+        self.speed.set_zone_limits(limits)
+
+        # geofences
+        crossed: list[int] = []
+        if prev is not None and not gap and not self.geofence.in_gap:
+            crossed = self._crossings(prev[1], prev[2], lat, lon, h, inside)
+        for tr in self.geofence.update(t, inside, near):
+            out.append(self._emit("geofence", t, tr.body(), "gnss"))
+        for tr in self.geofence.crossed(crossed):
+            out.append(self._emit("geofence", t, tr.body(), "gnss"))
+        self._prev_inside = set(inside)
+
+        # trips from GNSS speed when no speed samples arrive
+        if fix.speed_mps is not None and (
+            self._last_sample_t is None or t - self._last_sample_t > self.cfg.speed.gap_s
+        ):
+            self._trip_events(out, self.trip.on_speed(t, fix.speed_mps * 3.6), "gnss")
+
+        # POIs
+        pois = [zones[i] for i in inside if zones[i].kind == "poi"]
+        if pois:
+            near_pois = [(z, max(0.0, z.signed_distance_m(lat, lon) + (z.radius_m or 0.0)))
+                         for z in pois]
+            for body in self.poi.on_fix(t, near_pois):
+                out.append(self._emit("poi", t, body, "gnss"))
+        return out
+
+    def _crossings(
+        self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, inside: list[int]
+    ) -> list[int]:
+        seg = haversine_m(lat1, lon1, lat2, lon2)
+        if seg <= 2.0 * h:
+            return []
+        cands = self._loc.nearby(lat2, lon2, seg)
+        if cands is None:
+            d = seg / 111_000.0 * 2 + 1e-4
+            lo_lon = min(lon1, lon2)
+            hi_lon = max(lon1, lon2)
+            if hi_lon - lo_lon > 180.0:  # the segment crosses the antimeridian
+                lo_lon, hi_lon = hi_lon, lo_lon + 360.0
+            cands = sorted(self.zones.query_box(lo_lon - d, min(lat1, lat2) - d,
+                                                hi_lon + d, max(lat1, lat2) + d))
+        zones = self.zones.zones
+        skip = self._prev_inside.union(inside)
+        out = []
+        for i in cands:
+            z = zones[i]
+            if z.kind != "fence" or i in skip or self.geofence.is_busy(i):
+                continue
+            if z.segment_hits(lat1, lon1, lat2, lon2):
+                out.append(i)
+        return out
+
+    def on_speed(self, sample: SpeedSample) -> list[Event]:
+        self._count["speed_samples"] += 1
+        t = sample.time
+        if self._last_sample_t is not None and t < self._last_sample_t:
+            self._count["reordered_speed"] += 1
+            return []
+        self._last_sample_t = t
+        self._seen(t)
+        clock = "gnss" if sample.source == "gnss" else "system"
+        out = [self._emit("overspeed", at, b, clock)
+               for at, b in self.speed.on_speed(t, sample.speed_kmh)]
+        self._trip_events(out, self.trip.on_speed(t, sample.speed_kmh), clock)
+        return out
+
+    def on_ignition(self, time: float, on: bool) -> list[Event]:
+        """Ignition signal (when one is configured): trips follow it instead of movement."""
+        self._seen(time)
+        out: list[Event] = []
+        self._trip_events(out, self.trip.on_ignition(time, on), "system")
+        return out
+
+    def tick(self, time: float) -> list[Event]:
+        """Time passes without input: gaps end speed episodes, make fences unknown and
+        end trips whose data stopped."""
+        out: list[Event] = []
+        if self._fix is not None and time - self._fix[0] > self.cfg.geofence.gap_s:
+            self.geofence.mark_gap()
+        out.extend(self._emit("overspeed", at, b, "system") for at, b in self.speed.tick(time))
+        self._trip_events(out, self.trip.tick(time), "system")
+        return out
+
+    def close(self, time: float) -> list[Event]:
+        """The drive or the daemon ends: open episodes and trips get their ``end``."""
+        out = [self._emit("overspeed", at, b, "system") for at, b in self.speed.close(time)]
+        self._trip_events(out, self.trip.close(time), "system")
+        return out
+
+    # ------------------------------------------------------------------ zones
+
+    def reload(self, zones: Zones) -> list[Event]:
+        """Swap to a new zone set atomically. States of fence ids present in both carry
+        over; a new fence the car is in now is reported ``inside``."""
+        loc = ZoneLocator(zones)
+        inside_now = None
+        if self._fix is not None:
+            _, lat, lon = self._fix
+            inside_now, _ = loc.locate(lat, lon, self._h)
+        t = self._last_input_t if self._last_input_t is not None else 0.0
+        trs = self.geofence.reload(zones, inside_now, t)
+        self.poi.carry_over({z.id for z in zones.pois})
+        self.zones = zones
+        self._loc = loc
+        self._prev_inside = set(inside_now or ())
+        self._zones_error = None
+        self._reloads += 1
+        if self._fix is not None:
+            zs = zones.zones
+            self.speed.set_zone_limits([(zs[i].maxspeed_kmh, zs[i].id) for i in inside_now or ()
+                                        if zs[i].maxspeed_kmh is not None and zs[i].kind != "poi"])
+        return [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
+
+    def reload_file(self, path: Path) -> list[Event]:
+        """Load ``path`` and swap to it; an invalid file keeps the old zones and
+        ``health()["zones"]["error"]`` says why."""
+        try:
+            zones = load_zones(path)
+        except ZonesError as exc:
+            self._zones_error = str(exc)
+            self._count["zones_rejected"] += 1
+            return []
+        return self.reload(zones)
+
+    def zones_rejected(self, reason: str) -> None:
+        """Record a reload the caller could not even parse (the old zones stay)."""
+        self._zones_error = reason
+        self._count["zones_rejected"] += 1
+
+    # ------------------------------------------------------------------ health
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "zones": {
+                "source": self.zones.source,
+                **self.zones.counts(),
+                "reloads": self._reloads,
+                "rejected": self._count["zones_rejected"],
+                "error": self._zones_error,
+            },
+            "inputs": {k: self._count[k] for k in (
+                "fixes", "invalid_fixes", "reordered_fixes", "speed_samples", "reordered_speed")},
+            "geofence": {
+                "state": "unknown" if self._fix is None or self.geofence.in_gap else "known",
+                "inside": self.geofence.inside_ids(),
+                "hysteresis_m": round(self._h, 1),
+            },
+            "overspeed": {
+                "active": self.speed.active,
+                "limit_kmh": self.speed.limit,
+                "limit_source": self.speed.source,
+            },
+            "trip": {"active": self.trip.active, "trips": self.trip.trips},
+            "poi": {"offers": self.poi.offers, "rate_capped": self.poi.rate_capped,
+                    "cooldown_skipped": self.poi.cooldown_skipped},
+            "events": dict(self._events),
+            "index": {"queries": self._loc.queries, "evaluations": self._loc.evaluations},
+        }

@@ -1,0 +1,181 @@
+"""``edge sim``: the unmodified daemon fed by a replayed drive through device interfaces.
+
+The config is rewritten (``dataclasses.replace``, nothing else) so that ``gnss.port`` is
+the slave side of a pty carrying the drive's NMEA, and the CAN bus is either the fake
+USB slcan adapter of ``sim.slcan`` (``can.interface = "slcan"``, ``can.channel`` its
+pty) or python-can's in-process virtual bus. The replay and the daemon share one event
+loop. When the replay ends (and ``loop`` is off) the daemon gets ``drain_s`` to finish
+its work, then it is stopped as SIGTERM would stop it. SIGINT/SIGTERM stop both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import structlog
+
+from edge.config import Config
+from sim.drive import load_drive
+from sim.pty import PtySerial
+from sim.replay import Replayer, VirtualCanSink
+
+log = structlog.get_logger()
+
+CanMode = Literal["slcan", "virtual", "auto"]
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a line every 25 % otherwise."""
+
+    def __init__(self, stream: TextIO, *, label: str, min_total_s: float = 5.0) -> None:
+        self.stream = stream
+        self.label = label
+        self.min_total_s = min_total_s
+        self.tty = stream.isatty()
+        self._quarter = -1
+        self._wall0 = time.monotonic()
+
+    def __call__(self, done_s: float, total_s: float) -> None:
+        if total_s < self.min_total_s:
+            return
+        frac = min(1.0, max(0.0, done_s / total_s)) if total_s > 0 else 1.0
+        if self.tty:
+            width = 30
+            fill = int(frac * width)
+            bar = "#" * fill + "-" * (width - fill)
+            self.stream.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% "
+                              f"{_mmss(done_s)}/{_mmss(total_s)}")
+            if frac >= 1.0:
+                self.stream.write("\n")
+            self.stream.flush()
+        else:
+            q = int(frac * 4)
+            if q > self._quarter:
+                self._quarter = q
+                self.stream.write(f"{self.label}: {q * 25}% of {_mmss(total_s)} "
+                                  f"({time.monotonic() - self._wall0:.1f} s)\n")
+                self.stream.flush()
+
+
+def _mmss(s: float) -> str:
+    s = max(0, int(s))
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _slcan_adapter() -> Any | None:
+    try:
+        from sim.slcan import SlcanPtyAdapter  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return SlcanPtyAdapter
+
+
+def sim_config(config: Config, *, gnss_port: str | None, can_interface: str | None,
+               can_channel: str | None) -> Config:
+    """The config the daemon gets under simulation: only device paths change."""
+    cfg = config
+    if gnss_port is not None:
+        cfg = dataclasses.replace(cfg, gnss=dataclasses.replace(cfg.gnss, port=gnss_port))
+    if can_interface is not None and can_channel is not None:
+        cfg = dataclasses.replace(cfg, can=dataclasses.replace(
+            cfg.can, interface=can_interface, channel=can_channel))  # type: ignore[arg-type]
+    return cfg
+
+
+async def run_sim(
+    drive: Path,
+    config: Config,
+    *,
+    rate: float | None,
+    loop: bool = False,
+    can_mode: CanMode = "auto",
+    max_gap_s: float | None = None,
+    drain_s: float = 2.0,
+    open_timeout_s: float = 15.0,
+    progress: TextIO | None = sys.stderr,
+) -> int:
+    """Replay ``drive`` into ptys and run the daemon on them; return the exit status."""
+    from edge.app import Daemon, run_until_signalled
+
+    d = load_drive(drive)
+    pty = PtySerial() if d.gnss is not None else None
+    sink: Any = None
+    can_iface: str | None = None
+    can_channel: str | None = None
+    if d.can is not None and config.can.interface != "none":
+        adapter_cls = _slcan_adapter() if can_mode in ("slcan", "auto") else None
+        if can_mode == "slcan" and adapter_cls is None:
+            raise RuntimeError("sim.slcan.SlcanPtyAdapter is not available")
+        if adapter_cls is not None:
+            sink = adapter_cls()
+            can_iface, can_channel = "slcan", str(sink.path)
+        else:
+            can_channel = f"sim-{uuid.uuid4().hex[:8]}"
+            sink = VirtualCanSink(can_channel)
+            can_iface = "virtual"
+    cfg = sim_config(config, gnss_port=pty.path if pty else None,
+                     can_interface=can_iface, can_channel=can_channel)
+    bar = Progress(progress, label=f"sim {d.name}") if progress is not None else None
+    replayer = Replayer(d, nmea=pty, can=sink, rate=rate, max_gap_s=max_gap_s, loop=loop,
+                        progress=bar)
+    log.info("sim starting", drive=str(d.path), gnss=cfg.gnss.port, can=cfg.can.interface,
+             channel=cfg.can.channel, rate=rate or "max")
+
+    async def _replay_when_open() -> None:
+        # a real adapter drops frames until the host opens the channel: wait for the
+        # daemon to open it (python-can's slcan waits slcan_open_delay_s) before replaying
+        if sink is not None:
+            if not await replayer.wait_open(open_timeout_s):
+                log.warning("sim: the daemon did not open the slcan adapter",
+                            path=str(sink.path), waited_s=open_timeout_s)
+        await replayer.run()
+
+    async def main(stop: asyncio.Event) -> None:
+        daemon = Daemon(cfg)
+        daemon_task = asyncio.create_task(daemon.run(stop), name="sim-daemon")
+        replay_task = asyncio.create_task(_replay_when_open(), name="sim-replay")
+        stop_wait = asyncio.create_task(stop.wait(), name="sim-stop-wait")
+        try:
+            done, _ = await asyncio.wait({daemon_task, replay_task, stop_wait},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if replay_task in done and not stop.is_set():
+                replay_task.result()
+                # let the daemon read what is in flight and publish it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(daemon_task), drain_s)
+                stop.set()
+            elif daemon_task in done:
+                stop.set()
+            else:
+                stop.set()
+            await daemon_task
+        finally:
+            for t in (replay_task, stop_wait):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay_task
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop_wait
+            if not daemon_task.done():
+                daemon_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await daemon_task
+
+    try:
+        return await run_until_signalled(main)
+    finally:
+        s = replayer.stats
+        log.info("sim done", nmea_lines=s.nmea_lines, can_frames=s.can_frames,
+                 can_errors=s.can_errors, wall_s=round(s.wall_s, 2))
+        if pty is not None:
+            pty.close()
+        close = getattr(sink, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,236 @@
+"""CanSource on python-can's in-process virtual bus: DBC speed, OBD with a fake ECU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import can
+import pytest
+
+from edge.config import CanConfig
+from edge.errors import ConfigError
+from edge.model import SpeedSample
+from edge.sources.can import CanSource
+
+DBC = """VERSION ""
+
+BS_:
+
+BU_: ECU
+
+BO_ 180 SPEED: 8 ECU
+ SG_ SPEED : 47|16@0+ (0.01,0) [0|250] "km/h" ECU
+"""
+
+
+def frame(kmh: float) -> bytes:
+    data = bytearray(8)
+    data[5:7] = round(kmh * 100).to_bytes(2, "big")
+    return bytes(data)
+
+
+async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def channel() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def dbc_config(tmp_path: Path, ch: str, **kw: object) -> CanConfig:
+    dbc = tmp_path / "s.dbc"
+    dbc.write_text(DBC)
+    return CanConfig(interface="virtual", channel=ch, dbc=dbc, speed_signal="SPEED.SPEED",
+                     reopen_max_s=0.5, **kw)  # type: ignore[arg-type]
+
+
+def run(
+    cfg: CanConfig, body: Callable[[CanSource, list[SpeedSample], can.BusABC], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        car = can.Bus(interface="virtual", channel=cfg.channel, receive_own_messages=False)
+        src = CanSource(cfg)
+        got: list[SpeedSample] = []
+        task = asyncio.create_task(src.run(got.append))
+        try:
+            await until(lambda: src.state == "open")
+            await body(src, got, car)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            car.shutdown()
+        assert src.state == "closed"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_dbc_speed_on_virtual_bus_with_error_frames(tmp_path: Path) -> None:
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        for i in range(50):
+            car.send(can.Message(arbitration_id=0x100 + i % 5, data=bytes(8),
+                                 is_extended_id=False))
+            if i % 10 == 0:
+                car.send(can.Message(arbitration_id=0xB4, data=frame(i), is_extended_id=False))
+        car.send(can.Message(is_error_frame=True, arbitration_id=0x80, data=bytes(8)))
+        car.send(can.Message(arbitration_id=0xB4, data=frame(99.0), is_extended_id=False))
+        await until(lambda: len(got) == 6)
+        assert [s.speed_kmh for s in got] == [0, 10, 20, 30, 40, 99.0]
+        h = src.health()
+        # only the speed ID passed the filter; the error frame was counted, not fatal
+        assert h["frames"] == 6 and h["error_frames"] == 1 and h["state"] == "open"
+        assert h["decoder"]["decoded"] == 6
+
+    run(dbc_config(tmp_path, channel()), body)
+
+
+def test_bus_off_reopens(tmp_path: Path) -> None:
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        car.send(can.Message(is_error_frame=True, arbitration_id=0x40, data=bytes(8)))
+        await until(lambda: src.health()["reopens"] >= 1 and src.state == "open")
+        car.send(can.Message(arbitration_id=0xB4, data=frame(33.0), is_extended_id=False))
+        await until(lambda: len(got) == 1)
+        assert src.health()["bus_off"] == 1
+
+    run(dbc_config(tmp_path, channel()), body)
+
+
+def test_queue_is_bounded_and_drops_oldest(tmp_path: Path) -> None:
+    src = CanSource(dbc_config(tmp_path, channel(), queue_max=5))
+    for i in range(8):
+        src._push(can.Message(arbitration_id=0xB4, data=frame(i), timestamp=float(i),
+                              is_extended_id=False), 0.0)
+    h = src.health()
+    assert h["queue"] == 5 and h["dropped"] == 3 and h["drop_policy"] == "drop-oldest"
+    assert [f[2] for f in src._queue] == [3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_emit_that_raises_is_counted(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = dbc_config(tmp_path, channel())
+        car = can.Bus(interface="virtual", channel=cfg.channel)
+        src = CanSource(cfg)
+
+        def bad_emit(s: SpeedSample) -> None:
+            raise RuntimeError("consumer bug")
+
+        task = asyncio.create_task(src.run(bad_emit))
+        await until(lambda: src.state == "open")
+        car.send(can.Message(arbitration_id=0xB4, data=frame(5.0), is_extended_id=False))
+        await until(lambda: src.health()["emit_errors"] == 1)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        car.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class FakeEcu:
+    """Answers OBD requests on the virtual bus like an engine ECU (0x7E8)."""
+
+    def __init__(self, bus: can.BusABC, *, speed: int = 88, silent: bool = False,
+                 refuse: set[int] | None = None) -> None:
+        self.bus = bus
+        self.speed = speed
+        self.silent = silent
+        self.refuse = refuse or set()
+        self.requests: list[bytes] = []
+
+    async def run(self) -> None:
+        while True:
+            msg = await asyncio.to_thread(self.bus.recv, 0.05)
+            if msg is None or msg.arbitration_id != 0x7DF:
+                continue
+            data = bytes(msg.data)
+            self.requests.append(data)
+            if self.silent:
+                continue
+            pid = data[2]
+            if pid in self.refuse or data[0] > 2:
+                reply = bytes([3, 0x7F, 0x01, 0x12, 0x55, 0x55, 0x55, 0x55])
+            elif pid == 0x0D:
+                reply = bytes([3, 0x41, 0x0D, self.speed, 0x55, 0x55, 0x55, 0x55])
+            elif pid == 0x0C:
+                reply = bytes([4, 0x41, 0x0C, 0x1A, 0xF8, 0x55, 0x55, 0x55])
+            else:
+                reply = bytes([3, 0x41, pid, 0x5A, 0x55, 0x55, 0x55, 0x55])
+            self.bus.send(can.Message(arbitration_id=0x7E8, data=reply, is_extended_id=False))
+
+
+def obd_config(ch: str, **kw: object) -> CanConfig:
+    return CanConfig(interface="virtual", channel=ch, mode="obd", obd_interval_s=0.1,
+                     obd_timeout_s=0.1, reopen_max_s=1.0, **kw)  # type: ignore[arg-type]
+
+
+def test_obd_polling_with_fake_ecu() -> None:
+    ecu_holder: list[FakeEcu] = []
+
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        ecu = FakeEcu(car)
+        ecu_holder.append(ecu)
+        t = asyncio.create_task(ecu.run())
+        try:
+            await until(lambda: len(got) >= 3 and "rpm" in src.health()["obd"])
+        finally:
+            t.cancel()
+        assert {(s.speed_kmh, s.source) for s in got} == {(88.0, "obd")}
+        obd = src.health()["obd"]
+        assert obd["rpm"] == pytest.approx(0x1AF8 / 4)
+        assert all(r[0] == 2 and r[:3] in (b"\x02\x01\x0d", b"\x02\x01\x0c", b"\x02\x01\x05")
+                   for r in ecu.requests)
+
+    run(obd_config(channel()), body)
+
+
+def test_obd_silent_ecu_times_out_and_backs_off() -> None:
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        ecu = FakeEcu(car, silent=True)
+        t = asyncio.create_task(ecu.run())
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            t.cancel()
+        assert got == []
+        obd = src.health()["obd"]
+        assert obd["timeouts"] >= 3
+        # backoff: far fewer requests than one per 0.1 s interval over 2 s
+        assert 3 <= len(ecu.requests) <= 10
+        assert src.health()["state"] == "open"
+
+    run(obd_config(channel()), body)
+
+
+def test_obd_negative_response_and_multi_pid_fallback() -> None:
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        ecu = FakeEcu(car, refuse={0x05})  # also refuses any multi-PID request
+        t = asyncio.create_task(ecu.run())
+        try:
+            await until(lambda: len(got) >= 3)
+        finally:
+            t.cancel()
+        obd = src.health()["obd"]
+        assert obd["max_pids"] == 1 and obd["negative"] >= 1
+        assert ecu.requests[0][0] > 2  # first asked for several PIDs at once
+        assert all(r[0] == 2 for r in ecu.requests[1:])
+
+    run(obd_config(channel(), obd_max_pids=6), body)
+
+
+def test_config_errors_surface_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        CanSource(CanConfig(interface="virtual", dbc=tmp_path / "x.dbc",
+                            speed_signal="A.B"))
+    assert e.value.field == "can.dbc"
+    with pytest.raises(ConfigError) as e:
+        CanSource(CanConfig(interface="slcan", bitrate=123456, mode="obd"))
+    assert e.value.field == "can.bitrate"

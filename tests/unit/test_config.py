@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import config_from_dict, load_config
+from edge.errors import ConfigError
+
+
+def err(data: dict[str, object]) -> ConfigError:
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict(data)
+    return ei.value
+
+
+def test_minimal_config_has_sane_defaults(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('thing = "car-1"\n[outbox]\npath = "state/o.db"\n')
+    cfg = load_config(p)
+    assert cfg.thing == "car-1"
+    assert cfg.uplink.kind == "mqtt" and cfg.can.interface == "none"
+    # relative paths resolve against the config file's directory
+    assert cfg.outbox.path == tmp_path / "state" / "o.db"
+    assert cfg.health_path == tmp_path / "state" / "health.json"
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"thing": 42}, "thing", "string"),
+        ({}, "thing", "missing"),
+        ({"thing": "a/b"}, "thing", "letters"),
+        ({"thing": "a", "gnss": {"baud": "fast"}}, "gnss.baud", "integer"),
+        ({"thing": "a", "gnss": {"bogus": 1}}, "gnss.bogus", "unknown key"),
+        ({"thing": "a", "typo": {}}, "typo", "unknown key"),
+        ({"thing": "a", "uplink": {"kind": "pigeon"}}, "uplink.kind", "one of"),
+        ({"thing": "a", "uplink": {"kind": "file"}}, "uplink.path", "required"),
+        ({"thing": "a", "uplink": {"port": 70000}}, "uplink.port", "1-65535"),
+        ({"thing": "a", "uplink": {"kind": "iotcore"}}, "uplink.cert", "required"),
+        ({"thing": "a", "rules": {"speed": {"limit_kmh": -3}}}, "rules.speed.limit_kmh",
+         "positive"),
+        ({"thing": "a", "rules": {"speed": {"limit_kmh": True}}}, "rules.speed.limit_kmh",
+         "number"),
+        ({"thing": "a", "can": {"interface": "slcan"}}, "can.dbc", "required"),
+        ({"thing": "a", "can": {"interface": "virtual", "dbc": "x.dbc",
+                                "speed_signal": "NODOT"}}, "can.speed_signal", "MESSAGE.SIGNAL"),
+        ({"thing": "a", "gnss": "ttyS0"}, "gnss", "table"),
+    ],
+)
+def test_errors_name_the_field(data: dict[str, object], field: str, words: str) -> None:
+    e = err(data)
+    assert e.field == field
+    assert words in e.reason
+
+
+def test_unreadable_and_non_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("thing = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for name in ("laptop-sim.toml", "raspberry-pi.toml"):
+        cfg = load_config(root / "examples" / name)
+        assert cfg.thing

@@ -1,0 +1,341 @@
+"""Rendered Greengrass recipes: schema, least privilege, lowercase lifecycle, platforms.
+
+The GDK CLI's recipe schema (gdk/static/recipe_schema.json) is not on PyPI (the PyPI
+package named ``gdk`` is an unrelated project), so this validates the fields we rely on
+with our own JSON Schema, written here, in the GDK's convention: keys compared lowercased.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import Config
+from edge.ggconfig import config_from_component
+
+jsonschema = pytest.importorskip("jsonschema")
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "scripts" / "build_components.py"
+COMPONENTS = ("com.vehicleedge.Daemon", "com.vehicleedge.Zones", "com.vehicleedge.Simulator")
+VERSION = "1.2.3"
+BUCKET = "fleet-artifacts"
+# Greengrass' Platform "architecture" values for aarch64, armv7l, x86_64
+GG_ARCHES = {"aarch64", "arm", "amd64"}
+LIFECYCLE_STEPS = {"setenv", "bootstrap", "install", "startup", "run", "shutdown", "recover"}
+
+_STEP = {
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "properties": {
+                "script": {"type": "string"},
+                "skipif": {"type": "string", "pattern": r"^(onpath|exists)\s+.+"},
+                "timeout": {"type": ["integer", "string"]},
+                "requiresprivilege": {"type": ["boolean", "string"]},
+                "setenv": {"type": "object"},
+            },
+            "required": ["script"],
+            "additionalProperties": False,
+        },
+    ]
+}
+PERMISSION = {"type": "string", "pattern": "^(none|owner|all)$"}
+RECIPE_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema",
+    "type": "object",
+    "required": ["recipeformatversion", "componentname", "componentversion", "manifests"],
+    "additionalProperties": False,
+    "properties": {
+        "recipeformatversion": {"enum": ["2020-01-25"]},
+        "componentname": {"type": "string", "pattern": r"^[a-zA-Z0-9\-_.]+$", "maxLength": 128},
+        "componentversion": {
+            "type": "string",
+            "maxLength": 64,
+            "pattern": r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$",
+        },
+        "componentdescription": {"type": "string"},
+        "componentpublisher": {"type": "string"},
+        "componenttype": {"type": "string", "pattern": r"^aws\.greengrass\.generic$"},
+        "componentconfiguration": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"defaultconfiguration": {"type": "object"}},
+        },
+        "componentdependencies": {
+            "type": "object",
+            "patternProperties": {
+                r"^[a-zA-Z0-9\-_.]+$": {
+                    "type": "object",
+                    "required": ["versionrequirement"],
+                    "properties": {
+                        "versionrequirement": {"type": "string"},
+                        "dependencytype": {"type": "string", "pattern": "^(soft|hard)$"},
+                    },
+                }
+            },
+            "additionalProperties": False,
+        },
+        "manifests": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["platform", "lifecycle"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "platform": {
+                        "type": "object",
+                        "required": ["os", "architecture", "runtime"],
+                        "additionalProperties": {"type": "string"},
+                    },
+                    "lifecycle": {
+                        "type": "object",
+                        "propertyNames": {"enum": sorted(LIFECYCLE_STEPS)},
+                        "additionalProperties": _STEP,
+                    },
+                    "artifacts": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["uri"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "uri": {"type": "string", "pattern": r"^(s3|greengrass)://.+"},
+                                "unarchive": {"type": "string", "pattern": "^(zip|none)$"},
+                                "permission": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {"read": PERMISSION, "execute": PERMISSION},
+                                },
+                                "digest": {"type": "string"},
+                                "algorithm": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def lower_keys(value: Any, *, under_config: bool = False) -> Any:
+    """Lowercase keys (and enum-ish values) the way the GDK compares them, except inside
+    DefaultConfiguration, which is the component's own data."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            lk = k if under_config else k.lower()
+            out[lk] = lower_keys(v, under_config=under_config or lk == "defaultconfiguration")
+        return out
+    if isinstance(value, list):
+        return [lower_keys(v, under_config=under_config) for v in value]
+    if isinstance(value, str) and not under_config and value.upper() in {
+        "SOFT", "HARD", "ZIP", "NONE", "OWNER", "ALL"
+    }:
+        return value.lower()
+    return value
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("gg")
+    r = subprocess.run(
+        [sys.executable, str(BUILD), "--skip-wheelhouse", "--out", str(out),
+         "--version", VERSION, "--bucket", BUCKET],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    recipes = {}
+    for name in COMPONENTS:
+        path = out / name / VERSION / "recipe.json"
+        assert path.is_file(), f"{path} not rendered"
+        recipes[name] = json.loads(path.read_text())
+    recipes["_out"] = {"dir": str(out)}
+    return recipes
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_recipe_valid_against_schema(rendered: dict[str, Any], name: str) -> None:
+    jsonschema.validate(lower_keys(rendered[name]), RECIPE_SCHEMA)
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_version_and_bucket_rendered(rendered: dict[str, Any], name: str) -> None:
+    recipe = rendered[name]
+    assert recipe["ComponentName"] == name and recipe["ComponentVersion"] == VERSION
+    text = json.dumps(recipe)
+    for placeholder in ("{COMPONENT_", "{{ARTIFACT_BUCKET}}", "{ARCH}", "{GG_ARCH}"):
+        assert placeholder not in text
+    for m in recipe["Manifests"]:
+        for a in m.get("Artifacts", []):
+            assert a["Uri"].startswith(f"s3://{BUCKET}/{name}/{VERSION}/")
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_lifecycle_lowercase_three_platforms_no_privilege(
+    rendered: dict[str, Any], name: str
+) -> None:
+    recipe = rendered[name]
+    arches = set()
+    for m in recipe["Manifests"]:
+        assert m["Platform"]["os"] == "linux"
+        assert m["Platform"]["runtime"] == "*"  # both nucleus classic and lite
+        arches.add(m["Platform"]["architecture"])
+        for key, step in m["Lifecycle"].items():
+            assert key == key.lower() and key in LIFECYCLE_STEPS, key
+            assert key != "shutdown", "nucleus lite runs no shutdown step"
+            if isinstance(step, dict):
+                assert all(k == k.lower() for k in step), step
+    assert arches == GG_ARCHES
+    text = json.dumps(recipe).lower()
+    assert "requiresprivilege" not in text
+    assert "sudo" not in text
+
+
+def access_control(recipe: dict[str, Any]) -> dict[str, Any]:
+    cfg = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+    ac: dict[str, Any] = cfg.get("accessControl", {})
+    return ac
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_access_control_least_privilege(rendered: dict[str, Any], name: str) -> None:
+    ac = access_control(rendered[name])
+    for service, policies in ac.items():
+        assert service in {"aws.greengrass.ipc.mqttproxy", "aws.greengrass.ipc.config"}, service
+        for policy in policies.values():
+            for res in policy["resources"]:
+                assert "*" != res and not res.startswith("*"), res
+            for op in policy["operations"]:
+                assert op != "*" and op.startswith("aws.greengrass#"), op
+            if service == "aws.greengrass.ipc.mqttproxy":
+                assert policy["operations"] == ["aws.greengrass#PublishToIoTCore"]
+                assert policy["resources"] == ["vehicles/{iot:thingName}/*"]
+
+
+def test_daemon_publishes_only_own_topics(rendered: dict[str, Any]) -> None:
+    ac = access_control(rendered["com.vehicleedge.Daemon"])
+    assert list(ac) == ["aws.greengrass.ipc.mqttproxy"]
+
+
+def test_daemon_default_configuration_mirrors_toml_config(rendered: dict[str, Any]) -> None:
+    dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
+    cfg = config_from_component(dc, base=Path("/work"), env={"AWS_IOT_THING_NAME": "car-1"})
+    defaults = Config(thing="car-1")
+    assert cfg.uplink.kind == "greengrass" and cfg.log.format == "json"
+    # everything else is exactly the TOML defaults
+    for section in ("gnss", "can", "rules", "telemetry", "health"):
+        assert getattr(cfg, section) == getattr(defaults, section), section
+    assert cfg.outbox.path == Path("/work/outbox.db")
+    assert cfg.outbox.max_mb == defaults.outbox.max_mb
+
+
+@pytest.mark.parametrize("name", ["com.vehicleedge.Daemon", "com.vehicleedge.Simulator"])
+def test_install_is_offline_into_work_dir_venv(rendered: dict[str, Any], name: str) -> None:
+    for m in rendered[name]["Manifests"]:
+        install = m["Lifecycle"]["install"]["script"]
+        arch = m["Name"].removeprefix("linux-")
+        assert "install-venv.sh" in install and "{work:path}" in install and arch in install
+        uris = [a["Uri"].rsplit("/", 1)[-1] for a in m["Artifacts"]]
+        assert f"wheelhouse-{arch}.zip" in uris
+        assert f"{{work:path}}/venv-{VERSION}" in m["Lifecycle"]["run"]["script"]
+    script = (ROOT / "components" / "install-venv.sh").read_text()
+    assert "--no-index" in script and "--find-links" in script
+    pip_lines = [ln for ln in script.splitlines() if "pip install" in ln or "pip\" install" in ln
+                 or ln.strip().startswith("\"$VENV/bin/python\" -m pip")]
+    assert pip_lines and all("--no-index" in ln for ln in pip_lines), pip_lines
+
+
+def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> None:
+    """Run install-venv.sh against a tiny wheelhouse: no network, the real script."""
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("install-venv.sh requires CPython 3.11")
+    import zipfile
+
+    art = tmp_path / "art"
+    work = tmp_path / "work"
+    art.mkdir()
+    work.mkdir()
+    # a minimal wheel named vehicle-edge that provides an `edge` console script
+    whl = art / "vehicle_edge-9.9.9-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("vedge_stub.py", "def main():\n    print('ok')\n")
+        di = "vehicle_edge-9.9.9.dist-info"
+        z.writestr(f"{di}/METADATA", "Metadata-Version: 2.1\nName: vehicle-edge\nVersion: 9.9.9\n")
+        z.writestr(f"{di}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                  "Tag: py3-none-any\n")
+        z.writestr(f"{di}/entry_points.txt", "[console_scripts]\nedge = vedge_stub:main\n")
+        z.writestr(f"{di}/RECORD", "")
+    with zipfile.ZipFile(art / "wheelhouse-x86_64.zip", "w") as z:
+        z.write(whl, whl.name)
+    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/none", "PATH": os.environ["PATH"]}
+    r = subprocess.run(
+        ["sh", str(ROOT / "components" / "install-venv.sh"), str(art), str(work), "x86_64",
+         "9.9.9"], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = subprocess.run([str(work / "venv-9.9.9" / "bin" / "edge")], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "ok"
+    assert not (work / "wheelhouse-9.9.9-x86_64").exists()
+
+
+def test_zones_component_replaces_file_atomically(rendered: dict[str, Any]) -> None:
+    zones = rendered["com.vehicleedge.Zones"]
+    for m in zones["Manifests"]:
+        script = m["Lifecycle"]["install"]["script"]
+        assert "mv -f" in script and "{work:path}/zones.geojson" in script
+    daemon = rendered["com.vehicleedge.Daemon"]
+    assert "com.vehicleedge.Zones" in daemon["ComponentDependencies"]
+    run = daemon["Manifests"][0]["Lifecycle"]["run"]["script"]
+    assert "{com.vehicleedge.Zones:work:path}/zones.geojson" in run
+    out = Path(rendered["_out"]["dir"])
+    art = out / "com.vehicleedge.Zones" / VERSION / "artifacts" / "zones.geojson"
+    assert json.loads(art.read_text())["type"] == "FeatureCollection"
+
+
+def test_build_rejects_bad_arguments(tmp_path: Path) -> None:
+    for args in (["--arch", "mips"], ["--version", "one"]):
+        r = subprocess.run([sys.executable, str(BUILD), "--skip-wheelhouse", "--out",
+                            str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, args
+
+
+def test_templates_and_deployment(rendered: dict[str, Any]) -> None:
+    dep = json.loads((ROOT / "recipes" / "deployment.template.json").read_text())
+    pol = dep["deploymentPolicies"]
+    assert pol["failureHandlingPolicy"] == "ROLLBACK"
+    job = dep["iotJobConfiguration"]
+    assert job["jobExecutionsRolloutConfig"]["exponentialRate"]["incrementFactor"] > 1
+    assert any(c["failureType"] == "FAILED" for c in job["abortConfig"]["criteriaList"])
+    for comp in dep["components"].values():
+        assert comp["runWith"]["posixUser"].split(":")[0] not in ("root", "0")
+    merge = json.loads(dep["components"]["com.vehicleedge.Daemon"]["configurationUpdate"]["merge"])
+    config_from_component(merge, env={"AWS_IOT_THING_NAME": "car-1"})  # a valid merge
+    out = Path(rendered["_out"]["dir"])
+    rendered_dep = json.loads((out / "deployment.json").read_text())
+    assert rendered_dep["components"]["com.vehicleedge.Daemon"]["componentVersion"] == VERSION
+
+
+def test_iot_policy_scoped_to_thing() -> None:
+    doc = json.loads((ROOT / "recipes" / "iot-policy.template.json").read_text())
+    for st in doc["Statement"]:
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        if any(a.startswith("iot:") for a in actions):
+            for res in resources:
+                assert res != "*"
+                if "iot:AssumeRoleWithCertificate" not in actions:
+                    assert "${iot:Connection.Thing.ThingName}" in res, res
+    publish = next(st for st in doc["Statement"] if st["Action"] == "iot:Publish")
+    assert publish["Resource"].endswith("topic/vehicles/${iot:Connection.Thing.ThingName}/*")
