@@ -115,6 +115,12 @@ class Daemon:
         }
         self.outbox_mode = "disk"
         self.last_uplink_error: str | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._uplink_task: asyncio.Task[None] | None = None
+        self.reloads = 0
+        self.restart_required: list[str] = []
+        self.extra_health: Callable[[], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -161,37 +167,140 @@ class Daemon:
                  recovered_inflight=self.outbox.recovered)
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 writer = tg.create_task(self._writer(), name="outbox-writer")
-                uplink = tg.create_task(self._uplink_loop(), name="uplink")
+                self._uplink_task = tg.create_task(self._uplink_loop(), name="uplink")
                 aux = [
                     tg.create_task(self._ticker(), name="ticker"),
                     tg.create_task(self._health_loop(), name="health"),
+                    tg.create_task(self._zones_watch(), name="zones-watch"),
                 ]
-                sources = self._start_sources(tg)
+                self._start_sources(tg)
                 await stop.wait()
                 log.info("shutting down")
-                await self._shutdown(sources, writer, uplink, aux)
+                await self._shutdown(list(self._source_tasks.values()), writer,
+                                     self._uplink_task, aux)
         finally:
             await asyncio.to_thread(self._close_outbox)
             self._write_health_file(final=True)
             log.info("daemon stopped", **self.counters)
 
-    def _start_sources(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+    def _start_sources(self, tg: asyncio.TaskGroup, only: set[str] | None = None) -> None:
         cfg = self.config
-        tasks: list[asyncio.Task[None]] = []
-        if cfg.gnss.port:
+        if cfg.gnss.port and (only is None or "gnss" in only):
             from edge.sources.gnss import GnssSource
 
             gnss = GnssSource(cfg.gnss)
             self._sources.append(("gnss", gnss))
-            tasks.append(tg.create_task(gnss.run(self.on_fix), name="gnss"))
-        if cfg.can.interface != "none":
+            self._source_tasks["gnss"] = tg.create_task(gnss.run(self.on_fix), name="gnss")
+        if cfg.can.interface != "none" and (only is None or "can" in only):
             from edge.sources.can import CanSource
 
             can_src = CanSource(cfg.can)
             self._sources.append(("can", can_src))
-            tasks.append(tg.create_task(can_src.run(self.on_speed), name="can"))
-        return tasks
+            self._source_tasks["can"] = tg.create_task(can_src.run(self.on_speed), name="can")
+
+    # ------------------------------------------------------------------ hot reload
+
+    async def apply_config(self, new: Config) -> None:
+        """Switch to a validated new config without a restart where that is safe.
+
+        Sources and the uplink whose section changed are restarted (in-flight rows go
+        back to ready); rules and telemetry switch in place; the outbox location and
+        the thing name need a restart, which is logged and shown in health."""
+        old = self.config
+        changed = {f for f in ("thing", "gnss", "can", "rules", "telemetry", "uplink", "outbox",
+                               "health", "log") if getattr(old, f) != getattr(new, f)}
+        if not changed:
+            return
+        self.restart_required = sorted(changed & {"thing", "outbox"})
+        live = changed - {"thing", "outbox"}
+        import dataclasses
+
+        self.config = dataclasses.replace(new, thing=old.thing, outbox=old.outbox)
+        self.reloads += 1
+        log.info("config reloaded", changed=sorted(live),
+                 restart_required=self.restart_required or None)
+        if "log" in live:
+            from edge.logconf import configure
+
+            configure(new.log.level, new.log.format)
+        engine = self.engine
+        if engine is not None:
+            if "telemetry" in live:
+                engine.telemetry.interval_s = new.telemetry.interval_s
+            if "rules" in live:
+                if dataclasses.replace(old.rules, zones=None) == dataclasses.replace(
+                        new.rules, zones=None):
+                    self._reload_zones()
+                else:
+                    from edge.core.rules import Rules
+
+                    engine.rules = Rules(self.config.rules, load_zones_for(self.config))
+            if "can" in live:
+                from edge.core.speed_source import SpeedArbiter
+
+                engine.arbiter = SpeedArbiter(stale_s=new.can.stale_s,
+                                              disagree_kmh=new.can.disagree_kmh,
+                                              disagree_s=new.can.disagree_s)
+        tg = self._tg
+        if tg is None:
+            return
+        restart = live & {"gnss", "can"}
+        for name in restart:
+            task = self._source_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            self._sources = [(n, s) for n, s in self._sources if n != name]
+        if restart:
+            self._start_sources(tg, only=restart)
+        if "uplink" in live and self._uplink_task is not None:
+            self._uplink_task.cancel()
+            await asyncio.gather(self._uplink_task, return_exceptions=True)
+            self._uplink_task = tg.create_task(self._uplink_loop(), name="uplink")
+
+    def _reload_zones(self) -> None:
+        engine = self.engine
+        path = self.config.rules.zones
+        if engine is None:
+            return
+        if path is None:
+            from edge.core.zones import empty_zones
+
+            self._enqueue(engine.reload(empty_zones()))
+            return
+        try:
+            zones = load_zones_for(self.config)
+        except ZonesError as exc:
+            engine.rules.zones_rejected(str(exc))
+            self._once(log, f"zones:{exc}", "zones update rejected, keeping the old zones",
+                       path=str(path), reason=str(exc))
+            return
+        self._enqueue(engine.reload(zones))
+        log.info("zones reloaded", path=str(path), **zones.counts())
+
+    async def _zones_watch(self, period_s: float = 2.0) -> None:
+        """Reload the zones file when it changes (a Greengrass Zones deployment or an
+        operator replaces it atomically)."""
+
+        def stamp() -> tuple[int, int, int] | None:
+            p = self.config.rules.zones
+            if p is None:
+                return None
+            try:
+                st = p.stat()
+            except OSError:
+                return None
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+        last = await asyncio.to_thread(stamp)
+        while True:
+            await asyncio.sleep(period_s)
+            now = await asyncio.to_thread(stamp)
+            if now != last and now is not None:
+                self._reload_zones()
+            last = now
 
     async def _shutdown(
         self,
@@ -414,6 +523,11 @@ class Daemon:
             with contextlib.suppress(Exception):
                 out[name] = src.health()
         out.update(self.engine.health())
+        out["config"] = {"reloads": self.reloads, "restart_required": self.restart_required,
+                         "source": str(self.config.source) if self.config.source else None}
+        if self.extra_health is not None:
+            with contextlib.suppress(Exception):
+                out["greengrass"] = self.extra_health()
         if self.outbox is not None:
             with contextlib.suppress(OutboxError):
                 out["outbox"] = self.outbox.stats()
@@ -491,6 +605,40 @@ def run_daemon(config: Config) -> int:
         return 2
     except OutboxError as exc:
         print(f"edge: outbox: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_greengrass() -> int:
+    """``edge run --greengrass``: config from the nucleus (GetConfiguration), validated
+    hot reload on SubscribeToConfigurationUpdate."""
+    from edge.errors import ConfigError
+    from edge.ggconfig import GreengrassConfigWatcher
+    from edge.logconf import configure
+
+    holder: dict[str, Daemon] = {}
+
+    async def on_config(new: Config) -> None:
+        d = holder.get("daemon")
+        if d is not None:
+            await d.apply_config(new)
+
+    async def main(stop: asyncio.Event) -> None:
+        async with GreengrassConfigWatcher(on_config=on_config) as watcher:
+            cfg = watcher.config
+            configure(cfg.log.level, cfg.log.format)
+            d = Daemon(cfg)
+            d.extra_health = watcher.health
+            holder["daemon"] = d
+            await d.run(stop)
+
+    try:
+        return _run(run_until_signalled(main))
+    except ConfigError as exc:
+        print(f"edge: invalid component configuration: {exc.field}: {exc.reason}",
+              file=sys.stderr)
+        return 2
+    except (ZonesError, UplinkError) as exc:
+        print(f"edge: {exc}", file=sys.stderr)
         return 1
 
 

@@ -32,6 +32,11 @@ def _logging(cfg: Config | None, *, quiet: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.greengrass:
+        _logging(None)
+        from edge.app import run_greengrass
+
+        return run_greengrass()
     cfg = _load(args.config)
     _logging(cfg)
     from edge.app import run_daemon
@@ -125,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM.")
-    s.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", "-c", type=Path, help="TOML config file")
+    g.add_argument("--greengrass", action="store_true",
+                   help="as a Greengrass component: configuration from the nucleus over IPC, "
+                   "hot-reloaded on updates")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("sim", help="run the daemon fed by a replayed drive through ptys",

@@ -65,7 +65,10 @@ class Engine:
         if chosen is None:
             return []
         self.telemetry.on_speed(chosen)
-        events = self.rules.on_speed(chosen)
+        # the sample's time was mapped onto GNSS time when a valid fix anchors it
+        clock = "system" if self._anchor is None else "gnss"
+        events = [e if e.clock == clock else dataclasses.replace(e, clock=clock)
+                  for e in self.rules.on_speed(chosen)]
         if self._anchor is None:
             # no GNSS at all: telemetry is paced by the bus, stamped by the system clock
             tel = self.telemetry.sample(chosen.time, clock="system")
