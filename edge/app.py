@@ -72,13 +72,13 @@ def make_uplink(config: Config) -> Uplink:
         assert config.uplink.path is not None
         return FileUplink(config.uplink.path)
     if kind == "iotcore":
-        from edge.uplinks.iotcore import IotCoreUplink  # type: ignore[import-not-found]
+        from edge.uplinks.iotcore import IotCoreUplink
 
-        return IotCoreUplink(config.uplink, client_id=config.thing)  # type: ignore[no-any-return]
+        return IotCoreUplink(config.uplink, client_id=config.thing)
     if kind == "greengrass":
-        from edge.uplinks.greengrass import GreengrassUplink  # type: ignore[import-not-found]
+        from edge.uplinks.greengrass import GreengrassUplink
 
-        return GreengrassUplink(config.uplink)  # type: ignore[no-any-return]
+        return GreengrassUplink(config.uplink)
     raise EdgeError(f"unknown uplink kind {kind!r}")
 
 
@@ -413,89 +413,68 @@ class Daemon:
             except UplinkError as exc:
                 self._uplink_failed(exc)
             self.uplink_state = "disconnected"
-            await asyncio.sleep(backoff.next())
+            await self._backoff_wait(backoff.next())
 
     def _uplink_failed(self, exc: Exception) -> None:
         self.counters["uplink_errors"] += 1
         self.last_uplink_error = str(exc)
         self._once(log, "uplink", "uplink unavailable, will retry", reason=str(exc))
 
-    async def _drain(self, uplink: Uplink) -> None:
-        assert self.outbox is not None
-        outbox = self.outbox
-        quota = None if uplink.name == "file" else IotQuota.aws()
-        lost: asyncio.Event | None = getattr(uplink, "lost", None)
-        while True:
-            if lost is not None and lost.is_set():
-                raise UplinkError("connection lost")
-            self._new_rows.clear()
-            rows = await asyncio.to_thread(outbox.claim, CLAIM)
-            if not rows:
-                waiters = [asyncio.ensure_future(self._new_rows.wait())]
-                if lost is not None:
-                    waiters.append(asyncio.ensure_future(lost.wait()))
-                _, pending = await asyncio.wait(waiters, timeout=5.0,
-                                                return_when=asyncio.FIRST_COMPLETED)
-                for w in pending:
-                    w.cancel()
-                continue
-            await self._publish_rows(uplink, rows, quota)
+    async def _backoff_wait(self, delay: float) -> None:
+        """Sleep ``delay`` (capped, jittered backoff) — but when the broker's TCP port
+        was closed at the failure and opens during the wait, reconnect at once.
 
-    async def _publish_rows(self, uplink: Uplink, rows: list[Row], quota: IotQuota | None) -> None:
-        assert self.outbox is not None
-        # alerts and trips one publish each; telemetry batched; health as is
-        units: list[tuple[str, bytes, list[int]]] = []
-        tel = [r for r in rows if r.lane == Lane.TELEMETRY]
-        for r in rows:
-            if r.lane != Lane.TELEMETRY:
-                units.append((r.topic, r.payload, [r.seq]))
-        if tel:
-            groups = split_batches([r.payload for r in tel], max_records=self.config.telemetry.batch_max,
-                                   max_bytes=MAX_PAYLOAD)
-            for g in groups:
-                payload = batch_payload(self.config.thing, [tel[i].payload for i in g])
-                units.append((tel[g[0]].topic, payload, [tel[i].seq for i in g]))
-        units.sort(key=lambda u: 0 if "/events/" in u[0] else 1)
-        done: list[int] = []
-        rejected: list[int] = []
-        failed: UplinkError | None = None
-
-        async def one(topic: str, payload: bytes, seqs: list[int]) -> None:
-            nonlocal failed
-            try:
-                await uplink.publish(topic, payload, qos=1)
-            except PublishRejected as exc:
-                rejected.extend(seqs)
-                self.counters["rejected"] += len(seqs)
-                self._once(log, f"rejected:{topic}", "publish rejected, dropped",
-                           topic=topic, reason=str(exc))
+        A closed port (broker restarting, network back) is cheap to watch: one TCP
+        SYN every ``uplink.probe_s``. A port that is open while connecting fails (TLS
+        or credentials refused, broker overloaded) gets the full backoff, so a fleet
+        does not hammer a sick broker with TLS handshakes.
+        """
+        cfg = self.config.uplink
+        target = self._probe_target()
+        if target is None or cfg.probe_s <= 0 or await self._port_open(*target):
+            await asyncio.sleep(delay)
+            return
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(cfg.probe_s, left))
+            if await self._port_open(*target):
+                log.debug("uplink port open again, reconnecting now", host=target[0],
+                          port=target[1])
                 return
-            except UplinkError as exc:
-                failed = exc
-                return
-            done.extend(seqs)
-            self.counters["published"] += len(seqs)
-            self.counters["publish_batches"] += 1
 
-        pending: list[Awaitable[None]] = []
-        for topic, payload, seqs in units:
-            if quota is not None:
-                while (d := quota.delay(time.monotonic(), len(payload))) > 0:
-                    await asyncio.sleep(d)
-            pending.append(asyncio.ensure_future(one(topic, payload, seqs)))
+    def _probe_target(self) -> tuple[str, int] | None:
+        cfg = self.config.uplink
+        if cfg.kind not in ("mqtt", "iotcore"):
+            return None
+        tls = cfg.tls if cfg.tls is not None else (cfg.cert is not None or cfg.ca is not None)
+        default = 8883 if cfg.kind == "iotcore" or tls else 1883
+        return cfg.endpoint, cfg.port or default
+
+    @staticmethod
+    async def _port_open(host: str, port: int, limit_s: float = 1.0) -> bool:
         try:
-            await asyncio.gather(*pending)
-        finally:
-            await asyncio.to_thread(self._settle, rows, done, rejected)
-        if failed is not None:
-            raise failed
+            async with asyncio.timeout(limit_s):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
-    def _settle(self, rows: list[Row], done: list[int], rejected: list[int]) -> None:
+    async def _drain(self, uplink: Uplink) -> None:
+        """Serve one connection (``edge.forwarder``): alerts first, telemetry batched
+        (optionally compressed), IoT Core quotas kept, every claimed row settled."""
+        from edge.forwarder import Forwarder
+
         assert self.outbox is not None
-        self.outbox.ack(done)
-        self.outbox.reject(rejected)
-        finished = set(done) | set(rejected)
-        self.outbox.release([r.seq for r in rows if r.seq not in finished])
+        cfg = self.config
+        forwarder = Forwarder(
+            self.outbox, thing=cfg.thing, batch_max=cfg.telemetry.batch_max,
+            compression=cfg.uplink.compression, window=cfg.uplink.window,
+            counters=self.counters, once=self._once,
+        )
+        await forwarder.run(uplink, self._new_rows)
 
     # ------------------------------------------------------------------ time & health
 

@@ -118,6 +118,9 @@ class UplinkConfig:
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
     backoff_max_s: float = 60.0
+    compression: Literal["none", "gzip", "zstd"] = "none"  # telemetry batches (MQTT 5 only)
+    window: int = 16  # publishes awaiting their PUBACK at once
+    probe_s: float = 0.5  # while down, look for the broker's port this often (0: off)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +128,13 @@ class OutboxConfig:
     path: Path = Path("outbox.db")
     max_mb: float = 64.0
     alert_sync: Literal["full", "normal"] = "full"
+    sync_interval_s: float = 5.0  # telemetry loss window at a power cut (an fsync at least this often)
+    trip_max_mb: float | None = None  # per-lane quotas (None: only max_mb applies)
+    telemetry_max_mb: float | None = None
+    health_max_mb: float | None = 4.0
+    trip_ttl_h: float | None = None  # rows older than this are dropped (counted); alerts never expire
+    telemetry_ttl_h: float | None = None
+    health_ttl_h: float | None = 24.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,7 +192,7 @@ def config_from_dict(
     base = base or Path.cwd()
     if "source" in data:
         raise ConfigError("source", "unknown key")
-    cfg = _build(Config, data, "", base)
+    cfg: Config = _build(Config, data, "", base)
     cfg = dataclasses.replace(cfg, source=source)
     if not cfg.outbox.path.is_absolute():
         cfg = dataclasses.replace(
@@ -284,6 +294,24 @@ def _check(cfg: Config) -> None:
                           "cert and key go together")
     if cfg.outbox.max_mb <= 0:
         raise ConfigError("outbox.max_mb", "must be positive")
+    if cfg.outbox.sync_interval_s < 0:
+        raise ConfigError("outbox.sync_interval_s", "must not be negative")
+    for name in ("trip_max_mb", "telemetry_max_mb", "health_max_mb",
+                 "trip_ttl_h", "telemetry_ttl_h", "health_ttl_h"):
+        value = getattr(cfg.outbox, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"outbox.{name}", "must be positive (leave it out for no limit)")
+    if not 1 <= cfg.uplink.window <= 100:
+        raise ConfigError("uplink.window", "must be between 1 and 100")
+    if cfg.uplink.probe_s < 0:
+        raise ConfigError("uplink.probe_s", "must not be negative")
+    if cfg.uplink.backoff_max_s <= 0:
+        raise ConfigError("uplink.backoff_max_s", "must be positive")
+    if cfg.uplink.compression == "zstd":
+        import importlib.util  # local: only this check needs it
+
+        if importlib.util.find_spec("zstandard") is None:
+            raise ConfigError("uplink.compression", "'zstd' needs the zstandard package")
     if cfg.health.interval_s <= 0:
         raise ConfigError("health.interval_s", "must be positive")
 

@@ -288,13 +288,13 @@ class Motion:
         if ss[-1] < length:
             ss.append(length)
         limits = sorted(p.limits, key=lambda lim: lim.from_m)
-        vmax = []
+        vmax: list[float] = []
         for s in ss:
-            v = limits[0].max_kmh
+            cap = limits[0].max_kmh
             for lim in limits:
                 if lim.from_m <= s:
-                    v = lim.max_kmh
-            vmax.append(v / 3.6)
+                    cap = lim.max_kmh
+            vmax.append(cap / 3.6)
         stop_idx: dict[int, float] = {}
         for st in p.stops:
             i = min(range(len(ss)), key=lambda k: abs(ss[k] - st.at_m))
@@ -514,6 +514,7 @@ def gen_can(p: Profile, motion: Motion) -> list[tuple[float, bytes]]:
     import cantools  # lazily: only when generating CAN
 
     db = cantools.database.load_file(str(DBC_PATH))
+    assert isinstance(db, cantools.database.can.Database)
     m_speed = db.get_message_by_name("VEHICLE_SPEED")
     m_wheel = db.get_message_by_name("WHEEL_SPEEDS")
     m_eng = db.get_message_by_name("ENGINE_1")
@@ -560,7 +561,8 @@ def gen_can(p: Profile, motion: Motion) -> list[tuple[float, bytes]]:
         throttle = 0.0 if st.a < -0.05 else (12.0 if st.a < 0.05 else min(100, 20 + 30 * st.a))
         counter = (counter + 1) & 0xF
         emit(t + rng.uniform(0, jitter), m_eng.frame_id, m_eng.encode(
-            {"ENGINE_RPM": round(min(rpm, 16383.0) * 4) / 4, "THROTTLE_PCT": round(throttle / 0.4) * 0.4,
+            {"ENGINE_RPM": round(min(rpm, 16383.0) * 4) / 4,
+             "THROTTLE_PCT": round(throttle / 0.4) * 0.4,
              "COOLANT_TEMP": round(min(90.0, 62.0 + t / 10.0)), "GEAR": gear,
              "ENGINE_COUNTER": counter}))
     # background ECUs: ids, weights -> rates summing to background_fps

@@ -8,8 +8,10 @@ closes and reopens it. Whatever the daemon writes to the port is read and discar
 (counted), so it can never fill the pty and stall the daemon.
 
 Back-pressure: when the daemon does not read, the pty buffer fills and ``write`` waits
-for room up to ``write_timeout_s``; after that the rest of that chunk is dropped and
-counted in ``dropped_bytes`` (a UART overrun on a real device).
+for room up to ``write_timeout_s`` (None: as long as it takes); after that the rest of
+that chunk is dropped and counted in ``dropped_bytes`` (a UART overrun on a real device).
+``pending()`` tells how many written bytes nobody has read yet, so a replay can wait
+until the daemon is actually reading (``wait_drained``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import struct
 import termios
 import tty
 from types import TracebackType
@@ -25,7 +29,7 @@ from typing import Self
 
 
 class PtySerial:
-    def __init__(self, *, write_timeout_s: float = 1.0) -> None:
+    def __init__(self, *, write_timeout_s: float | None = 1.0) -> None:
         self.write_timeout_s = write_timeout_s
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave, termios.TCSANOW)
@@ -68,7 +72,8 @@ class PtySerial:
         view = memoryview(data)
         sent = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.write_timeout_s
+        timeout = self.write_timeout_s
+        deadline = loop.time() + (timeout if timeout is not None else float("inf"))
         while sent < len(view):
             try:
                 sent += os.write(self._master, view[sent:])
@@ -78,8 +83,13 @@ class PtySerial:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            ready = loop.create_future()
-            loop.add_writer(self._master, lambda f=ready: f.done() or f.set_result(None))
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def _writable(f: asyncio.Future[None] = ready) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_writer(self._master, _writable)
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ready, min(remaining, 0.05))
@@ -88,6 +98,21 @@ class PtySerial:
         self.written_bytes += sent
         self.dropped_bytes += len(view) - sent
         return sent
+
+    def pending(self) -> int:
+        """Bytes written to the device that no reader has consumed yet."""
+        buf = fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", buf)[0])
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until everything written was read (someone has the port open)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending() > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def close(self) -> None:
         if self._closed:

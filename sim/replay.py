@@ -30,14 +30,21 @@ class CanSink(Protocol):
     def send(self, arbitration_id: int, data: bytes, extended: bool = False) -> Any: ...
 
 
-class VirtualCanSink:
-    """python-can's in-process virtual bus (``interface = "virtual"`` in the config)."""
+class BusCanSink:
+    """A python-can bus as the replay's CAN output: ``virtual`` (in-process, for tests) or
+    ``socketcan`` on a vcan interface where the host has one (``ip link add vcan0 type
+    vcan``): the daemon then reads it exactly as it would read a car's bus."""
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, *, interface: str = "virtual") -> None:
         import can
 
         self.channel = channel
-        self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        self.interface = interface
+        if interface == "virtual":
+            self._bus = can.Bus(interface="virtual", channel=channel,
+                                receive_own_messages=False)
+        else:
+            self._bus = can.Bus(interface=interface, channel=channel)
         self._can = can
         self.unplugged = False
 
@@ -46,6 +53,16 @@ class VirtualCanSink:
             return
         self._bus.send(self._can.Message(arbitration_id=arbitration_id, data=data,
                                          is_extended_id=extended))
+
+    def is_open(self) -> bool:
+        """True once someone else listens (virtual: another bus joined the channel; a
+        frame sent before that is lost, as on a real bus with nobody attached)."""
+        if self.interface != "virtual":
+            return True
+        from can.interfaces import virtual
+
+        with virtual.channels_lock:
+            return len(virtual.channels.get(self.channel, [])) > 1
 
     def send_error(self) -> None:
         if not self.unplugged:
@@ -59,6 +76,13 @@ class VirtualCanSink:
 
     def close(self) -> None:
         self._bus.shutdown()
+
+
+class VirtualCanSink(BusCanSink):
+    """python-can's in-process virtual bus (``interface = "virtual"`` in the config)."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(channel, interface="virtual")
 
 
 @dataclass(slots=True)
@@ -87,6 +111,7 @@ class Replayer:
         loop: bool = False,
         progress: Callable[[float, float], None] | None = None,
         yield_every: int = 64,
+        wait_reader_s: float | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive (or None for as fast as possible)")
@@ -98,6 +123,7 @@ class Replayer:
         self.loop = loop
         self.progress = progress
         self.yield_every = yield_every
+        self.wait_reader_s = wait_reader_s  # after the first NMEA line: wait for a reader
         self.stats = ReplayStats()
         self._span: tuple[float, float] | None = None
 
@@ -168,13 +194,19 @@ class Replayer:
 
     async def wait_open(self, timeout_s: float = 15.0) -> bool:
         """Wait until the host has opened the CAN sink (sinks without the notion: True)."""
-        opened = getattr(self.can, "opened", None)
-        if opened is None:
+        opened = getattr(self.can, "opened", None)  # slcan: a threading.Event
+        is_open = getattr(self.can, "is_open", None)  # python-can buses
+        if opened is not None:
+            check = opened.is_set
+        elif is_open is not None:
+            check = is_open
+        else:
             return True
         deadline = time.monotonic() + timeout_s
-        while not opened.is_set() and time.monotonic() < deadline:
+        # set by another thread (or process): poll it
+        while not check() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        return bool(opened.is_set())
+        return bool(check())
 
     async def _once(self) -> None:
         first, last = self.span()
@@ -201,6 +233,12 @@ class Replayer:
                 if self.nmea is not None:
                     await self.nmea.write(data + b"\r\n")
                     self.stats.nmea_lines += 1
+                    if self.stats.nmea_lines == 1 and self.wait_reader_s:
+                        t_wait = time.monotonic()
+                        if not await self.nmea.wait_drained(self.wait_reader_s):
+                            log.warning("sim.replay_no_reader", path=self.nmea.path,
+                                        waited_s=self.wait_reader_s)
+                        wall0 += time.monotonic() - t_wait
             elif kind == "can":
                 if self.can is not None:
                     await self._send_can(data)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edge.config import Config
 from sim.drive import Drive, iter_timeline, load_drive, nmea_checksum_ok, parse_candump
@@ -74,6 +74,8 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
     import cantools
 
     db = cantools.database.load_file(str(config.can.dbc))
+    if not isinstance(db, cantools.database.can.Database):
+        return []
     msg_name, sig = config.can.speed_signal.split(".", 1)
     msg = db.get_message_by_name(msg_name)
     out: list[tuple[float, float]] = []
@@ -84,8 +86,9 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
         if fr is None or fr.error or fr.arbitration_id != msg.frame_id:
             continue
         try:
-            out.append((t, float(msg.decode(fr.data)[sig])))
-        except Exception:  # noqa: BLE001 - a malformed frame is skipped, as the daemon does
+            decoded = cast(Mapping[str, Any], msg.decode(fr.data, decode_choices=False))
+            out.append((t, float(decoded[sig])))
+        except Exception:
             continue
     return out
 
@@ -146,6 +149,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
     from matplotlib.patches import Polygon as MplPolygon
     from shapely.geometry import shape
@@ -229,7 +233,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     ax.grid(True, alpha=0.3)
     ax.set_title(title or f"{drive.name}: {len(track)} fixes, {len(evs)} events"
                  + (f" — {drive.notes}" if drive.notes else ""), fontsize=11)
-    handles = [plt.Line2D([], [], marker=m, color=c, ls="", ms=9, label=k)
+    handles = [Line2D([], [], marker=m, color=c, ls="", ms=9, label=k)
                for k, (m, c) in EVENT_STYLE.items()]
     ax.legend(handles=handles, loc="best", fontsize=9)
 

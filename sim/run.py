@@ -3,7 +3,8 @@
 The config is rewritten (``dataclasses.replace``, nothing else) so that ``gnss.port`` is
 the slave side of a pty carrying the drive's NMEA, and the CAN bus is either the fake
 USB slcan adapter of ``sim.slcan`` (``can.interface = "slcan"``, ``can.channel`` its
-pty) or python-can's in-process virtual bus. The replay and the daemon share one event
+pty), python-can's in-process virtual bus, or a socketcan vcan interface where the host
+has one (``can_mode="socketcan"``). The replay and the daemon share one event
 loop. When the replay ends (and ``loop`` is off) the daemon gets ``drain_s`` to finish
 its work, then it is stopped as SIGTERM would stop it. SIGINT/SIGTERM stop both.
 """
@@ -24,11 +25,11 @@ import structlog
 from edge.config import Config
 from sim.drive import load_drive
 from sim.pty import PtySerial
-from sim.replay import Replayer, VirtualCanSink
+from sim.replay import BusCanSink, Replayer, VirtualCanSink
 
 log = structlog.get_logger()
 
-CanMode = Literal["slcan", "virtual", "auto"]
+CanMode = Literal["slcan", "virtual", "socketcan", "auto"]
 
 
 class Progress:
@@ -71,7 +72,7 @@ def _mmss(s: float) -> str:
 
 def _slcan_adapter() -> Any | None:
     try:
-        from sim.slcan import SlcanPtyAdapter  # type: ignore[attr-defined]
+        from sim.slcan import SlcanPtyAdapter
     except ImportError:
         return None
     return SlcanPtyAdapter
@@ -96,6 +97,7 @@ async def run_sim(
     rate: float | None,
     loop: bool = False,
     can_mode: CanMode = "auto",
+    socketcan_channel: str = "vcan0",
     max_gap_s: float | None = None,
     drain_s: float = 2.0,
     open_timeout_s: float = 15.0,
@@ -105,7 +107,8 @@ async def run_sim(
     from edge.app import Daemon, run_until_signalled
 
     d = load_drive(drive)
-    pty = PtySerial() if d.gnss is not None else None
+    # as fast as possible: pure back-pressure; in time: a UART that overruns after 1 s
+    pty = PtySerial(write_timeout_s=None if rate is None else 1.0) if d.gnss is not None else None
     sink: Any = None
     can_iface: str | None = None
     can_channel: str | None = None
@@ -113,7 +116,10 @@ async def run_sim(
         adapter_cls = _slcan_adapter() if can_mode in ("slcan", "auto") else None
         if can_mode == "slcan" and adapter_cls is None:
             raise RuntimeError("sim.slcan.SlcanPtyAdapter is not available")
-        if adapter_cls is not None:
+        if can_mode == "socketcan":
+            sink = BusCanSink(socketcan_channel, interface="socketcan")
+            can_iface, can_channel = "socketcan", socketcan_channel
+        elif adapter_cls is not None:
             sink = adapter_cls()
             can_iface, can_channel = "slcan", str(sink.path)
         else:
@@ -124,7 +130,7 @@ async def run_sim(
                      can_interface=can_iface, can_channel=can_channel)
     bar = Progress(progress, label=f"sim {d.name}") if progress is not None else None
     replayer = Replayer(d, nmea=pty, can=sink, rate=rate, max_gap_s=max_gap_s, loop=loop,
-                        progress=bar)
+                        progress=bar, wait_reader_s=open_timeout_s)
     log.info("sim starting", drive=str(d.path), gnss=cfg.gnss.port, can=cfg.can.interface,
              channel=cfg.can.channel, rate=rate or "max")
 

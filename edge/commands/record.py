@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 
 def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
@@ -29,7 +30,7 @@ def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
         print(f"edge record: {exc}", file=sys.stderr)
         return 2
 
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, frame: FrameType | None) -> None:
             rec.request_stop()
@@ -46,7 +47,7 @@ def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
     finally:
         rec.stop()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
     s = rec.stats
     print(f"edge record: {out}: {s.nmea_lines} NMEA lines ({s.serial_bytes} bytes), "
           f"{s.can_frames} CAN frames, {s.can_errors} error frames in "

@@ -17,15 +17,19 @@ Rules (all on fix time, only valid fixes move state):
 * **Dwell.** Once per stay, ``dwell_s`` (the fence's property) after enter/inside.
 * **Crossed.** Two consecutive valid fixes (no gap between them) whose straight
   segment passes through a fence that neither fix is inside, when the car moved more
-  than twice the hysteresis (jitter cannot fake a crossing).
+  than twice the hysteresis (jitter cannot fake a crossing) at a plausible speed; or
+  a single fix inside that the next fix already left (sparse fixes through a fence),
+  again only when the car moved more than twice the hysteresis in between.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import math
 from dataclasses import dataclass
 
 from edge.config import GeofenceRuleConfig
+from edge.core.geo import haversine_m
 from edge.core.zones import Zone, Zones
 
 UERE_M = 5.0
@@ -47,6 +51,7 @@ class _Fence:
     state: bool | None  # True inside, False outside, None never known
     pending: bool | None = None
     pending_since: float = 0.0
+    pending_pos: tuple[float, float] | None = None
     since: float = 0.0  # when the current stay inside began (for dwell)
     dwelled: bool = False
     stale: bool = False  # state unknown after a gap: next transition says after_gap
@@ -78,6 +83,7 @@ class GeofenceTracker:
         self._st: dict[int, _Fence] = {}
         self._known = False  # a first state has been learned
         self._gap = False  # in a gap: fences not stored are stale too
+        self._watch: set[int] = set()
         self.transitions = 0
 
     @property
@@ -86,6 +92,11 @@ class GeofenceTracker:
 
     def inside_ids(self) -> list[str]:
         return sorted(self.zones.zones[i].id for i, s in self._st.items() if s.state)
+
+    @property
+    def watched(self) -> set[int]:
+        """Fences whose state hangs on the hysteresis line (the car is inside them)."""
+        return self._watch
 
     def is_inside(self, index: int) -> bool:
         s = self._st.get(index)
@@ -105,8 +116,23 @@ class GeofenceTracker:
             s.pending = None
 
     def update(
-        self, t: float, inside: Iterable[int], near: Iterable[int]
+        self,
+        t: float,
+        inside: Iterable[int],
+        near: Iterable[int],
+        pos: tuple[float, float] | None = None,
+        prev_pos: tuple[float, float] | None = None,
+        pass_m: float = math.inf,
     ) -> list[Transition]:
+        """Advance every fence with one valid fix at ``t`` (``pos`` = its lat, lon;
+        ``prev_pos`` = the previous valid fix's).
+
+        A fence entered by a single fix that the next fix already left (too short to
+        pass the debounce) is reported ``crossed`` when the fixes before and after it
+        are more than ``pass_m`` apart (it drove through; a spike comes back)."""
+        if not self._st and not inside and self._known:
+            self._gap = False
+            return []
         zones = self.zones.zones
         inside_f = {i for i in inside if zones[i].kind == "fence"}
         near_f = {i for i in near if zones[i].kind == "fence"}
@@ -124,15 +150,21 @@ class GeofenceTracker:
                 st.state = False
                 st.pending = None
             elif st.state is not None and target == st.state:
+                if st.pending and st.pending_pos is not None and pos is not None and (
+                    haversine_m(*st.pending_pos, *pos) > pass_m
+                ):
+                    out.append(Transition(zone=zones[i], transition="crossed"))
                 st.pending = None
                 st.stale = False  # known again, unchanged across the gap
             else:
                 if st.pending is not target:
                     st.pending = target
                     st.pending_since = t
+                    st.pending_pos = prev_pos
                 if t - st.pending_since >= debounce:
                     kind = ("inside" if st.state is None else "enter") if target else "exit"
-                    out.append(Transition(zone=zones[i], transition=kind, after_gap=st.stale))
+                    gap_flag = st.stale and st.state is not None
+                    out.append(Transition(zone=zones[i], transition=kind, after_gap=gap_flag))
                     st.state = target
                     st.pending = None
                     st.stale = False
@@ -147,6 +179,7 @@ class GeofenceTracker:
                 del self._st[i]
         self._known = True
         self._gap = False
+        self._watch = {i for i, s in self._st.items() if s.state}
         self.transitions += len(out)
         return out
 
@@ -176,5 +209,6 @@ class GeofenceTracker:
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
+        self._watch = {i for i, s in moved.items() if s.state}
         self.transitions += len(out)
         return out

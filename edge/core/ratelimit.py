@@ -20,8 +20,8 @@ class TokenBucket:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         cost = min(cost, self.burst)
-        if self.tokens >= cost:
-            self.tokens -= cost
+        if self.tokens >= cost - 1e-9 * max(1.0, cost):  # float slack: never spin on 1e-15 s
+            self.tokens = max(0.0, self.tokens - cost)
             return 0.0
         return (cost - self.tokens) / self.rate
 

@@ -18,13 +18,14 @@ Bodies never carry ``type`` (the envelope adds it):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
 from edge.config import RulesConfig
-from edge.core.geo import haversine_m
+from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import GeofenceTracker, hysteresis_for
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
@@ -34,6 +35,8 @@ from edge.errors import ZonesError
 from edge.model import Event, Fix, SpeedSample
 
 _Body = dict[str, object]
+_NONE: frozenset[int] = frozenset()
+MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not a crossing
 
 
 class Rules:
@@ -46,7 +49,8 @@ class Rules:
         self.poi = PoiTracker(config.poi)
         self.trip = TripTracker(config.trip, gap_s=config.speed.gap_s)
         self._fix: tuple[float, float, float] | None = None  # t, lat, lon of last valid fix
-        self._prev_inside: set[int] = set()
+        self._prev_inside: Set[int] = _NONE
+        self._inside_list: list[int] = []
         self._last_event_t = float("-inf")
         self._last_input_t: float | None = None
         self._last_sample_t: float | None = None
@@ -81,40 +85,49 @@ class Rules:
     # ------------------------------------------------------------------ inputs
 
     def on_fix(self, fix: Fix) -> list[Event]:
-        self._count["fixes"] += 1
-        if fix.time is None or not fix.valid or fix.lat is None or fix.lon is None:
-            self._count["invalid_fixes"] += 1
-            return self.tick(fix.time) if fix.time is not None else []
+        count = self._count
+        count["fixes"] += 1
         t, lat, lon = fix.time, fix.lat, fix.lon
+        if t is None or not fix.valid or lat is None or lon is None:
+            count["invalid_fixes"] += 1
+            return self.tick(t) if t is not None else []
         prev = self._fix
         if prev is not None and t <= prev[0]:
-            self._count["reordered_fixes"] += 1
+            count["reordered_fixes"] += 1
             return []
-        self._seen(t)
+        if self._last_input_t is None or t > self._last_input_t:
+            self._last_input_t = t
         out: list[Event] = []
+        geo = self.geofence
         gap = prev is not None and t - prev[0] > self.cfg.geofence.gap_s
         if gap:
-            self.geofence.mark_gap()
+            geo.mark_gap()
         self._fix = (t, lat, lon)
         h = hysteresis_for(self.cfg.geofence, fix.hdop)
         self._h = h
-        inside, near = self._loc.locate(lat, lon, h)
+        inside, near = self._loc.locate(lat, lon, h, geo.watched)
         zones = self.zones.zones
 
         # speed limit from the zones the car is in (used by on_speed)
-        limits = [(z.maxspeed_kmh, z.id) for z in (zones[i] for i in inside)
-                  if z.maxspeed_kmh is not None and z.kind != "poi"]
-        self.speed.set_zone_limits(limits)
+        if inside != self._inside_list:
+            self._inside_list = inside
+            self.speed.set_zone_limits([
+                (z.maxspeed_kmh, z.id) for z in (zones[i] for i in inside)
+                if z.maxspeed_kmh is not None and z.kind != "poi"
+            ])
 
         # geofences
-        crossed: list[int] = []
-        if prev is not None and not gap and not self.geofence.in_gap:
-            crossed = self._crossings(prev[1], prev[2], lat, lon, h, inside)
-        for tr in self.geofence.update(t, inside, near):
+        if prev is not None and not gap and not geo.in_gap:
+            crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside)
+        else:
+            crossed = []
+        prev_pos = (prev[1], prev[2]) if prev is not None and not gap else None
+        for tr in geo.update(t, inside, near, (lat, lon), prev_pos, 2.0 * h):
             out.append(self._emit("geofence", t, tr.body(), "gnss"))
-        for tr in self.geofence.crossed(crossed):
-            out.append(self._emit("geofence", t, tr.body(), "gnss"))
-        self._prev_inside = set(inside)
+        if crossed:
+            for tr in geo.crossed(crossed):
+                out.append(self._emit("geofence", t, tr.body(), "gnss"))
+        self._prev_inside = set(inside) if inside else _NONE
 
         # trips from GNSS speed when no speed samples arrive
         if fix.speed_mps is not None and (
@@ -123,20 +136,25 @@ class Rules:
             self._trip_events(out, self.trip.on_speed(t, fix.speed_mps * 3.6), "gnss")
 
         # POIs
-        pois = [zones[i] for i in inside if zones[i].kind == "poi"]
-        if pois:
-            near_pois = [(z, max(0.0, z.signed_distance_m(lat, lon) + (z.radius_m or 0.0)))
-                         for z in pois]
-            for body in self.poi.on_fix(t, near_pois):
-                out.append(self._emit("poi", t, body, "gnss"))
+        if inside:
+            pois = [(z, max(0.0, z.signed_distance_m(lat, lon) + (z.radius_m or 0.0)))
+                    for z in (zones[i] for i in inside) if z.kind == "poi"]
+            if pois:
+                for body in self.poi.on_fix(t, pois):
+                    out.append(self._emit("poi", t, body, "gnss"))
         return out
 
     def _crossings(
-        self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, inside: list[int]
+        self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
+        inside: list[int],
     ) -> list[int]:
-        seg = haversine_m(lat1, lon1, lat2, lon2)
-        if seg <= 2.0 * h:
-            return []
+        # equirectangular is plenty for a segment between two fixes
+        kx = math.cos(math.radians(lat2))
+        dx = wrap_lon(lon2 - lon1) * kx
+        dy = lat2 - lat1
+        seg = math.sqrt(dx * dx + dy * dy) * M_PER_DEG
+        if seg <= 2.0 * h or seg > MAX_CROSS_MPS * dt:
+            return []  # jitter, or a jump (not a drive through a fence)
         cands = self._loc.nearby(lat2, lon2, seg)
         if cands is None:
             d = seg / 111_000.0 * 2 + 1e-4
@@ -210,6 +228,7 @@ class Rules:
         self.zones = zones
         self._loc = loc
         self._prev_inside = set(inside_now or ())
+        self._inside_list = list(inside_now or ())
         self._zones_error = None
         self._reloads += 1
         if self._fix is not None:

@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -48,6 +48,7 @@ ZoneShape = Literal["polygon", "circle", "corridor"]
 KINDS: tuple[str, ...] = ("fence", "speed", "poi")
 MPH_KMH = 1.609344
 _SAFETY = 1.05
+FAST_VERTICES = 48  # up to this many vertices, distances are computed in Python
 KNOT_KMH = 1.852
 _MAXSPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$", re.I)
 
@@ -95,6 +96,9 @@ class Zone:
     radius_m: float | None = None
     width_m: float | None = None
     offer: Any = None
+    # small shapes are measured in plain Python (cheaper than a GEOS call per fix):
+    # polygon rings or the corridor's centre line, in metres; () -> use GEOS
+    coords: tuple[tuple[tuple[float, float], ...], ...] = ()
     digest: str = ""  # hash of the feature: equal digests mean an unchanged zone
 
     def signed_distance_m(self, lat: float, lon: float) -> float:
@@ -106,6 +110,11 @@ class Zone:
         if self.shape == "circle":
             assert self.radius_m is not None
             return math.hypot(x, y) - self.radius_m
+        if self.coords:
+            if self.shape == "corridor":
+                assert self.width_m is not None
+                return _polyline_distance(self.coords[0], x, y) - self.width_m / 2.0
+            return _rings_signed_distance(self.coords, x, y)
         pt = shapely.Point(x, y)
         if shapely.contains_xy(self.geom, x, y):
             return -float(shapely.distance(self.boundary, pt))
@@ -119,6 +128,49 @@ class Zone:
             assert self.radius_m is not None
             return _segment_point_distance(a, b) <= self.radius_m
         return bool(self.geom.intersects(shapely.LineString([a, b])))
+
+
+def _rings_signed_distance(
+    rings: tuple[tuple[tuple[float, float], ...], ...], x: float, y: float
+) -> float:
+    """Signed distance to the boundary of polygons given as closed rings (even-odd)."""
+    inside = False
+    best = math.inf
+    for ring in rings:
+        x1, y1 = ring[0]
+        for x2, y2 in ring[1:]:
+            if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+                inside = not inside
+            dx, dy = x2 - x1, y2 - y1
+            d2 = dx * dx + dy * dy
+            px, py = x - x1, y - y1
+            u = (px * dx + py * dy) / d2 if d2 > 0 else 0.0
+            if u < 0.0:
+                u = 0.0
+            elif u > 1.0:
+                u = 1.0
+            ex, ey = px - u * dx, py - u * dy
+            e2 = ex * ex + ey * ey
+            if e2 < best:
+                best = e2
+            x1, y1 = x2, y2
+    d = math.sqrt(best)
+    return -d if inside else d
+
+
+def _polyline_distance(line: tuple[tuple[float, float], ...], x: float, y: float) -> float:
+    best = math.inf
+    x1, y1 = line[0]
+    for x2, y2 in line[1:]:
+        dx, dy = x2 - x1, y2 - y1
+        d2 = dx * dx + dy * dy
+        px, py = x - x1, y - y1
+        u = (px * dx + py * dy) / d2 if d2 > 0 else 0.0
+        u = min(1.0, max(0.0, u))
+        ex, ey = px - u * dx, py - u * dy
+        best = min(best, ex * ex + ey * ey)
+        x1, y1 = x2, y2
+    return math.sqrt(best)
 
 
 def _segment_point_distance(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -297,6 +349,7 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
     if kind == "poi" and gtype != "Point":
         raise ZonesError(f"a POI must be a Point with radius_m, got {gtype!r}")
     shape: ZoneShape
+    fast: tuple[tuple[tuple[float, float], ...], ...] = ()
     if gtype == "Point":
         if radius is None:
             raise ZonesError("a Point needs radius_m (a circle)")
@@ -314,6 +367,8 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         frame = _frame_for(pts)
         line = shapely.LineString([frame.xy(lat, lon) for lon, lat in pts])
         g = line.buffer(width / 2.0, quad_segs=8)
+        if len(pts) <= FAST_VERTICES:
+            fast = (tuple(line.coords),)
     elif gtype in ("Polygon", "MultiPolygon"):
         shape = "polygon"
         polys = [coords] if gtype == "Polygon" else _list(coords, "coordinates")
@@ -335,6 +390,10 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         g = parts[0] if len(parts) == 1 else shapely.union_all(parts)
         if g.is_empty or g.area <= 0:
             raise ZonesError("polygon has no area")
+        polys_m = list(getattr(g, "geoms", [g]))
+        rings_m = [tuple(r.coords) for pm in polys_m for r in (pm.exterior, *pm.interiors)]
+        if sum(len(r) for r in rings_m) <= FAST_VERTICES:
+            fast = tuple(rings_m)
     else:
         raise ZonesError(
             f"geometry type {gtype!r} not supported (Polygon, MultiPolygon, "
@@ -353,7 +412,8 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
     return Zone(
         index=index, id=fid, name=name, kind=kind, shape=shape, frame=frame, geom=g,
         boundary=boundary, bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
-        dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, digest=digest,
+        dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, coords=fast,
+        digest=digest,
     )
 
 
@@ -396,7 +456,7 @@ class ZoneLocator:
 
     __slots__ = ("_entries", "_q", "_r", "evaluations", "queries", "zones")
 
-    def __init__(self, zones: Zones, *, radius_m: float = 300.0) -> None:
+    def __init__(self, zones: Zones, *, radius_m: float = 150.0) -> None:
         self.zones = zones
         self._r = radius_m
         self._q: LocalFrame | None = None
@@ -425,8 +485,14 @@ class ZoneLocator:
         self._entries = entries
         self.queries += 1
 
-    def locate(self, lat: float, lon: float, hysteresis_m: float) -> tuple[list[int], list[int]]:
-        """Zone indices (inside, near): inside the zone, and within ``hysteresis_m`` of it."""
+    def locate(
+        self, lat: float, lon: float, hysteresis_m: float, watch: Container[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """Zone indices (inside, near): inside the zone, and within ``hysteresis_m`` of it.
+
+        ``near`` is exact only for the zones in ``watch`` (those whose state depends on
+        the hysteresis line, i.e. fences the car is inside); for the others it holds
+        at least the zones it is inside."""
         q = self._q
         h = hysteresis_m
         if q is not None:
@@ -448,23 +514,32 @@ class ZoneLocator:
             m2 = dx * dx + dy * dy
             sd = e[2]
             m2 *= _SAFETY  # frames differ slightly: stay a little conservative
+            hh = h if e[4] in watch else 0.0
             if e[3]:
-                if sd <= 0.0:
+                if sd <= 0.0 or hh == 0.0:
                     ok = m2 < sd * sd
                 else:
-                    d = sd - h
+                    d = sd - hh
                     ok = m2 < sd * sd and m2 < d * d
             else:
-                d = sd - h
+                d = sd - hh
                 ok = d > 0.0 and m2 < d * d
             if not ok:
                 # a cheap bound from the bounding box first
-                bx = max(e[5] - x, 0.0, x - e[7])
-                by = max(e[6] - y, 0.0, y - e[8])
-                bound = math.hypot(bx, by) * 0.99 - 1.0
+                bx = e[5] - x
+                if bx < 0.0:
+                    bx = x - e[7]
+                    if bx < 0.0:
+                        bx = 0.0
+                by = e[6] - y
+                if by < 0.0:
+                    by = y - e[8]
+                    if by < 0.0:
+                        by = 0.0
+                bound = math.sqrt(bx * bx + by * by) * 0.99 - 1.0
                 e[0] = x
                 e[1] = y
-                if bound > h:
+                if bound > hh:
                     e[2] = bound
                     e[3] = False
                     continue

@@ -12,6 +12,7 @@ import asyncio
 import ssl
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,12 +28,24 @@ log = structlog.get_logger()
 _AUTH_CODES = {0x86, 0x87, 0x8C, 0x95, 4, 5}
 
 
+def check_key_file(key: Path) -> None:
+    """Refuse a private key other users can read (raises ``UplinkAuthError``)."""
+    try:
+        mode = key.stat().st_mode
+    except OSError as exc:
+        raise UplinkAuthError(f"uplink.key {key}: {exc.strerror}") from exc
+    if mode & 0o004:
+        raise UplinkAuthError(f"uplink.key {key} is world-readable; chmod 600 it")
+
+
 class MqttUplink:
     name = "mqtt"
     max_payload = MAX_PAYLOAD
 
     def __init__(self, config: UplinkConfig, *, client_id: str) -> None:
         self.config = config
+        # MQTT 5 carries user properties (content-encoding of compressed batches)
+        self.user_properties = config.protocol == 5
         self.client_id = config.client_id or client_id
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,16 +83,8 @@ class MqttUplink:
             **({} if v5 else {"clean_session": True}),
         )
         if self.tls:
-            key = self.config.key
-            if key is not None:
-                try:
-                    mode = key.stat().st_mode
-                except OSError as exc:
-                    raise UplinkAuthError(f"uplink.key {key}: {exc.strerror}") from exc
-                if mode & 0o004:
-                    raise UplinkAuthError(
-                        f"uplink.key {key} is world-readable; chmod 600 it"
-                    )
+            if self.config.key is not None:
+                check_key_file(self.config.key)
             try:
                 ctx = ssl.create_default_context(
                     cafile=str(self.config.ca) if self.config.ca else None
@@ -127,7 +132,7 @@ class MqttUplink:
             return
         try:
             client.disconnect()
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:  # best effort on the way out
             pass
         await asyncio.to_thread(self._teardown)
 
@@ -231,8 +236,13 @@ class MqttUplink:
         if early is not None:
             code = early
         else:
-            async with asyncio.timeout(max(10.0, self.config.keepalive_s)):
-                code = await fut
+            try:
+                async with asyncio.timeout(max(10.0, self.config.keepalive_s)):
+                    code = await fut
+            except TimeoutError as exc:
+                with self._lock:
+                    self._pending.pop(info.mid, None)
+                raise UplinkError(f"{topic}: no PUBACK within the keepalive") from exc
         if code >= 0x80:
             raise PublishRejected(f"{topic}: broker rejected the publish (reason {code:#x})",
                                   reason_code=code)

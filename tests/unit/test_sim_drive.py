@@ -38,7 +38,7 @@ def write(d: Path, nmea: list[bytes] | None, can_lines: list[str] | None, toml: 
 
 
 def test_not_a_drive_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DriveError, match="neither gnss.nmea nor can.log"):
+    with pytest.raises(DriveError, match=r"neither gnss\.nmea nor can\.log"):
         load_drive(tmp_path)
     with pytest.raises(DriveError, match="not a directory"):
         load_drive(tmp_path / "missing")

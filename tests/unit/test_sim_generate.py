@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import cantools
@@ -21,7 +23,7 @@ BUNDLED = sorted(p.name for p in DRIVES.iterdir() if (p / "profile.toml").is_fil
 ROUTE = {"type": "LineString", "coordinates": [[11.5720, 48.1480], [11.5801, 48.1480]]}
 
 
-def make_profile(d: Path, body: str, route: dict[str, object] = ROUTE) -> Path:
+def make_profile(d: Path, body: str, route: Mapping[str, object] = ROUTE) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "route.geojson").write_text(json.dumps(route))
     (d / "profile.toml").write_text('route = "route.geojson"\nstart = "2026-05-14T08:30:00Z"\n'
@@ -71,7 +73,8 @@ def test_bundled_drives_exist_with_config_and_zones() -> None:
 
 
 def test_nmea_is_what_a_gn_receiver_sends(tmp_path: Path) -> None:
-    p = load_profile(make_profile(tmp_path / "d", SHORT.replace("[can]", "[gnss]\nrate_hz = 5\n[can]")))
+    body = SHORT.replace("[can]", "[gnss]\nrate_hz = 5\n[can]")
+    p = load_profile(make_profile(tmp_path / "d", body))
     g = generate(p)
     lines = [x for x in g.nmea.split(b"\r\n") if x and not x.startswith(b"#")]
     assert all(nmea_checksum_ok(x) for x in lines)
@@ -95,11 +98,12 @@ def test_can_carries_the_speed_per_the_dbc_at_a_realistic_load(tmp_path: Path) -
     rate = g.can_frames / g.duration_s
     assert 1800 < rate < 2200
     db = cantools.database.load_file(str(DBC_PATH))
+    assert isinstance(db, cantools.database.can.Database)
     frames = [parse_candump(x) for x in g.can.splitlines()]
     assert all(f is not None for f in frames)
     ids = Counter(f.arbitration_id for f in frames if f is not None)
     assert len(ids) == 23 and ids[0x3E9] == pytest.approx(50 * g.duration_s, abs=2)
-    speeds = [db.decode_message(0x3E9, f.data)["SPEED_KMH"]
+    speeds = [float(db.decode_message(0x3E9, f.data)["SPEED_KMH"])  # type: ignore[call-overload,arg-type]
               for f in frames if f is not None and f.arbitration_id == 0x3E9]
     assert speeds[0] == 0 and speeds[-1] == 0 and max(speeds) == pytest.approx(50, abs=0.01)
     ts = [f.ts for f in frames if f is not None]
@@ -167,7 +171,7 @@ def test_faults_are_injected(tmp_path: Path) -> None:
     assert min(recorded) < t0 - 86000                                   # the wrong clock
     true_t = [t + 86400 - t0 for t in recorded]
     assert not any(6.0 <= t < 7.5 for t in true_t)                      # unplugged
-    assert max(b - a for a, b in zip(true_t, true_t[1:], strict=False)) >= 1.4
+    assert max(b - a for a, b in itertools.pairwise(true_t)) >= 1.4
     write = tmp_path / "d"
     assert main([str(write)]) == 0
     drive = load_drive(write)
@@ -190,7 +194,8 @@ def test_gpx_route_is_accepted(tmp_path: Path) -> None:
 
 
 def test_bad_profile_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = make_profile(tmp_path / "d", SHORT.replace("[speed]", "[[faults]]\nkind = 'meteor'\n[speed]"))
+    body = SHORT.replace("[speed]", "[[faults]]\nkind = 'meteor'\n[speed]")
+    d = make_profile(tmp_path / "d", body)
     assert main([str(d)]) == 2
     assert "faults[0].kind" in capsys.readouterr().err
 

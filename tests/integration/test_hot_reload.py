@@ -1,0 +1,131 @@
+"""Hot reload in a running daemon: zones file replaced, config updated, bad input kept out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.app import Daemon
+from edge.config import Config, load_config
+from tests.system.test_daemon import PtyFeeder
+
+CIRCLE = {
+    "type": "FeatureCollection",
+    "features": [{
+        "type": "Feature",
+        "properties": {"id": "city", "name": "Whole town", "radius_m": 20000},
+        "geometry": {"type": "Point", "coordinates": [11.5820, 48.1351]},
+    }],
+}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def events(path: Path, kind: str) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        p = json.loads(line)["payload"]
+        for rec in p["records"] if p["type"] == "telemetry_batch" else [p]:
+            if rec["type"] == kind:
+                out.append(rec)
+    return out
+
+
+def make_config(tmp_path: Path, port: str) -> Config:
+    zones = tmp_path / "zones.geojson"
+    zones.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        'thing = "car-reload"\n'
+        f'[gnss]\nport = "{port}"\n'
+        '[rules]\nzones = "zones.geojson"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        "[health]\ninterval_s = 0.5\n"
+    )
+    return load_config(cfg)
+
+
+async def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.1)
+    return bool(pred())
+
+
+@pytest.mark.timeout(60)
+def test_zones_file_replaced_while_running(tmp_path: Path) -> None:
+    feeder = PtyFeeder(period=0.1).start()
+    cfg = make_config(tmp_path, feeder.path)
+    out = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: bool(events(out, "telemetry")))
+        # an invalid update is rejected, the daemon goes on and health says why
+        write_atomic(tmp_path / "zones.geojson", '{"type": "FeatureCollection", "features": [1]}')
+        assert await wait_until(lambda: d.health()["rules"]["zones"]["error"] is not None)
+        assert not task.done()
+        # a valid one swaps in: the car is inside the new fence -> "inside", never "enter"
+        write_atomic(tmp_path / "zones.geojson", json.dumps(CIRCLE))
+        assert await wait_until(lambda: bool(events(out, "geofence")))
+        (ev,) = events(out, "geofence")
+        assert ev["fence"] == "city" and ev["transition"] == "inside"
+        h = d.health()["rules"]["zones"]
+        assert h["error"] is None and h["reloads"] >= 1
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+@pytest.mark.timeout(60)
+def test_config_update_switches_uplink_and_rules_live(tmp_path: Path) -> None:
+    feeder = PtyFeeder(period=0.1).start()
+    cfg = make_config(tmp_path, feeder.path)
+    out1 = tmp_path / "out.jsonl"
+    out2 = tmp_path / "out2.jsonl"
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: bool(events(out1, "telemetry")))
+        new = dataclasses.replace(
+            cfg,
+            uplink=dataclasses.replace(cfg.uplink, path=out2),
+            telemetry=dataclasses.replace(cfg.telemetry, interval_s=2.0),
+            outbox=dataclasses.replace(cfg.outbox, path=tmp_path / "elsewhere.db"),
+        )
+        await d.apply_config(new)
+        assert await wait_until(lambda: bool(events(out2, "telemetry")))
+        assert d.engine is not None and d.engine.telemetry.interval_s == 2.0
+        # the outbox cannot move under a running daemon: flagged, not applied
+        assert d.health()["config"]["restart_required"] == ["outbox"]
+        assert d.config.outbox.path == tmp_path / "o.db"
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

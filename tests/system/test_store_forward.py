@@ -1,0 +1,258 @@
+"""Store-and-forward end to end: the real ``edge run`` process, NMEA on a pty, the real
+Mosquitto (mutual TLS, ACL) going away and coming back, ``kill -9``, a full disk.
+
+The observer keeps a persistent MQTT 5 session on a broker with persistence on, so a
+message the daemon got a PUBACK for while the observer was reconnecting still reaches
+it: what the observer sees is what the broker accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import ssl
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.outbox import Outbox
+from tests.conftest import THING
+from tests.support.broker import OBSERVER, Broker, Pki
+from tests.system.test_daemon import PtyFeeder, start_daemon, write_config
+
+
+class PersistentBroker(Broker):
+    def start(self) -> None:
+        super().start()  # writes the ACL and a config, then we restart with persistence
+        self.stop()
+        text = self.conf.read_text().replace(
+            "persistence false\n",
+            f"persistence true\npersistence_location {self.pki.dir}/\n"
+            f"persistence_file ps-{self.port}.db\n")
+        self.conf.write_text(text)
+        os.chmod(self.conf, 0o644)
+        self.proc = subprocess.Popen(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import socket
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+
+class Observer:
+    """Every envelope the broker accepted, across broker restarts (persistent session)."""
+
+    def __init__(self, broker: Broker) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.envelopes: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{broker.port}",
+                        protocol=mqtt.MQTTv5)
+        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
+        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
+        c.tls_set_context(ctx)
+        c.reconnect_delay_set(0.1, 0.5)
+        ready = threading.Event()
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
+        c.on_subscribe = lambda *a: ready.set()
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("localhost", broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        assert ready.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        body = json.loads(msg.payload)
+        with self._lock:
+            self.envelopes.extend(body["records"] if "records" in body else [body])
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [str(e["id"]) for e in self.envelopes]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def pbroker(pki: Pki) -> Any:
+    b = PersistentBroker(pki)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def feeder() -> Any:
+    f = PtyFeeder().start()
+    yield f
+    f.close()
+
+
+def outbox_rows(path: Path) -> list[tuple[str, int, int]]:
+    """(id, seq, state) of every row, read without recovering in-flight rows."""
+    with sqlite3.connect(path) as db:
+        return [(json.loads(p)["id"], int(json.loads(p)["seq"]), s)
+                for p, s in db.execute("SELECT payload, state FROM messages")]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_no_gaps(delivered: list[dict[str, Any]], remaining: list[tuple[str, int, int]]) -> int:
+    seqs = {int(e["seq"]) for e in delivered} | {s for _, s, _ in remaining}
+    top = max(seqs)
+    assert set(range(1, top + 1)) <= seqs, sorted(set(range(1, top + 1)) - seqs)[:20]
+    return top
+
+
+def wait_until(pred: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_broker_stopped_mid_drive_then_flapping_every_id_delivered(
+    tmp_path: Path, pbroker: PersistentBroker, feeder: PtyFeeder
+) -> None:
+    obs = Observer(pbroker)
+    cfg = write_config(tmp_path, pbroker, feeder.path)
+    proc = start_daemon(cfg)
+    try:
+        assert wait_until(lambda: len(obs.ids()) >= 10, 20)
+        pbroker.stop()  # mid-drive: 3 s offline
+        time.sleep(3.0)
+        pbroker.start()
+        for _ in range(3):  # then flapping: up ~1.5 s, down ~1 s
+            time.sleep(1.5)
+            pbroker.stop()
+            time.sleep(1.0)
+            pbroker.start()
+        # broker back for good: the backlog drains
+        assert wait_until(lambda: Outbox(tmp_path / "outbox.db").stats()["pending"] < 30, 20)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        time.sleep(0.5)
+        obs.close()
+    remaining = outbox_rows(tmp_path / "outbox.db")
+    top = assert_no_gaps(obs.envelopes, remaining)
+    assert top > 100
+    assert not [s for _, _, s in remaining if s == 1]  # nothing left in flight
+
+
+def test_kill9_mid_drive_then_restart_delivers_every_accepted_id(
+    tmp_path: Path, pbroker: PersistentBroker, feeder: PtyFeeder
+) -> None:
+    obs = Observer(pbroker)
+    cfg = write_config(tmp_path, pbroker, feeder.path)
+    proc = start_daemon(cfg)
+    try:
+        assert wait_until(lambda: len(obs.ids()) >= 20, 20)
+        proc.kill()
+        proc.wait()
+        time.sleep(0.5)  # what the broker already accepted reaches the observer
+        before = obs.ids()
+        rows = outbox_rows(tmp_path / "outbox.db")
+        inflight = {i for i, _, s in rows if s == 1}
+        accepted = set(before) | {i for i, _, _ in rows}
+        assert_no_gaps(obs.envelopes, rows)
+        proc = start_daemon(cfg)
+        assert wait_until(lambda: accepted <= set(obs.ids()), 20), (
+            len(accepted - set(obs.ids())))
+        # the second boot runs (and installed its signal handlers): new ids arrive
+        assert wait_until(lambda: len(set(obs.ids()) - accepted) >= 5, 20)
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        obs.close()
+    dupes = {i for i, n in Counter(obs.ids()).items() if n > 1}
+    assert dupes <= inflight, dupes - inflight
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-capped tmpfs needs root")
+def test_full_disk_keeps_the_daemon_running_in_memory_then_delivers(
+    tmp_path: Path, pbroker: PersistentBroker, feeder: PtyFeeder
+) -> None:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount not permitted: {r.stderr.decode().strip()}")
+    proc = None
+    try:
+        pbroker.stop()  # offline: everything stays in the outbox
+        cfg = write_config(tmp_path, pbroker, feeder.path)
+        text = cfg.read_text().replace(f'path = "{tmp_path / "outbox.db"}"',
+                                       f'path = "{mnt / "outbox.db"}"')
+        cfg.write_text(text.replace("[health]\n", f'[health]\npath = "{tmp_path / "h.json"}"\n'))
+        proc = start_daemon(cfg)
+        assert wait_until(lambda: (mnt / "outbox.db").exists(), 10)
+        time.sleep(1.0)
+        with (mnt / "filler").open("wb") as fh:  # the disk fills up
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+
+        def health() -> dict[str, Any]:
+            try:
+                return dict(json.loads((tmp_path / "h.json").read_text()))
+            except (OSError, ValueError):
+                return {}
+
+        assert wait_until(lambda: health().get("outbox_mode") == "memory-fallback", 15)
+        time.sleep(2.0)
+        assert proc.poll() is None and health()["counters"]["outbox_errors"] >= 1
+        (mnt / "filler").unlink()  # space again, broker back
+        pbroker.start()
+        obs = Observer(pbroker)
+        try:
+            assert wait_until(lambda: health().get("outbox_mode") == "disk", 15)
+            assert wait_until(lambda: Outbox(mnt / "outbox.db").stats()["pending"] < 30, 20)
+            stop(proc)
+            time.sleep(0.5)
+        finally:
+            obs.close()
+        remaining = outbox_rows(mnt / "outbox.db")
+        assert_no_gaps(obs.envelopes, remaining)  # nothing lost while the disk was full
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
