@@ -87,7 +87,7 @@ def run_module(name: str, *, quick: bool, package: str = "bench",
         if not isinstance(rows, list):
             raise TypeError(f"run() returned {type(rows).__name__}, not a list of rows")
         out = [normalise(r, name) for r in rows]
-    except Exception as exc:  # noqa: BLE001 - one broken benchmark must not stop the table
+    except Exception as exc:  # one broken benchmark must not stop the table
         traceback.print_exc(file=sys.stderr)
         out = [error_row(name, exc)]
     log(f"# {name}: {len(out)} rows in {time.perf_counter() - t0:.1f} s")

@@ -289,7 +289,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         q = [kb / 1024 for kb in drive["rss_kb"]]
         base_mb = import_rss(DAEMON_MODULES) / 1024
         bare_mb = import_rss(()) / 1024
-        peak = max(q + [drive["rss_drained_kb"] / 1024])
+        peak = max([*q, drive["rss_drained_kb"] / 1024])
         growth = q[-1] - q[0]
         no_growth = growth <= max(2.0, 0.05 * q[0])
         label = f"{epochs / 36_000:g} h"

@@ -139,6 +139,11 @@ class Daemon:
             if len(self._queue) >= QUEUE_MAX:
                 self._drop_one()
             self._queue.append(env)
+            if env.lane <= Lane.TRIP and self.config.log.events:
+                body = {k: v for k, v in env.body.items()
+                        if k in ("phase", "transition", "fence", "poi", "speed_kmh", "limit_kmh",
+                                 "distance_m", "reason", "clock")}
+                log.info(env.type, ts=env.ts, id=env.id, **body)
         self._queued.set()
 
     def _drop_one(self) -> None:
@@ -480,10 +485,25 @@ class Daemon:
 
     async def _ticker(self) -> None:
         assert self.engine is not None
+        next_status = time.monotonic() + min(5.0, self.config.log.status_interval_s)
         while True:
             await asyncio.sleep(1.0)
-            now, _ = self.engine.now(time.monotonic(), time.time())
-            self._enqueue(self.engine.tick(now))
+            engine = self.engine
+            now, _ = engine.now(time.monotonic(), time.time())
+            self._enqueue(engine.tick(now))
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + self.config.log.status_interval_s
+                self._log_status()
+
+    def _log_status(self) -> None:
+        assert self.engine is not None
+        t = self.engine.telemetry.record()
+        log.info("status", fixes=self.engine.counts["fixes"],
+                 speed_kmh=t.get("Vehicle.Speed"), speed_source=t.get("speed_source"),
+                 lat=t.get("Vehicle.CurrentLocation.Latitude"),
+                 lon=t.get("Vehicle.CurrentLocation.Longitude"),
+                 uplink=self.uplink_state, published=self.counters["published"],
+                 queued=len(self._queue))
 
     def health(self) -> dict[str, Any]:
         assert self.engine is not None

@@ -147,6 +147,8 @@ class HealthConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
+    status_interval_s: float = 60.0  # a one-line summary (fixes, speed, published) this often
+    events: bool = True  # log every alert and trip edge at info level
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +314,8 @@ def _check(cfg: Config) -> None:
 
         if importlib.util.find_spec("zstandard") is None:
             raise ConfigError("uplink.compression", "'zstd' needs the zstandard package")
+    if cfg.log.status_interval_s <= 0:
+        raise ConfigError("log.status_interval_s", "must be positive")
     if cfg.health.interval_s <= 0:
         raise ConfigError("health.interval_s", "must be positive")
 

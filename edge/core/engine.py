@@ -8,6 +8,12 @@ sample's time is mapped onto GNSS time through the monotonic clock
 (``last_fix.time + (sample.mono - last_fix.mono)``) so that a Pi whose system clock is
 years off at boot still stamps its overspeed alerts correctly; with no valid fix yet the
 sample's own (system) time is used and the event is flagged ``clock: system``.
+
+When the first valid fix shows that the system clock was more than ``CLOCK_STEP_S``
+off, the time base steps: episodes opened on the system clock are closed (their end
+carries ``reason: "clock_step"``), rule state starts over on GNSS time, and the step is
+counted in health. Without that, every later sample would look older than the
+system-stamped ones and be dropped as reordered.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from edge.core.speed_source import SpeedArbiter
 from edge.core.telemetry import TelemetrySampler
 from edge.core.zones import Zones
 from edge.model import Envelope, Event, Fix, SpeedSample
+
+CLOCK_STEP_S = 5.0
 
 
 class Engine:
@@ -38,15 +46,24 @@ class Engine:
         )
         self.telemetry = TelemetrySampler(interval_s=config.telemetry.interval_s)
         self._anchor: Fix | None = None  # last valid fix with a time: the clock anchor
-        self.counts: dict[str, int] = {"fixes": 0, "speed_samples": 0, "events": 0}
+        self.counts: dict[str, int] = {"fixes": 0, "speed_samples": 0, "events": 0,
+                                       "clock_steps": 0}
+        self._last_time: float | None = None  # latest time handed to the rules
+        self.clock_step_s: float | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_fix(self, fix: Fix) -> list[Envelope]:
         self.counts["fixes"] += 1
-        if fix.valid and fix.time is not None:
-            self._anchor = fix
         events: list[Event] = []
+        if fix.valid and fix.time is not None:
+            if self._anchor is None and self._last_time is not None and abs(
+                    fix.time - self._last_time) > CLOCK_STEP_S:
+                events += self._clock_step(fix.time)
+            self._anchor = fix
+        if fix.time is not None:
+            self._last_time = fix.time if self._last_time is None else max(
+                self._last_time, fix.time)
         gnss_speed = self.arbiter.on_gnss(fix)
         if gnss_speed is not None:
             self.telemetry.on_speed(gnss_speed)
@@ -64,6 +81,8 @@ class Engine:
         chosen = self.arbiter.on_can(sample)
         if chosen is None:
             return []
+        self._last_time = chosen.time if self._last_time is None else max(
+            self._last_time, chosen.time)
         self.telemetry.on_speed(chosen)
         # the sample's time was mapped onto GNSS time when a valid fix anchors it
         clock = "system" if self._anchor is None else "gnss"
@@ -75,6 +94,18 @@ class Engine:
             if tel is not None:
                 events.append(tel)
         return self._wrap(events)
+
+    def _clock_step(self, gnss_time: float) -> list[Event]:
+        assert self._last_time is not None
+        self.clock_step_s = round(gnss_time - self._last_time, 3)
+        self.counts["clock_steps"] += 1
+        closing = [dataclasses.replace(e, clock="system",
+                                       body={**e.body, "reason": "clock_step"})
+                   for e in self.rules.close(self._last_time)]
+        self.rules = Rules(self.config.rules, self.rules.zones)
+        self.telemetry = TelemetrySampler(interval_s=self.telemetry.interval_s)
+        self._last_time = None
+        return closing
 
     def tick(self, time: float) -> list[Envelope]:
         return self._wrap(self.rules.tick(time))
@@ -96,7 +127,7 @@ class Engine:
 
     def health(self) -> dict[str, Any]:
         return {
-            "engine": dict(self.counts),
+            "engine": {**self.counts, "clock_step_s": self.clock_step_s},
             "speed": self.arbiter.health(),
             "rules": self.rules.health(),
         }

@@ -4,13 +4,15 @@ Rules (all on fix time, only valid fixes move state):
 
 * **Hysteresis.** A fence is entered when a fix is inside it, and left only when a fix
   is farther than ``hysteresis_m`` outside it (the fence grown by the hysteresis).
-  With ``hysteresis_m`` unset it follows the fix's HDOP: ``2 × 5 m × HDOP`` (a 2-sigma
+  With ``hysteresis_m`` unset it follows the fix's HDOP: ``2 x 5 m x HDOP`` (a 2-sigma
   radius for a 5 m UERE), clamped to 5-50 m; 15 m when the HDOP is unknown.
 * **Debounce.** A change is committed only once it held for ``debounce_s`` of fix time
   (the fix that confirms it stamps the event). A single jittery fix never flips state.
 * **Start-up and new fences.** The first state the daemon learns is reported as
   ``inside`` (never ``enter``): a car parked inside a fence at boot, or inside a fence
-  that a reload adds, gets ``inside``; outside is silent.
+  that a reload adds, gets ``inside``; outside is silent. At boot a fence whose edge
+  is within the hysteresis stays unknown until the car is clearly in (``inside``) or
+  clearly out (silent), so a jittery first fix cannot turn into a false ``enter``.
 * **Gaps.** No valid fix for ``gap_s``: every fence's state becomes unknown, pending
   changes are dropped, and the next committed transition of each fence carries
   ``after_gap: true`` (so an exit missed during an outage still arrives, flagged).
@@ -24,8 +26,8 @@ Rules (all on fix time, only valid fixes move state):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import math
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from edge.config import GeofenceRuleConfig
@@ -44,6 +46,14 @@ def hysteresis_for(cfg: GeofenceRuleConfig, hdop: float | None) -> float:
     if hdop is None or hdop <= 0:
         return HYST_UNKNOWN_M
     return min(HYST_MAX_M, max(HYST_MIN_M, 2.0 * UERE_M * hdop))
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
 
 
 @dataclass(slots=True)
@@ -94,9 +104,10 @@ class GeofenceTracker:
         return sorted(self.zones.zones[i].id for i, s in self._st.items() if s.state)
 
     @property
-    def watched(self) -> set[int]:
-        """Fences whose state hangs on the hysteresis line (the car is inside them)."""
-        return self._watch
+    def watched(self) -> Container[int]:
+        """Fences whose state hangs on the hysteresis line (inside, or never known):
+        before the first fix, all of them."""
+        return self._watch if self._known else _EVERYTHING
 
     def is_inside(self, index: int) -> bool:
         s = self._st.get(index)
@@ -140,15 +151,21 @@ class GeofenceTracker:
         gap = self._gap
         out: list[Transition] = []
         debounce = self.cfg.debounce_s
-        for i in sorted(inside_f.union(self._st)):
+        todo = inside_f.union(self._st)
+        if first:
+            todo |= near_f
+        for i in sorted(todo):
             st = self._st.get(i)
             if st is None:
                 st = _Fence(state=None if first else False, stale=gap)
                 self._st[i] = st
             target = (i in near_f) if st.state else (i in inside_f)
             if st.state is None and not target:
-                st.state = False
+                # never known: clearly outside settles it; within the hysteresis band
+                # it stays unknown (a car parked at the edge at boot gets no "enter")
                 st.pending = None
+                if i not in near_f:
+                    st.state = False
             elif st.state is not None and target == st.state:
                 if st.pending and st.pending_pos is not None and pos is not None and (
                     haversine_m(*st.pending_pos, *pos) > pass_m
@@ -179,7 +196,7 @@ class GeofenceTracker:
                 del self._st[i]
         self._known = True
         self._gap = False
-        self._watch = {i for i, s in self._st.items() if s.state}
+        self._watch = {i for i, s in self._st.items() if s.state is not False}
         self.transitions += len(out)
         return out
 
@@ -203,12 +220,12 @@ class GeofenceTracker:
         if inside_now is not None and self._known:
             for i in sorted(inside_now):
                 z = zones.zones[i]
-                if z.kind != "fence" or z.id in old.by_id and old.by_id[z.id].kind == "fence":
+                if z.kind != "fence" or (z.id in old.by_id and old.by_id[z.id].kind == "fence"):
                     continue
                 moved[i] = _Fence(state=True, since=t)
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
-        self._watch = {i for i, s in moved.items() if s.state}
+        self._watch = {i for i, s in moved.items() if s.state is not False}
         self.transitions += len(out)
         return out

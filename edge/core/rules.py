@@ -88,9 +88,10 @@ class Rules:
         count = self._count
         count["fixes"] += 1
         t, lat, lon = fix.time, fix.lat, fix.lon
-        if t is None or not fix.valid or lat is None or lon is None:
+        if (t is None or not fix.valid or lat is None or lon is None
+                or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)):  # also NaN
             count["invalid_fixes"] += 1
-            return self.tick(t) if t is not None else []
+            return self.tick(t) if t is not None and math.isfinite(t) else []
         prev = self._fix
         if prev is not None and t <= prev[0]:
             count["reordered_fixes"] += 1
@@ -111,10 +112,7 @@ class Rules:
         # speed limit from the zones the car is in (used by on_speed)
         if inside != self._inside_list:
             self._inside_list = inside
-            self.speed.set_zone_limits([
-                (z.maxspeed_kmh, z.id) for z in (zones[i] for i in inside)
-                if z.maxspeed_kmh is not None and z.kind != "poi"
-            ])
+            self.speed.set_zone_limits(self._zone_limits(inside))
 
         # geofences
         if prev is not None and not gap and not geo.in_gap:
@@ -144,6 +142,14 @@ class Rules:
                     out.append(self._emit("poi", t, body, "gnss"))
         return out
 
+    def _zone_limits(self, inside: list[int]) -> list[tuple[float, str]]:
+        out = []
+        for i in inside:
+            z = self.zones.zones[i]
+            if z.maxspeed_kmh is not None and z.kind != "poi":
+                out.append((z.maxspeed_kmh, z.id))
+        return out
+
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
         inside: list[int],
@@ -165,7 +171,7 @@ class Rules:
             cands = sorted(self.zones.query_box(lo_lon - d, min(lat1, lat2) - d,
                                                 hi_lon + d, max(lat1, lat2) + d))
         zones = self.zones.zones
-        skip = self._prev_inside.union(inside)
+        skip = self._prev_inside | set(inside)
         out = []
         for i in cands:
             z = zones[i]
@@ -178,6 +184,9 @@ class Rules:
     def on_speed(self, sample: SpeedSample) -> list[Event]:
         self._count["speed_samples"] += 1
         t = sample.time
+        if not (math.isfinite(t) and math.isfinite(sample.speed_kmh)) or sample.speed_kmh < 0:
+            self._count["invalid_speed"] += 1
+            return []
         if self._last_sample_t is not None and t < self._last_sample_t:
             self._count["reordered_speed"] += 1
             return []
@@ -232,9 +241,7 @@ class Rules:
         self._zones_error = None
         self._reloads += 1
         if self._fix is not None:
-            zs = zones.zones
-            self.speed.set_zone_limits([(zs[i].maxspeed_kmh, zs[i].id) for i in inside_now or ()
-                                        if zs[i].maxspeed_kmh is not None and zs[i].kind != "poi"])
+            self.speed.set_zone_limits(self._zone_limits(inside_now or []))
         return [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
 
     def reload_file(self, path: Path) -> list[Event]:
@@ -265,7 +272,8 @@ class Rules:
                 "error": self._zones_error,
             },
             "inputs": {k: self._count[k] for k in (
-                "fixes", "invalid_fixes", "reordered_fixes", "speed_samples", "reordered_speed")},
+                "fixes", "invalid_fixes", "reordered_fixes", "speed_samples", "invalid_speed",
+                "reordered_speed")},
             "geofence": {
                 "state": "unknown" if self._fix is None or self.geofence.in_gap else "known",
                 "inside": self.geofence.inside_ids(),

@@ -1,6 +1,6 @@
 """Overspeed episodes: a start after ``min_duration_s`` above the threshold, one end.
 
-``threshold = limit × (1 + tolerance_pct/100) + tolerance_kmh``. The limit is the
+``threshold = limit x (1 + tolerance_pct/100) + tolerance_kmh``. The limit is the
 lowest of the configured default and the ``maxspeed`` of every zone the car is in
 (``limit_policy = "lowest"``); ``"zone"`` lets a zone's limit replace the default even
 when it is higher; ``"default"`` ignores zones. An episode starts when every sample
@@ -63,7 +63,9 @@ class OverspeedTracker:
             return None
         return self.limit * (1.0 + self.cfg.tolerance_pct / 100.0) + self.cfg.tolerance_kmh
 
-    def _end(self, t: float, speed: float, reason: str, until: float) -> tuple[float, dict[str, object]]:
+    def _end(
+        self, t: float, speed: float, reason: str, until: float
+    ) -> tuple[float, dict[str, object]]:
         ep = self._ep
         assert ep is not None
         self._ep = None

@@ -33,7 +33,9 @@ class TelemetrySampler:
 
     def sample(self, time: float, *, clock: str = "gnss") -> Event | None:
         if self._next is not None and time < self._next:
-            return None
+            if time >= self._next - 10 * self.interval_s:
+                return None
+            # the clock stepped back (system clock replaced by GNSS time): start over
         # align to the interval grid so that records are evenly spaced
         self._next = (time // self.interval_s + 1) * self.interval_s
         return Event(kind="telemetry", time=time, body=self.record(), clock=clock)

@@ -83,7 +83,7 @@ class TripTracker:
         }
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
-        out: list[tuple[float, dict[str, object]]] = []
+        out = self.tick(t)  # data that stopped for end_s ends the trip before this sample
         last = self._last
         self._last = (t, v)
         s = self._stats()

@@ -223,7 +223,8 @@ class Zones:
         """Zones that contain the point (one-off lookup; the rules use ``ZoneLocator``)."""
         hits = self.tree.query(shapely.Point(lon, lat)).tolist()
         out = {self.tree_zone[i] for i in hits}
-        return [self.zones[i] for i in sorted(out) if self.zones[i].signed_distance_m(lat, lon) <= 0]
+        return [self.zones[i] for i in sorted(out)
+                if self.zones[i].signed_distance_m(lat, lon) <= 0]
 
 
 EMPTY_ZONES_SOURCE = "<none>"

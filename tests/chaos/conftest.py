@@ -68,4 +68,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lost = sum(len(t.lost) for t in _TALLIES)
     inv = sum(len(t.invented) for t in _TALLIES)
     tail = f", {inv} invented" if inv else ""
-    terminalreporter.write_line(f"ledger: {acc} alerts accepted, {got} delivered, {lost} lost{tail}")
+    terminalreporter.write_line(
+        f"ledger: {acc} alerts accepted, {got} delivered, {lost} lost{tail}")

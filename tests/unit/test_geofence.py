@@ -37,6 +37,10 @@ def jitter(t0: float, x: float, y: float, n: int, amp: float) -> list[Fix]:
 SCENARIOS: list[tuple[str, list[Fix], list[tuple[str, str]]]] = [
     ("parked inside at start", [fix(i, 0, 0) for i in range(30)], [("a", "inside")]),
     ("parked outside at start", [fix(i, 300, 0) for i in range(30)], []),
+    ("parked at the edge at start, first fix just outside",
+     [fix(0, 105, 0)] + jitter(1, 97, 0, 30, 2), [("a", "inside")]),
+    ("at the edge at start, then drives away",
+     [fix(0, 105, 0), fix(1, 106, 0)] + line(2, 106, 0, 400, 0, 30), []),
     ("drive through", line(0, -300, 0, 300, 0, 61), [("a", "enter"), ("a", "exit")]),
     ("drive in, sit at the edge with ±6 m jitter",
      line(0, -300, 0, 95, 0, 40) + jitter(40, 100, 0, 300, 6), [("a", "enter")]),

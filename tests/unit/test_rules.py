@@ -11,8 +11,18 @@ import pytest
 from edge.core.rules import Rules
 from edge.core.zones import load_zones
 from edge.model import Event, Fix, SpeedSample
-from tests.unit.test_rules_kit import T0, circle, config, feed, fix, line, speed, square, \
-    transitions, zones
+from tests.unit.test_rules_kit import (
+    T0,
+    circle,
+    config,
+    feed,
+    fix,
+    line,
+    speed,
+    square,
+    transitions,
+    zones,
+)
 
 DATA = Path(__file__).parent.parent / "data" / "zones"
 
@@ -65,7 +75,22 @@ def test_health_is_json_serialisable_and_counts() -> None:
     h = rules.health()
     json.dumps(h)
     assert h["inputs"] == {"fixes": 2, "invalid_fixes": 1, "reordered_fixes": 0,
-                           "speed_samples": 1, "reordered_speed": 0}
+                           "speed_samples": 1, "invalid_speed": 0, "reordered_speed": 0}
+
+
+@pytest.mark.parametrize(("lat", "lon"), [(95.0, 11.0), (48.0, 181.0), (float("nan"), 11.0),
+                                          (48.0, float("inf"))])
+def test_impossible_coordinates_are_invalid_fixes(lat: float, lon: float) -> None:
+    rules = Rules(config(), zones(square("a", 0, 0, 100)))
+    assert rules.on_fix(Fix(time=T0, lat=lat, lon=lon, valid=True, hdop=1.0)) == []
+    assert rules.health()["inputs"]["invalid_fixes"] == 1
+
+
+@pytest.mark.parametrize("kmh", [float("nan"), -3.0, float("inf")])
+def test_impossible_speeds_are_counted_not_used(kmh: float) -> None:
+    rules = Rules(config(speed={"min_duration_s": 0.0}))
+    assert rules.on_speed(speed(0, kmh)) == []
+    assert rules.health()["inputs"]["invalid_speed"] == 1
 
 
 def city_drive() -> list[Fix | SpeedSample]:
@@ -75,7 +100,7 @@ def city_drive() -> list[Fix | SpeedSample]:
     items: list[Fix | SpeedSample] = []
     t = 0.0
     # parked inside the depot at boot for 90 s (dwell is 60 s)
-    for i in range(90):
+    for _ in range(90):
         items += [fix(t, 0, 0, frame=depot, speed_mps=0.0), speed(t, 0.0)]
         t += 1
     # drive east at 12.5 m/s (45 km/h) along the depot's centre line, 60 s
@@ -132,3 +157,20 @@ def test_fix_without_time_is_ignored(valid: bool) -> None:
     rules = Rules(config(), zones(square("a", 0, 0, 100)))
     assert rules.on_fix(Fix(time=None, lat=48.137, lon=11.575, valid=valid)) == []
     assert rules.health()["inputs"]["invalid_fixes"] == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("geofence", "hysteresis_m", -1.0), ("geofence", "debounce_s", -1.0),
+     ("geofence", "gap_s", 0.0), ("speed", "gap_s", 0.0), ("speed", "end_after_s", -1.0),
+     ("poi", "cooldown_s", -1.0), ("poi", "max_per_hour", -1), ("trip", "start_kmh", 0.0),
+     ("trip", "end_s", 0.0), ("trip", "harsh_accel_kmhs", -1.0),
+     ("trip", "harsh_brake_kmhs", 2.0)],
+)
+def test_rules_config_is_checked(section: str, key: str, value: float) -> None:
+    from edge.config import config_from_dict
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"thing": "t", "rules": {section: {key: value}}})
+    assert err.value.field == f"rules.{section}.{key}"

@@ -115,12 +115,16 @@ def drives(draw: st.DrawFn) -> list[tuple[str, float, float, float, float | None
     rnd = draw(st.randoms(use_true_random=False))
     waypoints = draw(st.lists(st.tuples(st.floats(-250, 250), st.floats(-250, 250)),
                               min_size=2, max_size=8))
-    noise = draw(st.sampled_from([0.0, 2.0, 6.0]))
+    sigma = draw(st.sampled_from([0.0, 2.0, 6.0]))
+
+    def noise() -> float:
+        return max(-4 * sigma, min(4 * sigma, rnd.gauss(0, sigma)))
+
     v = draw(st.sampled_from([3.0, 8.0, 15.0, 30.0]))
     out: list[tuple[str, float, float, float, float | None, float]] = []
     t = 0.0
     (x, y) = waypoints[0]
-    for tx, ty in waypoints[1:] + [waypoints[-1]]:
+    for tx, ty in [*waypoints[1:], waypoints[-1]]:
         while True:
             d = ((tx - x) ** 2 + (ty - y) ** 2) ** 0.5
             step_ = min(v, d)
@@ -130,13 +134,12 @@ def drives(draw: st.DrawFn) -> list[tuple[str, float, float, float, float | None
             t += rnd.choice([1.0] * 30 + [40.0])  # now and then an outage
             kmh = step_ * 3.6
             out.append(("speed", t - 0.5, 0.0, 0.0, None, kmh * rnd.uniform(0.9, 1.6)))
-            out.append(("fix", t, x + rnd.gauss(0, noise), y + rnd.gauss(0, noise),
-                        rnd.choice([0.8, 1.2, None]), kmh))
+            out.append(("fix", t, x + noise(), y + noise(), rnd.choice([0.8, 1.2, None]), kmh))
             if d <= v:
                 break
         for _ in range(rnd.randint(0, 30)):  # a stop
             t += 1.0
-            out.append(("fix", t, x + rnd.gauss(0, noise), y + rnd.gauss(0, noise), 1.0, 0.0))
+            out.append(("fix", t, x + noise(), y + noise(), 1.0, 0.0))
     return out
 
 

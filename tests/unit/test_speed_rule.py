@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from edge.config import SpeedRuleConfig
 from edge.core.rules import Rules
 from edge.core.speed import OverspeedTracker
-from edge.config import SpeedRuleConfig
 from edge.model import Event
 from tests.unit.test_rules_kit import T0, circle, config, feed, fix, speed, zones
 
@@ -161,3 +161,43 @@ def test_tracker_alone_is_deterministic() -> None:
     b = OverspeedTracker(SpeedRuleConfig(limit_kmh=50, min_duration_s=0.5))
     seq = [(i * 0.1, 40 + (i % 30)) for i in range(600)]
     assert [a.on_speed(t, v) for t, v in seq] == [b.on_speed(t, v) for t, v in seq]
+
+
+def segments(*parts: tuple[float, float, float], hz: float = 100.0) -> list:
+    out: list = []
+    for t0, t1, kmh in parts:
+        out += ramp(t0, t1, kmh, hz)
+    return out
+
+
+# (name, samples, config overrides, expected (phase, reason) sequence) — limit 50 km/h
+TABLE = [
+    ("cruise below the limit", segments((0, 30, 49.9)), {}, []),
+    ("0.04 s flicker at 100 Hz", segments((0, 5, 45), (5, 5.04, 90), (5.04, 10, 45)),
+     {"min_duration_s": 0.5}, []),
+    ("2.9 s above with min 3 s", segments((0, 5, 45), (5, 7.9, 60), (7.9, 20, 45)), {}, []),
+    ("3.5 s above then recovered", segments((0, 5, 45), (5, 8.5, 60), (8.5, 20, 40)), {},
+     [("start", None), ("end", "recovered")]),
+    ("dip below threshold but not recovery keeps it open",
+     segments((0, 5, 60), (5, 15, 48), (15, 20, 60), (20, 30, 40)), {"min_duration_s": 1.0},
+     [("start", None), ("end", "recovered")]),
+    ("two separate episodes", segments((0, 5, 60), (5, 15, 40), (15, 20, 60), (20, 30, 40)),
+     {"min_duration_s": 1.0}, [("start", None), ("end", "recovered")] * 2),
+    ("end needs end_after_s of recovery",
+     segments((0, 5, 60), (5, 6, 40), (6, 7, 60), (7, 8, 40), (8, 9, 60)),
+     {"min_duration_s": 1.0, "end_after_s": 2.0}, [("start", None)]),
+    ("sparse GNSS speed at 1 Hz", segments((0, 10, 60), (10, 20, 30), hz=1.0),
+     {"min_duration_s": 3.0}, [("start", None), ("end", "recovered")]),
+    ("gap inside an episode", segments((0, 5, 60), (30, 40, 60)), {"min_duration_s": 1.0},
+     [("start", None), ("end", "unknown"), ("start", None)]),
+]
+
+
+@pytest.mark.parametrize(("name", "samples", "over_cfg", "expected"), TABLE,
+                         ids=[t[0] for t in TABLE])
+def test_overspeed_table(name: str, samples: list, over_cfg: dict,
+                         expected: list[tuple[str, str | None]]) -> None:
+    rules = Rules(config(speed=over_cfg))
+    events = feed(rules, samples)
+    assert [(b["phase"], b.get("reason")) for b in over(events)] == expected
+    assert [e.time for e in events] == sorted(e.time for e in events)

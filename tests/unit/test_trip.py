@@ -93,6 +93,15 @@ def test_tick_ends_a_trip_whose_data_stopped() -> None:
     assert end.body["duration_s"] == pytest.approx(60 - 0.7, abs=0.1)
 
 
+def test_data_resuming_after_a_long_silence_starts_a_new_trip() -> None:
+    rules = Rules(config())
+    events = feed(rules, profile([(0, 0), (5, 40), (60, 40)]) +
+                  profile([(1000, 40), (1100, 40), (1110, 0), (1500, 0)]))
+    assert [(b["phase"], b.get("reason")) for b in trips(events)] == [
+        ("start", None), ("end", "no_data"), ("start", None), ("end", "stopped")]
+    assert [e.time for e in events] == sorted(e.time for e in events)
+
+
 def test_ignition_drives_trips_when_fed() -> None:
     rules = Rules(config())
     (start,) = rules.on_ignition(T0, True)
@@ -110,7 +119,7 @@ def test_gnss_speed_drives_trips_when_no_speed_samples_arrive() -> None:
     fixes = [fix(i, i * 10.0, 0, speed_mps=10.0) for i in range(60)]
     fixes += [fix(60 + i, 600, 0, speed_mps=0.0) for i in range(400)]
     events = feed(rules, fixes)
-    start, end = trips(events)
+    _, end = trips(events)
     assert end["distance_m"] == pytest.approx(600, abs=10)
     assert end["max_kmh"] == 36.0
 

@@ -154,7 +154,7 @@ def test_bad_file_level_errors(tmp_path: Path) -> None:
         load_zones(p)
     with pytest.raises(ZonesError, match="cannot read"):
         load_zones(tmp_path / "missing.geojson")
-    with pytest.raises(ZonesError, match="feature 1 \\(id 'lamp-post'\\).*radius_m"):
+    with pytest.raises(ZonesError, match=r"feature 1 \(id 'lamp-post'\).*radius_m"):
         load_zones(DATA / "bad_no_radius.geojson")
 
 
@@ -213,3 +213,30 @@ def test_zones_file_round_trip_through_json(tmp_path: Path) -> None:
     p.write_text(json.dumps(_fc(GOOD, square("sq", 500, 0, 50))))
     z = load_zones(p)
     assert z.source == str(p) and [x.id for x in z.zones] == ["good", "sq"]
+
+
+def test_locator_across_the_antimeridian_agrees_with_exact_answers() -> None:
+    import random
+
+    rng = random.Random(3)
+    frame = LocalFrame.at(-16.7, 180.0)
+    feats = []
+    for i in range(80):
+        cx, cy = rng.uniform(-2000, 2000), rng.uniform(-2000, 2000)
+        lat, lon = frame.latlon(cx, cy)
+        lon = (lon + 180.0) % 360.0 - 180.0
+        feats.append({"type": "Feature", "properties": {"id": f"c{i}",
+                                                        "radius_m": rng.uniform(30, 400)},
+                      "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+    z = parse_zones(_fc(*feats))
+    loc = ZoneLocator(z)
+    x = -2000.0
+    for _ in range(400):  # east across 180 and back
+        x += 10.0
+        y = 300 * math.sin(x / 700)
+        lat, lon = frame.latlon(x, y)
+        lon = (lon + 180.0) % 360.0 - 180.0
+        inside, _ = loc.locate(lat, lon, 10.0)
+        exact = sorted(zz.index for zz in z.zones if zz.signed_distance_m(lat, lon) <= 0)
+        assert sorted(inside) == exact
+        assert sorted(zz.index for zz in z.at(lat, lon)) == exact

@@ -1,0 +1,69 @@
+"""The engine's clock contract: GNSS time when a valid fix exists, system time flagged."""
+
+from __future__ import annotations
+
+import json
+
+from edge.config import config_from_dict
+from edge.core.engine import Engine
+from edge.model import Fix, SpeedSample
+
+GNSS_T0 = 1_778_000_000.0  # May 2026
+SYSTEM_T0 = GNSS_T0 + 200 * 86400  # a Pi without RTC whose clock is 200 days off
+
+
+def fix(t: float, mono: float, lat: float = 48.0) -> Fix:
+    return Fix(time=t, lat=lat, lon=11.0, speed_mps=20.0, course_deg=0.0, mode=3, hdop=0.8,
+               sats=10, quality=1, valid=True, mono=mono)
+
+
+def engine() -> Engine:
+    cfg = config_from_dict({"thing": "car", "rules": {"speed": {
+        "limit_kmh": 50, "min_duration_s": 2}}, "can": {"stale_s": 1.0}})
+    return Engine(cfg, seed=1)
+
+
+def payloads(envs) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    return [json.loads(e.to_bytes()) for e in envs]
+
+
+def test_can_before_the_first_fix_then_gnss_time_takes_over() -> None:
+    e = engine()
+    out = []
+    # 3 s of CAN at 10 Hz before any fix: stamped with the (wrong) system clock
+    for i in range(30):
+        out += e.on_speed(SpeedSample(time=SYSTEM_T0 + i / 10, speed_kmh=30.0, source="can",
+                                      mono=i / 10))
+    pre = payloads(out)
+    assert pre and all(p.get("clock") == "system" for p in pre)
+    # the first valid fix: the time base steps back 200 days
+    out = []
+    for k in range(30):
+        mono = 3.0 + k
+        out += e.on_fix(fix(GNSS_T0 + k, mono, 48.0 + k * 1e-4))
+        for j in range(10):
+            out += e.on_speed(SpeedSample(time=SYSTEM_T0 + mono + j / 10, speed_kmh=80.0,
+                                          source="can", mono=mono + j / 10))
+    post = payloads(out)
+    assert e.counts["clock_steps"] == 1
+    assert abs(e.clock_step_s + 200 * 86400 + 3) < 5  # type: ignore[operator]
+    tel = [p for p in post if p["type"] == "telemetry"]
+    assert len(tel) >= 25, "telemetry keeps flowing on GNSS time"
+    assert all(abs(p["ts"] / 1000 - GNSS_T0) < 60 for p in tel)
+    over = [p for p in post if p["type"] == "overspeed"]
+    assert over and over[0]["phase"] == "start" and "clock" not in over[0]
+    assert abs(over[0]["ts"] / 1000 - GNSS_T0) < 60, "alert stamped with GNSS time"
+    # an episode opened on the system clock is closed, not left dangling
+    trips = [p for p in pre + post if p["type"] == "trip"]
+    if trips and trips[0].get("clock") == "system":
+        ends = [t for t in trips if t["phase"] == "end" and t.get("reason") == "clock_step"]
+        assert ends
+
+
+def test_no_step_when_the_system_clock_agrees() -> None:
+    e = engine()
+    for i in range(10):
+        e.on_speed(SpeedSample(time=GNSS_T0 - 1 + i / 10, speed_kmh=30.0, source="can",
+                               mono=i / 10))
+    e.on_fix(fix(GNSS_T0, 1.0))
+    assert e.counts["clock_steps"] == 0
