@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import statistics
 import subprocess
@@ -193,7 +194,10 @@ def long_drive(tmp: Path, broker: Broker, epochs: int) -> dict[str, Any]:
         for i in range(epochs):
             data = _epoch(i, 0.1, toggle=100)
             view = memoryview(data)
-            while view:  # blocking pty writes: the daemon sets the pace
+            while view:  # the daemon sets the pace; a hung daemon is an error, not a hang
+                if not select.select([], [master], [], 20.0)[1]:
+                    raise RuntimeError(f"daemon stopped reading its serial port at epoch {i}"
+                                       f" of {epochs} (event loop blocked?)")
                 view = view[os.write(master, view):]
             if (i + 1) % quarter == 0:
                 rss.append(rss_kb(daemon.pid))

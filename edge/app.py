@@ -36,20 +36,17 @@ from edge import __version__
 from edge.config import Config
 from edge.core.backoff import Backoff
 from edge.core.engine import Engine
-from edge.core.ratelimit import IotQuota
-from edge.core.telemetry import batch_payload, split_batches
 from edge.errors import (
     EdgeError,
     OutboxError,
-    PublishRejected,
     UplinkAuthError,
     UplinkError,
     ZonesError,
 )
 from edge.logconf import Once
 from edge.model import Envelope, Fix, Lane, SpeedSample
-from edge.outbox import Outbox, Row
-from edge.uplinks.base import MAX_PAYLOAD, Uplink
+from edge.outbox import Outbox
+from edge.uplinks.base import Uplink
 
 log = structlog.get_logger()
 
@@ -163,10 +160,7 @@ class Daemon:
         cfg = self.config
         zones = load_zones_for(cfg)
         self.engine = Engine(cfg, zones=zones)
-        self.outbox = await asyncio.to_thread(
-            Outbox, cfg.outbox.path, max_bytes=int(cfg.outbox.max_mb * 1024 * 1024),
-            alert_sync=cfg.outbox.alert_sync,
-        )
+        self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
         log.info("daemon starting", version=__version__, thing=cfg.thing,
                  uplink=cfg.uplink.kind, outbox=str(cfg.outbox.path),
                  recovered_inflight=self.outbox.recovered)

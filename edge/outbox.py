@@ -29,6 +29,7 @@ connection guarded by a lock.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -129,6 +130,10 @@ class Outbox:
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
+            # keep the WAL small: it is checkpointed every ~1 MiB and truncated back to
+            # 1 MiB afterwards, so a small disk is not eaten by the log alone
+            self._db.execute("PRAGMA wal_autocheckpoint=256")
+            self._db.execute("PRAGMA journal_size_limit=1048576")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._db.execute("BEGIN IMMEDIATE")
@@ -217,6 +222,12 @@ class Outbox:
                         self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                    # SQLITE_FULL: the WAL may hold most of the space. Checkpoint it back
+                    # into the main file and truncate it, so the next try (the caller
+                    # retries with backoff) has room once anything was freed.
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 raise OutboxError(f"outbox {what} failed: {exc}") from exc
             for lane in Lane:
                 self._rows[lane] += tally.rows[lane]

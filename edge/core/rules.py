@@ -40,6 +40,20 @@ MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not 
 
 
 class Rules:
+    """One car's rules. Feed it in time order; each call returns the events it decided.
+
+    * ``on_fix(fix)``: geofences, POIs, the speed limit of the zones the car is in, and
+      trips from GNSS speed while no speed samples arrive. Invalid fixes and fixes not
+      newer than the last valid one are counted and change nothing.
+    * ``on_speed(sample)``: the arbitrated speed (CAN at up to 100 Hz, else GNSS):
+      overspeed episodes and trip statistics.
+    * ``on_ignition(time, on)``: when an ignition signal exists, it owns trip start/end.
+    * ``tick(time)``: time passes without input (gaps, timeouts); call about once a second.
+    * ``close(time)``: the drive or daemon ends: open episodes and trips get an ``end``.
+    * ``reload(zones)`` / ``reload_file(path)``: swap the zone set atomically.
+    * ``health()``: counters and state, JSON-serialisable.
+    """
+
     def __init__(self, config: RulesConfig, zones: Zones | None = None) -> None:
         self.cfg = config
         self.zones = zones if zones is not None else empty_zones()

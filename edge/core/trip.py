@@ -1,10 +1,12 @@
 """Trips from movement (or ignition when a signal is fed).
 
-A trip starts once the speed stayed at or above ``start_kmh`` for ``start_s``; it ends
-once it stayed below for ``end_s`` (stop lights and queues are idle time, not trip
-ends). When an ignition signal is fed (``on_ignition``), ignition on/off starts and
-ends trips instead and movement no longer does. The end carries the distance (speed
-integrated over time, trapezoids; intervals longer than ``gap_s`` are not counted),
+A trip starts once the speed stayed at or above ``start_kmh`` for ``start_s`` (stamped
+by the sample that confirms it); it ends once it stayed below for ``end_s``, stamped at
+that deadline (stop lights and queues are idle time, not trip ends). Speed data that
+stops for ``end_s`` ends the trip too (``reason: "no_data"``). When an ignition signal
+is fed (``on_ignition``), ignition on/off starts and ends trips instead and movement
+no longer does. The end carries the distance (speed integrated over time, trapezoids;
+intervals longer than ``gap_s`` are not counted),
 duration (first movement to the final stop), max and mean speed, idle time (stopped
 inside the trip), and counts of harsh accelerations (>= ``harsh_accel_kmhs``) and
 harsh brakings (<= ``harsh_brake_kmhs``), each measured over >= 1 s windows and
@@ -83,7 +85,8 @@ class TripTracker:
         }
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
-        out = self.tick(t)  # data that stopped for end_s ends the trip before this sample
+        # a trip whose end deadline passed ends at that deadline, before this sample
+        out = self.tick(t)
         last = self._last
         self._last = (t, v)
         s = self._stats()
@@ -116,7 +119,7 @@ class TripTracker:
         else:
             if trip.stop_since is None:
                 trip.stop_since = t
-            if t - trip.stop_since >= self.cfg.end_s:
+            if t - trip.stop_since >= self.cfg.end_s:  # only with end_s = 0
                 out.append(self._end(t, "stopped", trip.stop_since))
         return out
 
@@ -156,10 +159,18 @@ class TripTracker:
             return []
         if trip.stop_since is not None and t - trip.stop_since >= self.cfg.end_s:
             return [self._end(trip.stop_since + self.cfg.end_s, "stopped", trip.stop_since)]
-        if self._last is not None and t - self._last[0] >= self.cfg.end_s:
-            until = self._last[0]
-            return [self._end(until + self.cfg.end_s, "no_data", until)]
-        return []
+        return self._no_data(t)
+
+    def _no_data(self, t: float) -> list[tuple[float, dict[str, object]]]:
+        if self._trip is None or self._ignition is not None or self._last is None:
+            return []
+        if t - self._last[0] < self.cfg.end_s:
+            return []
+        until = self._last[0]
+        if self._trip.stop_since is not None:  # it had stopped before the data did
+            return [self._end(self._trip.stop_since + self.cfg.end_s, "stopped",
+                              self._trip.stop_since)]
+        return [self._end(until + self.cfg.end_s, "no_data", until)]
 
     def close(self, t: float) -> list[tuple[float, dict[str, object]]]:
         self._cand = None

@@ -224,15 +224,22 @@ class MqttUplink:
             props.UserProperty = list(user_properties)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
+        # Never hold our lock while calling into paho: its network thread holds paho's
+        # own lock while it calls _on_publish, which takes ours (a deadlock seen under
+        # load). A PUBACK that arrives before the future is registered waits in _early.
+        info = client.publish(topic, payload, qos=qos, properties=props)
+        if info.rc != 0:
+            raise UplinkError(f"publish failed locally: rc={info.rc}")
+        if qos == 0:
+            return
         with self._lock:
-            info = client.publish(topic, payload, qos=qos, properties=props)
-            if info.rc != 0:
-                raise UplinkError(f"publish failed locally: rc={info.rc}")
-            if qos == 0:
-                return
             early = self._early.pop(info.mid, None)
             if early is None:
                 self._pending[info.mid] = fut
+        if early is None and self._lost is not None and self._lost.is_set():
+            with self._lock:
+                self._pending.pop(info.mid, None)
+            raise UplinkError("connection lost")
         if early is not None:
             code = early
         else:

@@ -190,12 +190,6 @@ def _ignore_sigxfsz() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
 
 
-@pytest.mark.xfail(
-    reason="found by this suite: after a full disk is freed the daemon stays in"
-    " outbox_mode=memory-fallback and its uplink never reconnects (the SQLite WAL filled"
-    " the disk; no checkpoint on SQLITE_FULL) - edge/outbox.py / edge/app.py to fix",
-    strict=False,
-)
 def test_disk_full_holds_alerts_in_memory_then_commits_them(
     tmp_path: Path, broker: Broker, scale: Scale, record_tally: list[Tally]
 ) -> None:

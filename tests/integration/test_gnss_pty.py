@@ -65,7 +65,7 @@ class Receiver:
 async def wait_for(cond: Callable[[], bool], limit_s: float = 5.0) -> None:
     """Poll what a user would look at (health, the received fixes) until it holds."""
     async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - polling observable state is the point
+        while not cond():
             await asyncio.sleep(0.01)
 
 

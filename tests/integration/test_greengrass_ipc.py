@@ -227,7 +227,7 @@ class Applied:
 async def wait_for(pred: Callable[[], bool], within_s: float = 5.0) -> None:
     """Poll a condition that changes on another thread (awscrt) or inside the watcher."""
     async with asyncio.timeout(within_s):
-        while not pred():  # noqa: ASYNC110 - no event to wait on for these conditions
+        while not pred():
             await asyncio.sleep(0.02)
 
 

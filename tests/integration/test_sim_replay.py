@@ -130,7 +130,7 @@ def test_loop_replays_again() -> None:
             r = Replayer(drive, nmea=pty, rate=None, loop=True)
             task = asyncio.create_task(r.run())
             expected = len(_expected_nmea("faults"))
-            while len(got) < expected * 2 + 10:  # noqa: ASYNC110 - a bytearray, not an event
+            while len(got) < expected * 2 + 10:
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from edge.outbox import Outbox
-from tests.conftest import THING
 from tests.support.broker import OBSERVER, Broker, Pki
 from tests.system.test_daemon import PtyFeeder, start_daemon, write_config
 
@@ -222,13 +221,14 @@ def test_full_disk_keeps_the_daemon_running_in_memory_then_delivers(
         proc = start_daemon(cfg)
         assert wait_until(lambda: (mnt / "outbox.db").exists(), 10)
         time.sleep(1.0)
-        with (mnt / "filler").open("wb") as fh:  # the disk fills up
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # the disk fills up
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
         def health() -> dict[str, Any]:
             try:

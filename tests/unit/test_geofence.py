@@ -214,3 +214,22 @@ def test_parked_inside_circle_on_the_antimeridian() -> None:
     fixes = [Fix(time=T0 + i, lat=-16.60, lon=-179.999 if i % 2 else 179.999, hdop=1.0,
                  valid=True, mode=3) for i in range(10)]
     assert transitions(feed(rules, fixes)) == [("dateline-circle", "inside")]
+
+
+def test_invalid_fixes_for_gap_s_make_state_unknown() -> None:
+    rules = Rules(config(), zones(A))
+    feed(rules, [fix(i, 0, 0) for i in range(5)])
+    # the receiver keeps talking but has no fix (tunnel): 40 s of invalid fixes
+    feed(rules, [fix(5 + i, 0, 0, valid=False) for i in range(40)])
+    assert rules.health()["geofence"]["state"] == "unknown"
+    events = feed(rules, [fix(45 + i, 600, 0) for i in range(4)])
+    assert [dict(e.body) for e in events] == [
+        {"fence": "a", "name": "A", "transition": "exit", "after_gap": True}]
+
+
+def test_reload_with_a_moved_fence_keeps_its_state_then_exits_normally() -> None:
+    rules = Rules(config(), zones(A))
+    feed(rules, [fix(i, 0, 0) for i in range(5)])
+    assert rules.reload(zones(square("a", 1000, 0, 100))) == []  # same id: no new "inside"
+    events = feed(rules, [fix(5 + i, 0, 0) for i in range(4)])
+    assert [dict(e.body) for e in events] == [{"fence": "a", "name": "A", "transition": "exit"}]
