@@ -110,7 +110,10 @@ class Outbox:
         ttl_s: Mapping[Lane, float] | None = None,
         sync_interval_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        recover: bool = True,
     ) -> None:
+        """``recover=False`` is for tools that open the outbox beside a running daemon
+        (``edge outbox stats``): rows in flight are that daemon's, not leftovers."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.alert_sync = alert_sync
@@ -138,10 +141,11 @@ class Outbox:
             self._db.executescript(_SCHEMA)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "UPDATE messages SET state = ? WHERE state = ?", (READY, INFLIGHT)
-                )
-                self.recovered = cur.rowcount
+                if recover:
+                    cur = self._db.execute(
+                        "UPDATE messages SET state = ? WHERE state = ?", (READY, INFLIGHT)
+                    )
+                    self.recovered = cur.rowcount
                 self._load_lanes_locked()
                 self._db.execute("COMMIT")
             except BaseException:

@@ -16,7 +16,7 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
         print(f"edge: no outbox at {cfg.outbox.path}", file=sys.stderr)
         return 1
     chosen = [Lane[name.upper()] for name in lanes] if lanes else None
-    ob = Outbox.from_config(cfg.outbox)
+    ob = Outbox.from_config(cfg.outbox, recover=False)
     try:
         if action == "stats":
             json.dump(ob.stats(), out, indent=2)
