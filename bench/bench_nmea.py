@@ -91,13 +91,13 @@ async def _live(data: bytes, epochs: int) -> float:
     src = GnssSource(GnssConfig(port=name))
     task = asyncio.create_task(src.run(got.append))
     try:
-        while not src.health()["connected"]:  # noqa: ASYNC110 - polling health
+        while not src.health()["connected"]:
             await asyncio.sleep(0.005)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         # write from a thread: a pty buffer holds only a few KB
         writer = loop.run_in_executor(None, _write_all, master, data)
-        while len(got) < epochs - 1:  # noqa: ASYNC110 - polling the sink
+        while len(got) < epochs - 1:
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - t0
         await writer

@@ -128,11 +128,13 @@ class OutboxConfig:
     path: Path = Path("outbox.db")
     max_mb: float = 64.0
     alert_sync: Literal["full", "normal"] = "full"
-    sync_interval_s: float = 5.0  # telemetry loss window at a power cut (an fsync at least this often)
+    # telemetry loss window at a power cut (an fsync at least this often)
+    sync_interval_s: float = 5.0
     trip_max_mb: float | None = None  # per-lane quotas (None: only max_mb applies)
     telemetry_max_mb: float | None = None
     health_max_mb: float | None = 4.0
-    trip_ttl_h: float | None = None  # rows older than this are dropped (counted); alerts never expire
+    # rows older than this are dropped (counted); alerts never expire
+    trip_ttl_h: float | None = None
     telemetry_ttl_h: float | None = None
     health_ttl_h: float | None = 24.0
 

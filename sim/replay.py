@@ -204,7 +204,7 @@ class Replayer:
             return True
         deadline = time.monotonic() + timeout_s
         # set by another thread (or process): poll it
-        while not check() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while not check() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return bool(check())
 

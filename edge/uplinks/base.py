@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from edge.errors import PublishRejected
+
 # AWS IoT Core hard limits, enforced by every uplink so that a message that passes
 # locally also passes in the cloud.
 MAX_PAYLOAD = 128 * 1024
@@ -59,3 +61,15 @@ def check_topic(topic: str) -> str | None:
     if topic.count("/") > MAX_TOPIC_SLASHES:
         return f"topic has more than {MAX_TOPIC_SLASHES} slashes"
     return None
+
+
+def check_publish(topic: str, payload: bytes, qos: int, max_payload: int = MAX_PAYLOAD) -> None:
+    """Raise ``PublishRejected`` for what AWS IoT Core would refuse: every uplink calls
+    this first, so a message that passes here passes in the cloud too."""
+    why = check_topic(topic)
+    if why:
+        raise PublishRejected(f"{topic}: {why}")
+    if len(payload) > max_payload:
+        raise PublishRejected(f"{topic}: payload {len(payload)} B over {max_payload} B")
+    if qos not in (0, 1):
+        raise PublishRejected(f"{topic}: QoS {qos} not supported (0 or 1)")

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from edge.errors import PublishRejected, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_topic
+from edge.errors import UplinkError
+from edge.uplinks.base import MAX_PAYLOAD, check_publish
 
 
 def format_line(topic: str, payload: bytes) -> str:
@@ -56,11 +56,7 @@ class FileUplink:
         qos: int = 1,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
-        why = check_topic(topic)
-        if why:
-            raise PublishRejected(f"{topic}: {why}")
-        if len(payload) > self.max_payload:
-            raise PublishRejected(f"{topic}: payload {len(payload)} B over {self.max_payload} B")
+        check_publish(topic, payload, qos, self.max_payload)
         if self._fh is None:
             raise UplinkError("file uplink is not open")
         line = format_line(topic, payload)

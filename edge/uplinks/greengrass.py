@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from edge.errors import PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_topic
+from edge.uplinks.base import MAX_PAYLOAD, check_publish
 
 if TYPE_CHECKING:
     from edge.config import UplinkConfig
@@ -219,15 +219,7 @@ class GreengrassUplink:
         qos: int = 1,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
-        why = check_topic(topic)
-        if why is not None:
-            raise PublishRejected(f"bad topic {topic!r}: {why}")
-        if len(payload) > self.max_payload:
-            raise PublishRejected(
-                f"payload of {len(payload)} bytes exceeds {self.max_payload} bytes"
-            )
-        if qos not in (0, 1):
-            raise PublishRejected(f"QoS {qos} is not supported by AWS IoT Core")
+        check_publish(topic, payload, qos, self.max_payload)
         client = self._client
         if client is None:
             raise UplinkError("greengrass: not connected")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from edge.errors import PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_topic
+from edge.uplinks.base import MAX_PAYLOAD, check_publish
 from edge.uplinks.mqtt import check_key_file
 
 if TYPE_CHECKING:
@@ -201,13 +201,7 @@ class IotCoreUplink:
         qos: int = 1,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
-        why = check_topic(topic)
-        if why:
-            raise PublishRejected(f"{topic}: {why}")
-        if len(payload) > self.max_payload:
-            raise PublishRejected(f"{topic}: payload {len(payload)} B over {self.max_payload} B")
-        if qos not in (0, 1):
-            raise PublishRejected(f"{topic}: QoS {qos} not supported (0 or 1)")
+        check_publish(topic, payload, qos, self.max_payload)
         client = self._client
         if client is None or (self._lost is not None and self._lost.is_set()):
             raise UplinkError("not connected")

@@ -20,7 +20,7 @@ import structlog
 
 from edge.config import UplinkConfig
 from edge.errors import PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_topic
+from edge.uplinks.base import MAX_PAYLOAD, check_publish
 
 log = structlog.get_logger()
 
@@ -80,7 +80,7 @@ class MqttUplink:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            **({} if v5 else {"clean_session": True}),
+            clean_session=None if v5 else True,
         )
         if self.tls:
             if self.config.key is not None:
@@ -205,13 +205,7 @@ class MqttUplink:
         qos: int = 1,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
-        why = check_topic(topic)
-        if why:
-            raise PublishRejected(f"{topic}: {why}")
-        if len(payload) > self.max_payload:
-            raise PublishRejected(f"{topic}: payload {len(payload)} B over {self.max_payload} B")
-        if qos not in (0, 1):
-            raise PublishRejected(f"{topic}: QoS {qos} not supported (0 or 1)")
+        check_publish(topic, payload, qos, self.max_payload)
         client = self._client
         if client is None or (self._lost is not None and self._lost.is_set()):
             raise UplinkError("not connected")
@@ -220,7 +214,7 @@ class MqttUplink:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = list(user_properties)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
