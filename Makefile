@@ -64,7 +64,7 @@ chaos: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/chaos -m chaos --chaos-full
 
 components: venv
-	$(PY) scripts/build_components.py --out build/greengrass
+	$(PY) scripts/build_components.py --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET)) $(COMPONENT_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
