@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from edge.commands import reader_went_away
 from edge.core.canlog import LogStats, iter_log_speed
 from edge.core.canspeed import DbcSpeedDecoder
 from edge.errors import ConfigError
@@ -37,6 +38,8 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
     except ValueError as exc:
         print(f"edge decode can: {exc}", file=err)
         return 2
+    except BrokenPipeError:
+        return reader_went_away()
     except OSError as exc:
         print(f"edge decode can: cannot read {path}: {exc.strerror or exc}", file=err)
         return 2

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import TextIO
 
+from edge.commands import reader_went_away
 from edge.core.nmea import NmeaDecoder, iter_fixes
 
 _SUMMARY_KEYS = (
@@ -78,6 +79,8 @@ def main(path: Path, *, date: str | None, out: TextIO) -> int:
         with fh:
             for fix in iter_fixes(fh, decoder=decoder):
                 write(dumps(fix.to_json(), separators=(",", ":")) + "\n")
+    except BrokenPipeError:
+        return reader_went_away()
     except OSError as exc:
         print(f"edge decode nmea: error reading {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
