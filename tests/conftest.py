@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.broker import Broker, Pki, Subscriber
+
+# compiled DBC specs (edge.core.dbcspec) go to a per-run cache, not the user's ~/.cache;
+# daemons started by the tests inherit it
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ve-xdg-cache-")
 
 THING = "car-test-1"
 OTHER = "car-test-2"

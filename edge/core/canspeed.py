@@ -1,7 +1,8 @@
 """CAN payload -> vehicle speed, by one DBC signal ("MESSAGE.SIGNAL"). Pure.
 
-cantools is used once, to read the DBC (imported lazily: the daemon stays light and
-cantools is optional at runtime when CAN is off or in OBD mode). Per frame we do not call
+The signal's layout comes from ``edge.core.dbcspec``: cantools reads the DBC in a
+short-lived child process and the spec is cached by the DBC's sha256, so the daemon
+never imports cantools (~6-8 MB resident for good). Per frame we do not call
 cantools' ``decode_message`` (it decodes every signal of the message and builds a dict);
 the one signal we need is compiled into a closure that extracts its raw bits (start,
 length, byte order, signedness), applies scale/offset and the unit factor, and checks
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from edge.core.dbcspec import BitLayout, SignalSpec, load_database, load_spec, split_signal
 from edge.errors import ConfigError
 from edge.model import SpeedSample
 
@@ -133,104 +135,78 @@ def unit_factor(unit: str | None) -> float | None:
 
 
 def load_dbc(dbc: Path) -> Any:
-    """Load a DBC with cantools (imported here, lazily). Raises ConfigError('can.dbc')."""
-    try:
-        import cantools
-    except ImportError as exc:  # pragma: no cover - cantools is a dependency
-        raise ConfigError("can.dbc", "cantools is not installed (pip install cantools)") from exc
-    if not Path(dbc).is_file():
-        raise ConfigError("can.dbc", f"file not found: {dbc}")
-    try:
-        return cantools.database.load_file(str(dbc), database_format="dbc")
-    except Exception:
-        # Real-world DBCs (opendbc among them) overlap signals; strict mode refuses them.
-        try:
-            return cantools.database.load_file(str(dbc), database_format="dbc", strict=False)
-        except Exception as exc:
-            raise ConfigError("can.dbc", f"cannot read {dbc}: {exc}") from exc
+    """Load a DBC with cantools (imported lazily; for tools, not the daemon)."""
+    return load_database(dbc)
 
 
 class DbcSpeedDecoder:
-    """Decode one speed signal from its CAN frame. Pure: time comes in as arguments."""
+    """Decode one speed signal from its CAN frame. Pure: time comes in as arguments.
+
+    Built from a ``SignalSpec``: by default ``edge.core.dbcspec.load_spec`` (cached, or
+    compiled by cantools in a child process), so building a decoder never imports
+    cantools here. Pass ``spec`` to use one you have.
+    """
 
     def __init__(
         self,
-        dbc: Path,
+        dbc: Path | None,
         signal: str,
         *,
         checksum: ChecksumMode = "auto",
+        spec: SignalSpec | None = None,
     ) -> None:
-        if not signal or signal.count(".") != 1 or "" in signal.split("."):
-            raise ConfigError("can.speed_signal", f"must be 'MESSAGE.SIGNAL', got {signal!r}")
-        msg_name, sig_name = signal.split(".")
-        db = load_dbc(Path(dbc))
-        try:
-            message = db.get_message_by_name(msg_name)
-        except KeyError:
-            raise ConfigError(
-                "can.speed_signal", f"message {msg_name!r} is not in {Path(dbc).name}"
-            ) from None
-        try:
-            sig = message.get_signal_by_name(sig_name)
-        except KeyError:
-            names = ", ".join(sorted(s.name for s in message.signals))
-            raise ConfigError(
-                "can.speed_signal",
-                f"message {msg_name} has no signal {sig_name!r} (signals: {names})",
-            ) from None
-        factor = unit_factor(sig.unit)
+        msg_name, _ = split_signal(signal)
+        if spec is None:
+            if dbc is None:
+                raise ConfigError("can.dbc", "a DBC is needed in dbc mode")
+            spec = load_spec(Path(dbc), signal)
+        factor = unit_factor(spec.unit)
         if factor is None:
             raise ConfigError(
-                "can.speed_signal", f"{signal} has unit {sig.unit!r}, not km/h, m/s or mph"
+                "can.speed_signal", f"{signal} has unit {spec.unit!r}, not km/h, m/s or mph"
             )
         self.signal = signal
-        self.unit = sig.unit or "km/h (assumed)"
-        self.message = message  # the cantools Message (for tests and tools)
+        self.spec = spec
+        self.unit = spec.unit or "km/h (assumed)"
         self.stats = DecodeStats()
-        self._frame_id: int = int(message.frame_id)
-        self._extended: bool = bool(message.is_extended_frame)
-        self._length: int = int(message.length)
-        self._is_fd: bool = bool(getattr(message, "is_fd", False)) or self._length > 8
-        self._extract, need = make_extractor(
-            sig.start, sig.length, sig.byte_order, sig.is_signed
-        )
+        self._frame_id: int = spec.frame_id
+        self._extended: bool = spec.extended
+        self._length: int = spec.length
+        self._is_fd: bool = spec.is_fd or self._length > 8
+        lay = spec.layout
+        self._extract, need = make_extractor(lay.start, lay.length, lay.byte_order, lay.signed)
         self._float_fmt: str | None = None
-        if sig.is_float:
-            self._float_fmt = {32: "<f", 64: "<d"}.get(sig.length)
+        if spec.is_float:
+            self._float_fmt = {32: "<f", 64: "<d"}.get(lay.length)
             if self._float_fmt is None:
-                raise ConfigError("can.speed_signal", f"{signal}: float of {sig.length} bits")
-        self._scale = float(sig.scale) * factor
-        self._offset = float(sig.offset) * factor
-        lo, hi = sig.minimum, sig.maximum
+                raise ConfigError("can.speed_signal", f"{signal}: float of {lay.length} bits")
+        self._scale = spec.scale * factor
+        self._offset = spec.offset * factor
+        lo, hi = spec.minimum, spec.maximum
         # [0|0] (and any empty range) means "not specified" in many DBCs
         self._range: tuple[float, float] | None = None
         if lo is not None and hi is not None and hi > lo:
-            self._range = (float(lo) * factor - 1e-9, float(hi) * factor + 1e-9)
+            self._range = (lo * factor - 1e-9, hi * factor + 1e-9)
         invalid: set[int] = set()
-        for raw, name in (sig.choices or {}).items():
-            if any(w in str(name).lower() for w in ("invalid", "sna", "not avail", "error")):
-                invalid.add(int(raw))
-        raw_invalid = getattr(sig, "raw_invalid", None)
-        if isinstance(raw_invalid, int):
-            invalid.add(raw_invalid)
+        for raw, name in spec.choices:
+            if any(w in name.lower() for w in ("invalid", "sna", "not avail", "error")):
+                invalid.add(raw)
+        if spec.raw_invalid is not None:
+            invalid.add(spec.raw_invalid)
         self._invalid = frozenset(invalid)
         # multiplexer chain: every multiplexer above our signal must carry one of its ids
         chain: list[tuple[Extractor, frozenset[int]]] = []
-        current = sig
-        while current.multiplexer_ids:
-            mux = message.get_signal_by_name(current.multiplexer_signal)
-            mux_extract, mux_need = make_extractor(
-                mux.start, mux.length, mux.byte_order, mux.is_signed
-            )
-            chain.append((mux_extract, frozenset(int(i) for i in current.multiplexer_ids)))
+        for cond in spec.mux:
+            m = cond.layout
+            mux_extract, mux_need = make_extractor(m.start, m.length, m.byte_order, m.signed)
+            chain.append((mux_extract, frozenset(cond.ids)))
             need = max(need, mux_need)
-            current = mux
         self._mux_chain = tuple(chain)
         self._need = need
         self._checksum_extract: Extractor | None = None
         self._checksum_probe = 0
         if checksum != "none":
-            cs = next((s for s in message.signals if s.name.upper() == "CHECKSUM"), None)
+            cs = spec.checksum
             toyota_layout = cs is not None and cs.length == 8 and self._last_byte(cs)
             if toyota_layout and cs is not None:
                 self._checksum_extract, _ = make_extractor(cs.start, 8, cs.byte_order, False)
@@ -242,7 +218,7 @@ class DbcSpeedDecoder:
                     f"{msg_name} has no 8-bit CHECKSUM signal in its last byte",
                 )
 
-    def _last_byte(self, cs: Any) -> bool:
+    def _last_byte(self, cs: BitLayout) -> bool:
         if cs.byte_order == "little_endian":
             return bool(cs.start == 8 * (self._length - 1))
         return bool(cs.start == 8 * (self._length - 1) + 7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cantools
@@ -47,6 +48,14 @@ BO_ 604 RPM_ONLY: 2 ECU
 
 VAL_ 603 SPD 65535 "SNA" ;
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _spec_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Compiled DBC specs go to a cache of this module, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture()
