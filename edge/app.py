@@ -44,7 +44,7 @@ from edge.errors import (
     ZonesError,
 )
 from edge.logconf import Once
-from edge.model import Envelope, Fix, Lane, SpeedSample
+from edge.model import Envelope, Fix, Ignition, Lane, SpeedSample
 from edge.outbox import Outbox
 from edge.uplinks.base import Uplink
 
@@ -125,9 +125,13 @@ class Daemon:
         assert self.engine is not None
         self._enqueue(self.engine.on_fix(fix))
 
-    def on_speed(self, sample: SpeedSample) -> None:
+    def on_speed(self, sample: SpeedSample | Ignition) -> None:
+        """What the CAN source decoded: a speed sample or an ignition change."""
         assert self.engine is not None
-        self._enqueue(self.engine.on_speed(sample))
+        if isinstance(sample, Ignition):
+            self._enqueue(self.engine.on_ignition(sample))
+        else:
+            self._enqueue(self.engine.on_speed(sample))
 
     def _enqueue(self, envelopes: list[Envelope]) -> None:
         if not envelopes:

@@ -42,6 +42,7 @@ class CanConfig:
     mode: Literal["dbc", "obd"] = "dbc"
     dbc: Path | None = None
     speed_signal: str | None = None  # "MESSAGE.SIGNAL"
+    ignition_signal: str | None = None  # "MESSAGE.SIGNAL"; non-zero = on: trips follow it
     obd_interval_s: float = 0.5
     stale_s: float = 1.0  # CAN speed older than this -> fall back to GNSS speed
     disagree_kmh: float = 15.0
@@ -249,6 +250,10 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"can.{name}", "must not be negative")
     if cfg.can.bitrate <= 0:
         raise ConfigError("can.bitrate", "must be positive")
+    if cfg.can.ignition_signal is not None and cfg.can.ignition_signal.count(".") != 1:
+        raise ConfigError("can.ignition_signal", "must be 'MESSAGE.SIGNAL'")
+    if cfg.can.ignition_signal is not None and cfg.can.mode != "dbc":
+        raise ConfigError("can.ignition_signal", "needs mode = 'dbc' and a DBC")
     for name in ("tolerance_kmh", "tolerance_pct", "min_duration_s", "recovery_kmh"):
         if getattr(cfg.rules.speed, name) < 0:
             raise ConfigError(f"rules.speed.{name}", "must not be negative")

@@ -63,6 +63,15 @@ class SpeedSample:
     mono: float = 0.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ignition:
+    """Ignition state from the bus (when ``[can] ignition_signal`` is configured)."""
+
+    time: float  # UTC epoch seconds (bus/log timestamp)
+    on: bool
+    mono: float = 0.0
+
+
 class Lane(enum.IntEnum):
     """Outbox priority lanes: lower drains first and is evicted last."""
 

@@ -17,6 +17,7 @@ from edge.commands import reader_went_away
 from edge.core.canlog import LogStats, iter_log_speed
 from edge.core.canspeed import DbcSpeedDecoder
 from edge.errors import ConfigError
+from edge.model import SpeedSample
 
 
 def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None = None) -> int:
@@ -34,6 +35,8 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
     write = out.write
     try:
         for s in iter_log_speed(path, decoder, stats):
+            if not isinstance(s, SpeedSample):
+                continue
             write(json.dumps({"t": s.time, "speed_kmh": round(s.speed_kmh, 3)}) + "\n")
     except ValueError as exc:
         print(f"edge decode can: {exc}", file=err)

@@ -19,10 +19,10 @@ from typing import IO
 from edge.config import Config
 from edge.core.engine import Engine
 from edge.errors import EdgeError
-from edge.model import Envelope, Fix, SpeedSample
+from edge.model import Envelope, Fix, Ignition, SpeedSample
 
 
-def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSample]]:
+def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
     from edge.core.nmea import iter_fixes
 
     with path.open("rb") as fh:
@@ -32,13 +32,11 @@ def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSa
             yield fix.time, 0, dataclasses.replace(fix, mono=fix.time)
 
 
-def _speeds(path: Path, cfg: Config) -> Iterator[tuple[float, int, Fix | SpeedSample]]:
+def _speeds(path: Path, cfg: Config) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
     from edge.core.canlog import iter_log_speed
-    from edge.core.canspeed import DbcSpeedDecoder
+    from edge.core.canspeed import decoder_for
 
-    assert cfg.can.dbc is not None and cfg.can.speed_signal is not None
-    decoder = DbcSpeedDecoder(cfg.can.dbc, cfg.can.speed_signal)
-    for s in iter_log_speed(path, decoder):
+    for s in iter_log_speed(path, decoder_for(cfg.can)):
         yield s.time, 1, dataclasses.replace(s, mono=s.time)
 
 
@@ -65,6 +63,10 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
             if stats is not None:
                 stats["fixes"] += 1
             out = engine.on_fix(item)
+        elif isinstance(item, Ignition):
+            if stats is not None:
+                stats["ignition"] += 1
+            out = engine.on_ignition(item)
         else:
             assert isinstance(item, SpeedSample)
             if stats is not None:

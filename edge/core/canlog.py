@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.canspeed import FrameDecoder
-from edge.model import SpeedSample
+from edge.model import Ignition, SpeedSample
 
 CAN_ERR_FLAG = 0x20000000
 CAN_ERR_BUSOFF = 0x00000040
@@ -102,7 +102,7 @@ def _count_errors(block: bytes, stats: LogStats) -> None:
 
 def _candump_lines(
     path: Path, decoder: FrameDecoder, stats: LogStats
-) -> Iterator[SpeedSample]:
+) -> Iterator[SpeedSample | Ignition]:
     needles = _id_texts(decoder)
     match = _LINE_RE.fullmatch
     decode = decoder.decode
@@ -220,7 +220,7 @@ def iter_log_frames(
 
 def iter_log_speed(
     path: Path, decoder: FrameDecoder, stats: LogStats | None = None
-) -> Iterator[SpeedSample]:
+) -> Iterator[SpeedSample | Ignition]:
     """Speed samples of a CAN log, in file order. Raises ValueError for an unreadable file."""
     path = Path(path)
     stats = stats if stats is not None else LogStats()

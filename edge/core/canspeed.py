@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 from edge.core.dbcspec import BitLayout, SignalSpec, load_database, load_spec, split_signal
 from edge.errors import ConfigError
-from edge.model import SpeedSample
+from edge.model import Ignition, SpeedSample
 
 ChecksumMode = Literal["auto", "toyota", "none"]
 
@@ -73,7 +73,7 @@ class FrameDecoder(Protocol):
 
     def decode(
         self, arbitration_id: int, data: bytes, time: float, mono: float
-    ) -> SpeedSample | None: ...
+    ) -> SpeedSample | Ignition | None: ...
 
 
 def make_extractor(
@@ -160,11 +160,7 @@ class DbcSpeedDecoder:
             if dbc is None:
                 raise ConfigError("can.dbc", "a DBC is needed in dbc mode")
             spec = load_spec(Path(dbc), signal)
-        factor = unit_factor(spec.unit)
-        if factor is None:
-            raise ConfigError(
-                "can.speed_signal", f"{signal} has unit {spec.unit!r}, not km/h, m/s or mph"
-            )
+        factor = self._unit_factor(spec, signal)
         self.signal = signal
         self.spec = spec
         self.unit = spec.unit or "km/h (assumed)"
@@ -179,7 +175,7 @@ class DbcSpeedDecoder:
         if spec.is_float:
             self._float_fmt = {32: "<f", 64: "<d"}.get(lay.length)
             if self._float_fmt is None:
-                raise ConfigError("can.speed_signal", f"{signal}: float of {lay.length} bits")
+                raise ConfigError(self.FIELD, f"{signal}: float of {lay.length} bits")
         self._scale = spec.scale * factor
         self._offset = spec.offset * factor
         lo, hi = spec.minimum, spec.maximum
@@ -239,7 +235,7 @@ class DbcSpeedDecoder:
 
     def decode(
         self, arbitration_id: int, data: bytes, time: float, mono: float
-    ) -> SpeedSample | None:
+    ) -> SpeedSample | Ignition | None:
         if arbitration_id != self._frame_id:
             return None
         st = self.stats
@@ -291,4 +287,83 @@ class DbcSpeedDecoder:
             st.last_error = f"frame 0x{arbitration_id:X}: {kmh:.2f} km/h outside the DBC range"
             return None
         st.decoded += 1
-        return SpeedSample(time=time, speed_kmh=kmh, source="can", mono=mono)
+        return self._result(time, kmh, mono)
+
+    # ---- what the decoded value means (the ignition decoder below overrides these)
+
+    FIELD = "can.speed_signal"
+
+    def _unit_factor(self, spec: SignalSpec, signal: str) -> float:
+        factor = unit_factor(spec.unit)
+        if factor is None:
+            raise ConfigError(
+                self.FIELD, f"{signal} has unit {spec.unit!r}, not km/h, m/s or mph"
+            )
+        return factor
+
+    def _result(self, time: float, value: float, mono: float) -> SpeedSample | Ignition | None:
+        return SpeedSample(time=time, speed_kmh=value, source="can", mono=mono)
+
+
+class DbcIgnitionDecoder(DbcSpeedDecoder):
+    """Ignition from a DBC signal: any non-zero value is "on". Only changes (and the
+    first value) come out, so a 10 Hz status frame costs the engine nothing."""
+
+    FIELD = "can.ignition_signal"
+
+    def __init__(self, dbc: Path | None, signal: str, *, spec: SignalSpec | None = None) -> None:
+        super().__init__(dbc, signal, checksum="none", spec=spec)
+        self._state: bool | None = None
+
+    def _unit_factor(self, spec: SignalSpec, signal: str) -> float:
+        return 1.0
+
+    def _result(self, time: float, value: float, mono: float) -> SpeedSample | Ignition | None:
+        on = value != 0
+        if on == self._state:
+            return None
+        self._state = on
+        return Ignition(time=time, on=on, mono=mono)
+
+
+class MultiDecoder:
+    """Several signal decoders behind the one ``FrameDecoder`` interface the sources and
+    the log reader use: the union of their frame ids, each frame to its owners."""
+
+    def __init__(self, *decoders: Any) -> None:
+        self.decoders = decoders
+        self._by_id: dict[int, list[Any]] = {}
+        for d in decoders:
+            for fid in d.frame_ids:
+                self._by_id.setdefault(fid, []).append(d)
+        self.stats = decoders[0].stats
+
+    @property
+    def frame_ids(self) -> frozenset[int]:
+        return frozenset(self._by_id)
+
+    @property
+    def extended(self) -> bool:
+        return any(d.extended for d in self.decoders)
+
+    def decode(self, arbitration_id: int, data: bytes, time: float, mono: float) -> Any:
+        for d in self._by_id.get(arbitration_id, ()):
+            out = d.decode(arbitration_id, data, time, mono)
+            if out is not None:
+                return out
+        return None
+
+
+def decoder_for(config: Any) -> Any:
+    """The decoder ``[can]`` describes (mode "dbc"): the speed signal, plus the ignition
+    signal when ``ignition_signal`` is set. Raises ConfigError naming the field."""
+    if config.dbc is None or not config.speed_signal:
+        raise ConfigError("can.dbc", "a DBC and can.speed_signal are needed in dbc mode")
+    speed = DbcSpeedDecoder(config.dbc, config.speed_signal, checksum=config.checksum)
+    if not getattr(config, "ignition_signal", None):
+        return speed
+    ignition = DbcIgnitionDecoder(config.dbc, config.ignition_signal)
+    if ignition.frame_ids & speed.frame_ids:
+        raise ConfigError("can.ignition_signal",
+                          "must be in another message than can.speed_signal")
+    return MultiDecoder(speed, ignition)

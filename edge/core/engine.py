@@ -27,7 +27,7 @@ from edge.core.rules import Rules
 from edge.core.speed_source import SpeedArbiter
 from edge.core.telemetry import TelemetrySampler
 from edge.core.zones import Zones
-from edge.model import Envelope, Event, Fix, SpeedSample
+from edge.model import Envelope, Event, Fix, Ignition, SpeedSample
 
 CLOCK_STEP_S = 5.0
 
@@ -93,6 +93,17 @@ class Engine:
             tel = self.telemetry.sample(chosen.time, clock="system")
             if tel is not None:
                 events.append(tel)
+        return self._wrap(events)
+
+    def on_ignition(self, ign: Ignition) -> list[Envelope]:
+        """Ignition from the bus: trips follow it instead of movement."""
+        a = self._anchor
+        if a is None or a.time is None:
+            clock, t = "system", ign.time
+        else:
+            clock, t = "gnss", a.time + (ign.mono - a.mono)
+        events = [e if e.clock == clock else dataclasses.replace(e, clock=clock)
+                  for e in self.rules.on_ignition(t, ign.on)]
         return self._wrap(events)
 
     def _clock_step(self, gnss_time: float) -> list[Event]:

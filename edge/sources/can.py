@@ -36,10 +36,10 @@ import structlog
 
 from edge.config import CanConfig
 from edge.core.backoff import Backoff
-from edge.core.canspeed import DbcSpeedDecoder, FrameDecoder
+from edge.core.canspeed import FrameDecoder, decoder_for
 from edge.core.obd import PID_SPEED, REQUEST_ID, ObdPoller
 from edge.errors import ConfigError
-from edge.model import SpeedSample
+from edge.model import Ignition, SpeedSample
 
 log = structlog.get_logger()
 
@@ -77,11 +77,7 @@ class CanSource:
         elif decoder is not None:
             self._decoder = decoder
         else:
-            if config.dbc is None or not config.speed_signal:
-                raise ConfigError("can.dbc", "a DBC and can.speed_signal are needed in dbc mode")
-            self._decoder = DbcSpeedDecoder(
-                config.dbc, config.speed_signal, checksum=config.checksum
-            )
+            self._decoder = decoder_for(config)
         source = self._poller if self._poller is not None else self._decoder
         assert source is not None
         self._wanted: frozenset[int] = source.frame_ids
@@ -131,7 +127,7 @@ class CanSource:
             out["obd"] = {**self._poller.stats.as_dict(), **self._poller.telemetry()}
         return out
 
-    async def run(self, emit: Callable[[SpeedSample], None]) -> None:
+    async def run(self, emit: Callable[[SpeedSample | Ignition], None]) -> None:
         """Read, decode and emit until cancelled. Never raises anything else."""
         self._wake = asyncio.Event()
         try:
@@ -328,7 +324,7 @@ class CanSource:
         self.counters["malformed"] += 1
         self._fault("malformed", f"malformed frame from {self._where()}: {exc}")
 
-    async def _serve(self, bus: Any, emit: Callable[[SpeedSample], None]) -> str:
+    async def _serve(self, bus: Any, emit: Callable[[SpeedSample | Ignition], None]) -> str:
         loop = asyncio.get_running_loop()
         self._failure = loop.create_future()
         self._queue.clear()
@@ -345,7 +341,9 @@ class CanSource:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._failure = None
 
-    def _emit(self, emit: Callable[[SpeedSample], None], sample: SpeedSample) -> None:
+    def _emit(
+        self, emit: Callable[[SpeedSample | Ignition], None], sample: SpeedSample | Ignition
+    ) -> None:
         self.counters["samples"] += 1
         try:
             emit(sample)
@@ -353,7 +351,7 @@ class CanSource:
             self.counters["emit_errors"] += 1
             self._fault("emit_failed", f"emit raised {exc!r}")
 
-    async def _consume(self, emit: Callable[[SpeedSample], None]) -> None:
+    async def _consume(self, emit: Callable[[SpeedSample | Ignition], None]) -> None:
         assert self._wake is not None
         wake, q = self._wake, self._queue
         decoder, poller = self._decoder, self._poller
