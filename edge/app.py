@@ -472,6 +472,12 @@ class Daemon:
 
         assert self.outbox is not None
         cfg = self.config
+        # a previous connection's drain may have failed to settle (full disk): nothing
+        # else owns in-flight rows now, so they are ready again
+        with contextlib.suppress(OutboxError):
+            stuck = await asyncio.to_thread(self.outbox.recover_inflight)
+            if stuck:
+                log.info("outbox: rows left in flight are ready again", rows=stuck)
         forwarder = Forwarder(
             self.outbox, thing=cfg.thing, batch_max=cfg.telemetry.batch_max,
             compression=cfg.uplink.compression, window=cfg.uplink.window,

@@ -120,7 +120,7 @@ class UplinkConfig:
     connect_timeout_s: float = 10.0
     backoff_max_s: float = 60.0
     compression: Literal["none", "gzip", "zstd"] = "none"  # telemetry batches (MQTT 5 only)
-    window: int = 16  # publishes awaiting their PUBACK at once
+    window: int = 64  # publishes awaiting their PUBACK at once
     probe_s: float = 0.5  # while down, look for the broker's port this often (0: off)
 
 

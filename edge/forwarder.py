@@ -9,24 +9,34 @@ rows it carries):
 
 * Up to ``window`` units await their PUBACK at once (pipelining: a 100 ms round trip
   to AWS would otherwise cap a drain at 10 publishes/s). One slot is kept for alerts.
-* Before every telemetry batch the alert and trip lanes are claimed again, so a new
-  alert never queues behind the backlog: it waits at most for the quota tokens of the
-  batch already being sent (<= 128 KiB at 512 KiB/s: 0.25 s).
-* Telemetry rows are claimed ``batch_max`` at a time and published as one
+* Rows are claimed many at a time (up to a window of units per worker-thread hop) and
+  staged in memory, so the outbox is not visited once per publish.
+* A new alert never queues behind the staged backlog: before a telemetry or health
+  publish the alert and trip lanes are claimed again — always under the IoT quota (an
+  alert waits at most for the quota tokens of the batch already being sent, <= 128 KiB
+  at 512 KiB/s: 0.25 s), and without a quota whenever ``wake`` is set (new rows were
+  written) or ``URGENT_RECHECK_S`` has passed.
+* Telemetry rows are claimed ``batch_max`` per unit and published as one
   ``telemetry_batch`` (<= 128 KiB before compression). With ``compression`` gzip or
   zstd and an uplink that carries MQTT 5 user properties, the batch is compressed and
   declared with the user property ``content-encoding``; otherwise it goes as JSON.
 * ``IotQuota``: 100 publishes/s and 512 KiB/s (bytes on the wire) per connection.
 * Outcomes: PUBACK < 0x80 -> ``ack`` (rows leave); ``PublishRejected`` -> ``reject``
   (dropped and counted, never retried); anything else -> ``release`` (back to ready,
-  same place). Every claimed row is settled or released before ``run`` returns.
+  same place). A row leaves the outbox only after its PUBACK. Acks and rejects are
+  queued and settled in batches by one task, one transaction per batch (flushed
+  ``settle_linger_s`` after the first outcome, at once from ``settle_max``).
+* Every claimed row is settled or released before ``run`` returns (also when it is
+  cancelled): the queued outcomes and the releases go in one last transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +55,11 @@ log = structlog.get_logger()
 
 URGENT = (Lane.ALERT, Lane.TRIP)
 CONTENT_ENCODING = "content-encoding"
+# without a quota, staged telemetry gives way to new alerts at least this often
+URGENT_RECHECK_S = 0.02
+# rows claimed per worker-thread hop: urgent lanes / telemetry
+CLAIM_ROWS = 256
+CLAIM_TELEMETRY_ROWS = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,43 +117,69 @@ class Forwarder:
         thing: str,
         batch_max: int = 60,
         compression: str = "none",
-        window: int = 16,
+        window: int = 64,
         counters: dict[str, int] | None = None,
         once: Once | None = None,
         quota: bool = True,
+        settle_linger_s: float = 0.005,
+        settle_max: int = 512,
     ) -> None:
         self.outbox = outbox
         self.thing = thing
-        self.batch_max = batch_max
+        self.batch_max = max(1, batch_max)
         self.compression = compression
         self.window = max(1, window)
+        self.settle_linger_s = settle_linger_s
+        self.settle_max = max(1, settle_max)
         self.counters = counters if counters is not None else {}
         for k in ("published", "publish_batches", "rejected", "bytes_sent"):
             self.counters.setdefault(k, 0)
         self._once = once or Once()
         self._quota = quota
-        self._claimed: dict[int, None] = {}  # rows claimed and not yet settled
+        # rows claimed and not yet settled; changed only together with the outbox call
+        # that claims or settles them, under ``_book`` (worker threads and the final
+        # settlement on the event loop agree on it)
+        self._claimed: dict[int, None] = {}
+        self._book = threading.RLock()
+        # outcomes waiting for the settler (event-loop thread only)
+        self._acks: list[int] = []
+        self._rejects: list[int] = []
+        self._outcome = asyncio.Event()
+        self._need = asyncio.Event()  # a worker wants more staged units
+        self._staged: deque[Unit] = deque()  # claimed, not yet published, in order
+        self._parked: deque[asyncio.Future[None]] = deque()  # idle workers
+        self._bulk_busy = 0  # workers publishing telemetry or health
+        self._settling: tuple[list[int], list[int]] = ([], [])  # the batch being settled
+        self._settle_failing = False
         self._failed: UplinkError | None = None
 
     # ------------------------------------------------------------------ picking units
 
-    def _next_units(self, free: int, bulk_ok: bool, compress_ok: bool) -> list[Unit]:
-        """Claim the rows of the next publishes (runs in a worker thread)."""
-        rows = self.outbox.claim(free, lanes=URGENT)
-        if rows:
-            self._remember(rows)
-            return [Unit(topic=r.topic, payload=r.payload, seqs=(r.seq,), lane=r.lane)
-                    for r in rows]
-        if not bulk_ok:
-            return []
-        rows = self.outbox.claim(self.batch_max, lanes=(Lane.TELEMETRY,))
-        if rows:
-            self._remember(rows)
-            return self._telemetry_units(rows, compress_ok)
-        rows = self.outbox.claim(max(1, free - 1), lanes=(Lane.HEALTH,))
-        self._remember(rows)
-        return [Unit(topic=r.topic, payload=r.payload, seqs=(r.seq,), lane=r.lane)
-                for r in rows]
+    def _next_units(self, want: int, urgent_only: bool, compress_ok: bool) -> list[Unit]:
+        """Claim the rows of up to ``want`` publishes, best lane first (a worker thread).
+
+        Raises ``OutboxError`` only when nothing could be claimed."""
+        units: list[Unit] = []
+        with self._book:
+            try:
+                rows = self.outbox.claim(min(want, CLAIM_ROWS), lanes=URGENT)
+                self._remember(rows)
+                units += [_single(r) for r in rows]
+                if urgent_only or len(units) >= want:
+                    return units
+                room = want - len(units)
+                rows = self.outbox.claim(min(room * self.batch_max, CLAIM_TELEMETRY_ROWS),
+                                         lanes=(Lane.TELEMETRY,))
+                if rows:
+                    self._remember(rows)
+                    return units + self._telemetry_units(rows, compress_ok)
+                rows = self.outbox.claim(room, lanes=(Lane.HEALTH,))
+                self._remember(rows)
+                return units + [_single(r) for r in rows]
+            except OutboxError:
+                if units:
+                    return units  # what was claimed goes out; the rest waits
+                raise
 
     def _remember(self, rows: Sequence[Row]) -> None:
         for r in rows:
@@ -162,112 +203,248 @@ class Forwarder:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, uplink: Uplink, wake: asyncio.Event) -> None:
-        """Serve one connection until it is lost (raises ``UplinkError``)."""
+        """Serve one connection until it is lost (raises ``UplinkError``).
+
+        ``window`` worker tasks publish the staged units in order, each awaiting its
+        PUBACK; this task keeps the stage filled (claiming in a worker thread) and
+        watches the connection."""
         lost: asyncio.Event | None = getattr(uplink, "lost", None)
         quota = IotQuota.aws() if self._quota and uplink.name != "file" else None
         compress_ok = self.compression != "none" and carries_user_properties(uplink)
         if self.compression != "none" and not compress_ok:
             self._once(log, "no-compression", "uplink cannot declare content-encoding;"
                        " telemetry goes uncompressed", uplink=uplink.name)
-        tasks: set[asyncio.Task[None]] = set()
         self._failed = None
+        self._settle_failing = False
+        self._staged = deque()
+        self._parked = deque()
+        self._bulk_busy = 0
+        self._need = asyncio.Event()
+        self._outcome = asyncio.Event()
+        if self._acks or self._rejects:
+            self._outcome.set()
+        dispatch = asyncio.Lock() if quota is not None else None
+        helpers = [asyncio.create_task(self._settler(), name="settle")]
+        if lost is not None:
+            helpers.append(asyncio.create_task(self._watch(lost), name="watch-lost"))
+        helpers += [
+            asyncio.create_task(self._worker(uplink, quota, dispatch, compress_ok),
+                                name=f"publish-{i}")
+            for i in range(self.window)
+        ]
+        low = self.window  # claim more when fewer units than this are staged
+        next_urgent = 0.0
         try:
             while True:
                 if self._failed is not None:
                     raise self._failed
                 if lost is not None and lost.is_set():
                     raise UplinkError("connection lost")
-                free = self.window - len(tasks)
-                units: list[Unit] = []
-                if free > 0:
-                    wake.clear()
-                    bulk_ok = len(tasks) < self.window - 1 or self.window == 1
-                    try:
-                        units = await asyncio.to_thread(self._next_units, free, bulk_ok,
-                                                        compress_ok)
-                    except OutboxError as exc:
-                        # a full or failing disk: the rows stay where they are
-                        self.counters["outbox_errors"] = self.counters.get("outbox_errors", 0) + 1
-                        self._once(log, "claim", "outbox claim failed, retrying",
-                                   reason=str(exc))
-                        await asyncio.sleep(1.0)
-                        continue
-                    self._once.clear("claim")
-                if not units:
-                    await self._idle(wake, lost, tasks)
+                for h in helpers:
+                    if h.done():
+                        h.result()  # a helper only ends by raising
+                staged = self._staged
+                bulk_head = bool(staged) and staged[0].lane not in URGENT
+                urgent_due = bulk_head and quota is None and (
+                    wake.is_set() or time.monotonic() >= next_urgent)
+                if len(staged) >= low and not urgent_due:
+                    self._need.clear()
+                    await self._wait(wake if bulk_head and quota is None else None,
+                                     URGENT_RECHECK_S if bulk_head and quota is None else 5.0)
                     continue
-                for unit in units:
-                    if quota is not None:
-                        await _take(quota, len(unit.payload))
-                    t = asyncio.create_task(self._send(uplink, unit),
-                                            name=f"publish-{unit.seqs[0]}")
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
+                if self._settle_failing:
+                    await asyncio.sleep(0.1)  # claim no more than can be settled
+                    continue
+                urgent_only = len(staged) >= low
+                wake.clear()
+                try:
+                    got = await asyncio.to_thread(self._next_units, 2 * self.window,
+                                                  urgent_only, compress_ok)
+                except OutboxError as exc:
+                    # a full or failing disk: the rows stay where they are
+                    self.counters["outbox_errors"] = self.counters.get("outbox_errors", 0) + 1
+                    self._once(log, "claim", "outbox claim failed, retrying", reason=str(exc))
+                    await asyncio.sleep(1.0)
+                    continue
+                self._once.clear("claim")
+                next_urgent = time.monotonic() + URGENT_RECHECK_S
+                self._stage(got, front=urgent_only)
+                if not got:  # nothing more to claim: until new rows or a worker asks
+                    self._need.clear()
+                    await self._wait(wake, 5.0)
         finally:
-            for t in list(tasks):
-                t.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            self._release_unsettled()
+            try:
+                for t in helpers:
+                    t.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+            finally:
+                self._settle_all()
 
-    async def _idle(self, wake: asyncio.Event, lost: asyncio.Event | None,
-                    tasks: set[asyncio.Task[None]]) -> None:
-        helpers = [asyncio.ensure_future(wake.wait())]
-        if lost is not None:
-            helpers.append(asyncio.ensure_future(lost.wait()))
+    def _stage(self, units: list[Unit], *, front: bool) -> None:
+        if front:
+            self._staged.extendleft(reversed(units))
+        else:
+            self._staged.extend(units)
+        for _ in range(min(len(units), len(self._parked))):
+            fut = self._parked.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait(self, wake: asyncio.Event | None, timeout: float) -> None:
+        """Until a worker wants more units, the connection fails, ``wake`` is set
+        (new rows), or ``timeout``."""
+        waits = [asyncio.ensure_future(self._need.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait([*helpers, *tasks], timeout=5.0,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for h in helpers:
-                h.cancel()
+            for w in waits:
+                w.cancel()
+
+    async def _watch(self, lost: asyncio.Event) -> None:
+        await lost.wait()
+        self._need.set()
+        await asyncio.Event().wait()  # stays until run() ends
+
+    async def _worker(self, uplink: Uplink, quota: IotQuota | None,
+                      dispatch: asyncio.Lock | None, compress_ok: bool) -> None:
+        """Publish staged units one after the other, each until its PUBACK."""
+        staged = self._staged
+        while True:
+            unit = None
+            if staged and self._failed is None:
+                head = staged[0]
+                if head.lane in URGENT or self._bulk_busy < self.window - 1 or self.window == 1:
+                    unit = staged.popleft()
+            if unit is None:
+                fut = asyncio.get_running_loop().create_future()
+                self._parked.append(fut)
+                self._need.set()
+                await fut
+                continue
+            if len(staged) < self.window:
+                self._need.set()
+            bulk = unit.lane not in URGENT
+            if bulk:
+                self._bulk_busy += 1
+            try:
+                if dispatch is not None and quota is not None:
+                    async with dispatch:
+                        if bulk:
+                            unit = await self._urgent_first(unit, compress_ok)
+                        await _take(quota, len(unit.payload))
+                        if unit.lane in URGENT and bulk:
+                            bulk = False
+                            self._bulk_busy -= 1
+                await self._send(uplink, unit)
+            finally:
+                if bulk:
+                    self._bulk_busy -= 1  # this worker takes the next unit itself
+
+    async def _urgent_first(self, unit: Unit, compress_ok: bool) -> Unit:
+        """Under the quota: before a telemetry or health publish, a new alert or trip
+        edge goes first (``unit`` goes back to the head of the stage)."""
+        try:
+            got = await asyncio.to_thread(self._next_units, self.window, True, compress_ok)
+        except OutboxError:
+            return unit
+        if not got:
+            return unit
+        self._staged.appendleft(unit)
+        self._stage(got[1:], front=True)
+        return got[0]
 
     async def _send(self, uplink: Uplink, unit: Unit) -> None:
-        outcome = "release"
         try:
             await uplink.publish(unit.topic, unit.payload, qos=1,
                                  user_properties=unit.user_properties)
-            outcome = "ack"
         except PublishRejected as exc:
-            outcome = "reject"
             self.counters["rejected"] += len(unit.seqs)
             self._once(log, f"rejected:{unit.topic}", "publish rejected, dropped",
                        topic=unit.topic, rows=len(unit.seqs), reason=str(exc))
+            self._rejects.extend(unit.seqs)
+            self._outcome.set()
+            return
         except UplinkError as exc:
             if self._failed is None:
                 self._failed = exc
+            return  # released at the end of run()
         except TimeoutError:
             if self._failed is None:
                 self._failed = UplinkError(f"no PUBACK for {unit.topic}")
-        if outcome == "ack":
-            self.counters["published"] += len(unit.seqs)
-            self.counters["publish_batches"] += 1
-            self.counters["bytes_sent"] += len(unit.payload)
-        if outcome == "release":
-            return  # released together at the end of run()
-        try:
-            await asyncio.to_thread(self._settle, unit.seqs, outcome)
-        except OutboxError as exc:
-            self._once(log, "settle", "outbox could not settle delivered rows;"
-                       " they will be sent again", reason=str(exc))
-
-    def _settle(self, seqs: Sequence[int], outcome: str) -> None:
-        if outcome == "ack":
-            self.outbox.ack(seqs)
-        else:
-            self.outbox.reject(seqs)
-        for s in seqs:
-            self._claimed.pop(s, None)
-
-    def _release_unsettled(self) -> None:
-        seqs = list(self._claimed)
-        if not seqs:
             return
-        try:
-            self.outbox.release(seqs)
-        except OutboxError as exc:
-            # they are in flight on disk: the next open makes them ready again
-            self._once(log, "release", "outbox could not release rows", reason=str(exc))
-            return
-        for s in seqs:
-            self._claimed.pop(s, None)
+        self.counters["published"] += len(unit.seqs)
+        self.counters["publish_batches"] += 1
+        self.counters["bytes_sent"] += len(unit.payload)
+        self._acks.extend(unit.seqs)
+        self._outcome.set()
+
+    # ------------------------------------------------------------------ settling
+
+    async def _settler(self) -> None:
+        """Settle queued outcomes, many per transaction, until cancelled."""
+        while True:
+            await self._outcome.wait()
+            if self.settle_linger_s > 0 and len(self._acks) + len(self._rejects) < self.settle_max:
+                await asyncio.sleep(self.settle_linger_s)
+            self._outcome.clear()
+            acks, self._acks = self._acks, []
+            rejects, self._rejects = self._rejects, []
+            if not acks and not rejects:
+                continue
+            # kept until done: a cancelled hop may never have run (settled at the end)
+            self._settling = (acks, rejects)
+            try:
+                await asyncio.to_thread(self._settle, acks, rejects)
+            except OutboxError as exc:
+                self._settling = ([], [])
+                # acks stay queued: retried, and settled or released before run() returns
+                self._acks[:0] = acks
+                self._rejects[:0] = rejects
+                self._settle_failing = True
+                self._once(log, "settle", "outbox could not settle delivered rows, retrying",
+                           reason=str(exc), rows=len(acks) + len(rejects))
+                await asyncio.sleep(1.0)
+                self._outcome.set()
+                continue
+            self._settling = ([], [])
+            if self._settle_failing:
+                self._settle_failing = False
+                self._once.clear("settle")
+
+    def _settle(self, acks: Sequence[int], rejects: Sequence[int],
+                releases: Sequence[int] = ()) -> None:
+        """One transaction for a batch of outcomes (only rows this forwarder holds)."""
+        with self._book:
+            held = self._claimed
+            acks = [s for s in acks if s in held]
+            rejects = [s for s in rejects if s in held]
+            releases = [s for s in releases if s in held]
+            self.outbox.settle(acked=acks, rejected=rejects, released=releases)
+            for seqs in (acks, rejects, releases):
+                for s in seqs:
+                    held.pop(s, None)
+
+    def _settle_all(self) -> None:
+        """The end of ``run``: queued outcomes settled, every other claimed row released,
+        in one transaction. Runs on the event loop (it must not be cancelled half-way);
+        it waits for a worker thread still claiming or settling."""
+        with self._book:
+            acks = [*self._settling[0], *self._acks]
+            rejects = [*self._settling[1], *self._rejects]
+            self._acks, self._rejects, self._settling = [], [], ([], [])
+            settled = set(acks) | set(rejects)
+            releases = [s for s in self._claimed if s not in settled]
+            if not (acks or rejects or releases):
+                return
+            try:
+                self._settle(acks, rejects, releases)
+            except OutboxError as exc:
+                # rows stay in flight on disk: the next open makes them ready again
+                self._once(log, "release", "outbox could not settle or release rows",
+                           reason=str(exc), rows=len(self._claimed))
+
+
+def _single(r: Row) -> Unit:
+    return Unit(topic=r.topic, payload=r.payload, seqs=(r.seq,), lane=r.lane)

@@ -376,40 +376,52 @@ class Outbox:
 
     def ack(self, seqs: Sequence[int]) -> None:
         """The uplink confirmed these: they leave the outbox."""
-        self._finish(seqs, "delivered")
+        self.settle(acked=seqs)
 
     def reject(self, seqs: Sequence[int]) -> None:
         """Never deliverable as they are (ACL denied, too large): dropped, counted."""
-        self._finish(seqs, "rejected")
-
-    def _finish(self, seqs: Sequence[int], counter: str) -> None:
-        if not seqs:
-            return
-
-        def body(t: _Tally) -> None:
-            for i in range(0, len(seqs), 500):
-                chunk = list(seqs[i : i + 500])
-                marks = ",".join("?" * len(chunk))
-                for lane, n, size in self._db.execute(
-                    f"DELETE FROM messages WHERE seq IN ({marks})"
-                    " RETURNING lane, 1, LENGTH(payload)",
-                    chunk,
-                ).fetchall():
-                    t.add(Lane(lane), -n, -int(size))
-            self._bump_locked(counter, len(seqs))
-
-        self._write(counter, body)
+        self.settle(rejected=seqs)
 
     def release(self, seqs: Sequence[int]) -> None:
         """Not delivered (connection lost): back to ready, in their old place."""
-        if not seqs:
+        self.settle(released=seqs)
+
+    def settle(
+        self,
+        *,
+        acked: Sequence[int] = (),
+        rejected: Sequence[int] = (),
+        released: Sequence[int] = (),
+    ) -> None:
+        """``ack``, ``reject`` and ``release`` of many rows in one transaction (one
+        commit): the forwarder settles the outcomes of a burst of publishes at once."""
+        if not (acked or rejected or released):
             return
-        self._write(
-            "release",
-            lambda t: self._db.executemany(
-                "UPDATE messages SET state = ? WHERE seq = ?", [(READY, s) for s in seqs]
-            ),
-        )
+
+        def body(t: _Tally) -> None:
+            if acked:
+                self._delete_seqs_locked(acked, t)
+                self._bump_locked("delivered", len(acked))
+            if rejected:
+                self._delete_seqs_locked(rejected, t)
+                self._bump_locked("rejected", len(rejected))
+            if released:
+                self._db.executemany(
+                    "UPDATE messages SET state = ? WHERE seq = ?", [(READY, s) for s in released]
+                )
+
+        what = "delivered" if acked else "rejected" if rejected else "release"
+        self._write(what, body)
+
+    def _delete_seqs_locked(self, seqs: Sequence[int], t: _Tally) -> None:
+        for i in range(0, len(seqs), 500):
+            chunk = list(seqs[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            for lane, n, size in self._db.execute(
+                f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING lane, 1, LENGTH(payload)",
+                chunk,
+            ).fetchall():
+                t.add(Lane(lane), -n, -int(size))
 
     # ------------------------------------------------------------------ inspection
 
@@ -485,6 +497,18 @@ class Outbox:
             return n
 
         return int(self._write("purge", body))
+
+    def recover_inflight(self) -> int:
+        """Rows left in flight by a drain that could not settle them (a failed final
+        write): ready again. Only for the outbox's single owner, between connections."""
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "UPDATE messages SET state = ? WHERE state = ?", (READY, INFLIGHT)
+                )
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox recover failed: {exc}") from exc
+        return int(cur.rowcount)
 
     def integrity_ok(self) -> bool:
         with self._lock:

@@ -29,6 +29,10 @@ class FileUplink:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._fh: IO[str] | None = None
+        # publishes arrive from several forwarder workers: one write at a time, in the
+        # order they were asked for (asyncio.Lock wakes its waiters first come, first
+        # served), so the file keeps publish order
+        self._order = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         try:
@@ -61,7 +65,8 @@ class FileUplink:
             raise UplinkError("file uplink is not open")
         line = format_line(topic, payload)
         try:
-            await asyncio.to_thread(self._write, line)
+            async with self._order:
+                await asyncio.to_thread(self._write, line)
         except OSError as exc:
             raise UplinkError(f"write to {self.path} failed: {exc}") from exc
 
