@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from edge.errors import PublishRejected
+from edge.errors import PublishRejected, UplinkError
 
 # AWS IoT Core hard limits, enforced by every uplink so that a message that passes
 # locally also passes in the cloud.
@@ -73,3 +73,27 @@ def check_publish(topic: str, payload: bytes, qos: int, max_payload: int = MAX_P
         raise PublishRejected(f"{topic}: payload {len(payload)} B over {max_payload} B")
     if qos not in (0, 1):
         raise PublishRejected(f"{topic}: QoS {qos} not supported (0 or 1)")
+
+
+# PUBACK reason codes that mean "this message, as it is, will never be accepted": the
+# row is dropped (counted). Every other failure code (0x80 unspecified, 0x83
+# implementation specific, 0x97 quota exceeded -- how AWS IoT Core throttles) is
+# transient: the row goes back to ready and is sent again after a backoff.
+PERMANENT_PUBACK = {
+    0x87: "not authorized",
+    0x90: "topic name invalid",
+    0x95: "packet too large",
+    0x99: "payload format invalid",
+}
+
+
+def check_puback(topic: str, code: int) -> None:
+    """Turn a PUBACK reason code into the project's errors (nothing for success)."""
+    if code < 0x80:
+        return
+    if code in PERMANENT_PUBACK:
+        raise PublishRejected(
+            f"{topic}: broker rejected the publish: {PERMANENT_PUBACK[code]} ({code:#x})",
+            reason_code=code,
+        )
+    raise UplinkError(f"{topic}: broker refused the publish for now (reason {code:#x})")

@@ -6,7 +6,8 @@ client certificates works the same way, which is how the tests run it).
 * awscrt runs its own event-loop threads: every callback and every publish future
   reaches asyncio through ``loop.call_soon_threadsafe``.
 * ``publish`` waits for the PUBACK; a reason code >= 0x80 (0x87 not authorized,
-  0x97 quota exceeded, ...) raises ``PublishRejected``. Success codes include 0x10
+  0x95 too large, ...) raises ``PublishRejected``; 0x97 quota exceeded (throttling)
+  and other codes are transient (``UplinkError``). Success codes include 0x10
   "no matching subscribers".
 * awscrt reconnects by itself; we do not let it: the first disconnect or connection
   failure ends this connection (``lost`` is set, pending publishes fail with
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
-from edge.errors import PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_publish
+from edge.errors import UplinkAuthError, UplinkError
+from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish
 from edge.uplinks.mqtt import check_key_file
 
 if TYPE_CHECKING:
@@ -243,9 +244,7 @@ class IotCoreUplink:
             return
         puback = getattr(result, "puback", None)
         code = int(getattr(getattr(puback, "reason_code", 0), "value", 0) or 0)
-        if code >= 0x80:
-            raise PublishRejected(f"{topic}: broker rejected the publish (reason {code:#x})",
-                                  reason_code=code)
+        check_puback(topic, code)
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

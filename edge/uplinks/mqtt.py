@@ -2,7 +2,7 @@
 
 paho's network loop runs on its own thread (``loop_start``); every callback hands its
 result to the event loop with ``call_soon_threadsafe``. ``publish`` waits for the
-PUBACK: a reason code >= 0x80 (e.g. 0x87 "not authorized" from an ACL) raises
+PUBACK: a permanent reason code (0x87 "not authorized" from an ACL, ...) raises
 ``PublishRejected``; 0x10 "no matching subscribers" is a success.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, Self
 import structlog
 
 from edge.config import UplinkConfig
-from edge.errors import PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_publish
+from edge.errors import UplinkAuthError, UplinkError
+from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish
 
 log = structlog.get_logger()
 
@@ -244,9 +244,7 @@ class MqttUplink:
                 with self._lock:
                     self._pending.pop(info.mid, None)
                 raise UplinkError(f"{topic}: no PUBACK within the keepalive") from exc
-        if code >= 0x80:
-            raise PublishRejected(f"{topic}: broker rejected the publish (reason {code:#x})",
-                                  reason_code=code)
+        check_puback(topic, code)
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
