@@ -33,10 +33,12 @@ from typing import Any
 import structlog
 
 from edge import __version__
+from edge.checks import check_runtime
 from edge.config import Config
 from edge.core.backoff import Backoff
 from edge.core.engine import Engine
 from edge.errors import (
+    ConfigError,
     EdgeError,
     OutboxError,
     UplinkAuthError,
@@ -79,8 +81,14 @@ def make_uplink(config: Config) -> Uplink:
     raise EdgeError(f"unknown uplink kind {kind!r}")
 
 
-def load_zones_for(config: Config) -> Any:
+def load_zones_for(config: Config, *, optional: bool = False) -> Any:
+    """The zones ``config`` names; ``optional``: a file that does not exist yet is no
+    zones for now (a Greengrass Zones component deploys it later; the watcher loads it)."""
     if config.rules.zones is None:
+        return None
+    if optional and not config.rules.zones.exists():
+        log.warning("zones file not there yet, running without zones",
+                    path=str(config.rules.zones))
         return None
     from edge.core.zones import load_zones
 
@@ -118,6 +126,7 @@ class Daemon:
         self.reloads = 0
         self.restart_required: list[str] = []
         self.extra_health: Callable[[], dict[str, Any]] | None = None
+        self.zones_optional = False
 
     # ------------------------------------------------------------------ inputs
 
@@ -162,7 +171,9 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        zones = load_zones_for(cfg)
+        await asyncio.to_thread(check_runtime, cfg, zones_must_exist=not self.zones_optional)
+        zones = load_zones_for(cfg, optional=self.zones_optional)
+        built = self._build_sources(cfg)
         self.engine = Engine(cfg, zones=zones)
         self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
         log.info("daemon starting", version=__version__, thing=cfg.thing,
@@ -178,7 +189,7 @@ class Daemon:
                     tg.create_task(self._health_loop(), name="health"),
                     tg.create_task(self._zones_watch(), name="zones-watch"),
                 ]
-                self._start_sources(tg)
+                self._start_sources(tg, built)
                 await stop.wait()
                 log.info("shutting down")
                 await self._shutdown(list(self._source_tasks.values()), writer,
@@ -188,20 +199,25 @@ class Daemon:
             self._write_health_file(final=True)
             log.info("daemon stopped", **self.counters)
 
-    def _start_sources(self, tg: asyncio.TaskGroup, only: set[str] | None = None) -> None:
-        cfg = self.config
+    def _build_sources(self, cfg: Config, only: set[str] | None = None) -> list[tuple[str, Any]]:
+        """Source objects for ``cfg`` (constructing one checks its config: a bad DBC
+        signal is a ConfigError here, before anything runs)."""
+        built: list[tuple[str, Any]] = []
         if cfg.gnss.port and (only is None or "gnss" in only):
             from edge.sources.gnss import GnssSource
 
-            gnss = GnssSource(cfg.gnss)
-            self._sources.append(("gnss", gnss))
-            self._source_tasks["gnss"] = tg.create_task(gnss.run(self.on_fix), name="gnss")
+            built.append(("gnss", GnssSource(cfg.gnss)))
         if cfg.can.interface != "none" and (only is None or "can" in only):
             from edge.sources.can import CanSource
 
-            can_src = CanSource(cfg.can)
-            self._sources.append(("can", can_src))
-            self._source_tasks["can"] = tg.create_task(can_src.run(self.on_speed), name="can")
+            built.append(("can", CanSource(cfg.can)))
+        return built
+
+    def _start_sources(self, tg: asyncio.TaskGroup, built: list[tuple[str, Any]]) -> None:
+        for name, src in built:
+            self._sources.append((name, src))
+            emit = self.on_fix if name == "gnss" else self.on_speed
+            self._source_tasks[name] = tg.create_task(src.run(emit), name=name)
 
     # ------------------------------------------------------------------ hot reload
 
@@ -216,6 +232,16 @@ class Daemon:
                                "health", "log") if getattr(old, f) != getattr(new, f)}
         if not changed:
             return
+        # everything that can fail is checked and built before anything changes: an
+        # update that cannot run is rejected whole (ConfigError) and the old config stays
+        await asyncio.to_thread(check_runtime, new, zones_must_exist=not self.zones_optional)
+        restart = changed & {"gnss", "can"}
+        built = await asyncio.to_thread(self._build_sources, new, restart) if restart else []
+        new_rules = None
+        if "rules" in changed and self.engine is not None:
+            from edge.core.rules import Rules
+
+            new_rules = Rules(new.rules, load_zones_for(new, optional=self.zones_optional))
         self.restart_required = sorted(changed & {"thing", "outbox"})
         live = changed - {"thing", "outbox"}
         import dataclasses
@@ -232,14 +258,13 @@ class Daemon:
         if engine is not None:
             if "telemetry" in live:
                 engine.telemetry.interval_s = new.telemetry.interval_s
-            if "rules" in live:
+            if "rules" in live and new_rules is not None:
                 if dataclasses.replace(old.rules, zones=None) == dataclasses.replace(
                         new.rules, zones=None):
-                    self._reload_zones()
+                    # same rules, other zones: swap them, state carries over
+                    self._enqueue(engine.reload(new_rules.zones))
                 else:
-                    from edge.core.rules import Rules
-
-                    engine.rules = Rules(self.config.rules, load_zones_for(self.config))
+                    engine.rules = new_rules
             if "can" in live:
                 from edge.core.speed_source import SpeedArbiter
 
@@ -249,15 +274,14 @@ class Daemon:
         tg = self._tg
         if tg is None:
             return
-        restart = live & {"gnss", "can"}
         for name in restart:
             task = self._source_tasks.pop(name, None)
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             self._sources = [(n, s) for n, s in self._sources if n != name]
-        if restart:
-            self._start_sources(tg, only=restart)
+        if built:
+            self._start_sources(tg, built)
         if "uplink" in live and self._uplink_task is not None:
             self._uplink_task.cancel()
             await asyncio.gather(self._uplink_task, return_exceptions=True)
@@ -603,6 +627,10 @@ def run_daemon(config: Config) -> int:
 
     try:
         return _run(run_until_signalled(main))
+    except ConfigError as exc:
+        print(f"edge: invalid config {config.source or ''}: {exc.field}: {exc.reason}",
+              file=sys.stderr)
+        return 2
     except ZonesError as exc:
         print(f"edge: zones: {exc}", file=sys.stderr)
         return 2
@@ -630,6 +658,7 @@ def run_greengrass() -> int:
             cfg = watcher.config
             configure(cfg.log.level, cfg.log.format)
             d = Daemon(cfg)
+            d.zones_optional = True  # the Zones component may deploy its file later
             d.extra_health = watcher.health
             holder["daemon"] = d
             await d.run(stop)

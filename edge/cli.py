@@ -45,13 +45,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    usage = None
+    if args.can_channel is not None and args.can == "slcan":
+        usage = ("--can-channel names a virtual or socketcan bus; the slcan adapter's "
+                 "channel is its pty")
+    elif not args.max and not args.rate > 0:
+        usage = f"--rate must be > 0 (got {args.rate})"
+    elif args.max_gap is not None and not args.max_gap >= 0:
+        usage = f"--max-gap must be >= 0 seconds (got {args.max_gap})"
+    if usage is not None:
+        print(f"edge sim: {usage}", file=sys.stderr)
+        return EXIT_USAGE
     cfg = _load(args.config)
     _logging(cfg)
     from edge.app import _run
     from sim.run import run_sim
 
     rate = None if args.max else args.rate
-    return _run(run_sim(args.drive, cfg, rate=rate, loop=args.loop))
+    return _run(run_sim(args.drive, cfg, rate=rate, loop=args.loop, can_mode=args.can,
+                        can_channel=args.can_channel, max_gap_s=args.max_gap))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -78,16 +90,13 @@ def cmd_decode_can(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
-    if cfg.rules.zones is not None:
-        from edge.core.zones import load_zones
-        from edge.errors import ZonesError
+    from edge.checks import check_runtime
 
-        try:
-            zones = load_zones(cfg.rules.zones)
-        except ZonesError as exc:
-            print(f"edge: invalid config {args.file}: rules.zones: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        del zones
+    try:
+        check_runtime(cfg)  # the files it names: zones, DBC and signals, TLS material
+    except ConfigError as exc:
+        print(f"edge: invalid config {args.file}: {exc.field}: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{args.file}: ok (thing {cfg.thing}, uplink {cfg.uplink.kind})")
     return 0
 
@@ -138,13 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("sim", help="run the daemon fed by a replayed drive through ptys",
-                       description="Replay DRIVE into a pty (NMEA) and an slcan pty (CAN) and "
-                       "run the unmodified daemon on them, as on a laptop.")
+                       description="Replay DRIVE into a pty (NMEA) and a CAN bus (by default "
+                       "a fake USB slcan adapter on a pty) and run the unmodified daemon on "
+                       "them, as on a laptop. Only the config's gnss.port and can "
+                       "interface/channel are rewritten.")
     s.add_argument("drive", type=Path, help="drive directory (gnss.nmea, can.log, drive.toml)")
     s.add_argument("--config", "-c", type=Path, required=True)
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--rate", type=float, default=1.0, help="time warp factor (default 1x)")
-    g.add_argument("--max", action="store_true", help="as fast as possible")
+    g.add_argument("--rate", type=float, default=1.0,
+                   help="time warp factor (default 1x; 10 = ten times faster)")
+    g.add_argument("--max", action="store_true",
+                   help="as fast as the daemon reads (back-pressure, no timing)")
+    s.add_argument("--max-gap", type=float, metavar="S",
+                   help="shorten idle gaps of the drive longer than S seconds to S "
+                   "(GNSS dropouts, adapter unplugs; timestamps are unchanged)")
+    s.add_argument("--can", choices=["auto", "slcan", "virtual", "socketcan"], default="auto",
+                   help="CAN path: slcan = fake USB adapter on a pty; virtual = python-can's "
+                   "in-process bus; socketcan = an existing vcan interface (Linux: sudo ip "
+                   "link add vcan0 type vcan && sudo ip link set up vcan0); auto = slcan, "
+                   "or virtual when --can-channel is given (default auto)")
+    s.add_argument("--can-channel", metavar="NAME",
+                   help="bus name for --can socketcan (default vcan0) or virtual (default "
+                   "a fresh name); not with slcan")
     s.add_argument("--loop", action="store_true", help="start over at the end")
     s.set_defaults(func=cmd_sim)
 

@@ -129,3 +129,44 @@ def test_config_update_switches_uplink_and_rules_live(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
+    from edge.errors import ConfigError
+
+    feeder = PtyFeeder(period=0.1).start()
+    cfg = make_config(tmp_path, feeder.path)
+    out = tmp_path / "out.jsonl"
+    dbc = Path(__file__).resolve().parents[2] / "sim" / "dbc" / "demo.dbc"
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: bool(events(out, "telemetry")))
+        gnss_task = d._source_tasks["gnss"]
+        bad = dataclasses.replace(
+            cfg,
+            gnss=dataclasses.replace(cfg.gnss, baud=115200),
+            can=dataclasses.replace(cfg.can, interface="virtual", dbc=dbc,
+                                    speed_signal="VEHICLE_SPEED.NOPE"),
+            telemetry=dataclasses.replace(cfg.telemetry, interval_s=5.0),
+        )
+        with pytest.raises(ConfigError) as ei:
+            await d.apply_config(bad)
+        assert ei.value.field == "can.speed_signal"
+        # nothing of it was applied: same config, same running GNSS source, no CAN
+        assert d.config == cfg
+        assert d._source_tasks["gnss"] is gnss_task and not gnss_task.done()
+        assert "can" not in d._source_tasks
+        assert d.engine is not None and d.engine.telemetry.interval_s == 1.0
+        n = len(events(out, "telemetry"))
+        assert await wait_until(lambda: len(events(out, "telemetry")) > n + 2)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

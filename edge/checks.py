@@ -1,0 +1,46 @@
+"""Checks of a config against the machine it runs on: files it names exist and parse.
+
+``edge.config`` validates the file's shape without touching the disk; this goes one step
+further and is run by ``edge check-config``, at daemon start and before a hot reload is
+applied, so a DBC signal that is not in the DBC or a zones file that does not parse is
+one clear error naming the field, never a traceback or a half-applied update.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.config import Config
+from edge.errors import ConfigError, ZonesError
+
+
+def _readable(field: str, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def check_runtime(cfg: Config, *, zones_must_exist: bool = True) -> None:
+    """Raise ConfigError naming the field when ``cfg`` cannot run here."""
+    if cfg.rules.zones is not None and (zones_must_exist or cfg.rules.zones.exists()):
+        from edge.core.zones import load_zones
+
+        try:
+            load_zones(cfg.rules.zones)
+        except ZonesError as exc:
+            raise ConfigError("rules.zones", str(exc)) from exc
+    if cfg.can.interface != "none" and cfg.can.mode == "dbc":
+        _readable("can.dbc", cfg.can.dbc)
+        from edge.core.canspeed import decoder_for
+
+        decoder_for(cfg.can)  # names can.dbc / can.speed_signal / can.ignition_signal
+    if cfg.uplink.kind in ("mqtt", "iotcore"):
+        for name in ("ca", "cert", "key"):
+            _readable(f"uplink.{name}", getattr(cfg.uplink, name))
+        if cfg.uplink.key is not None:
+            if cfg.uplink.key.stat().st_mode & 0o004:
+                raise ConfigError("uplink.key", f"{cfg.uplink.key} is world-readable; chmod 600 it")
