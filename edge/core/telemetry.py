@@ -3,10 +3,12 @@ AWS IoT Core payload limit. Signal names follow COVESA VSS where one exists."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from edge.core.envelope import uuid7
 from edge.model import Event, Fix, SpeedSample
 
 FIX_TYPES = {0: "NONE", 2: "TWO_D", 3: "THREE_D"}
@@ -62,10 +64,27 @@ class TelemetrySampler:
 
 
 def batch_payload(thing: str, records: Sequence[bytes]) -> bytes:
-    """One telemetry publish holding several envelopes (each keeps its own id)."""
-    return b'{"thing":' + json.dumps(thing).encode() + b',"type":"telemetry_batch","count":' + (
-        str(len(records)).encode()
-    ) + b',"records":[' + b",".join(records) + b"]}"
+    """One telemetry publish holding several envelopes (each keeps its own id, ts, seq).
+
+    The wrapper is an envelope too: ``id`` is a UUIDv7 on the first record's time whose
+    random bits are a hash of the records' ids -- the same batch sent again after a lost
+    PUBACK carries the same id; ``ts`` and ``seq`` are the first record's."""
+    head = json.loads(records[0])
+    ids = ",".join(str(json.loads(r)["id"]) for r in records) if len(records) > 1 else head["id"]
+    digest = int.from_bytes(hashlib.blake2b(ids.encode(), digest_size=10).digest())
+    bid = uuid7(int(head["ts"]), lambda bits: _take_bits(digest, bits))
+    return (
+        b'{"id":"' + bid.encode() + b'","thing":' + json.dumps(thing).encode()
+        + b',"type":"telemetry_batch","ts":' + str(int(head["ts"])).encode()
+        + b',"seq":' + str(int(head["seq"])).encode()
+        + b',"count":' + str(len(records)).encode()
+        + b',"records":[' + b",".join(records) + b"]}"
+    )
+
+
+def _take_bits(digest: int, bits: int) -> int:
+    # 12 bits for rand_a, then 62 for rand_b, from one 80-bit digest
+    return (digest >> (62 if bits == 12 else 0)) & ((1 << bits) - 1)
 
 
 def split_batches(records: Sequence[bytes], *, max_records: int, max_bytes: int,

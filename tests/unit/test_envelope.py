@@ -70,8 +70,22 @@ def test_iot_quota_holds_100_publishes_and_512kib_per_second() -> None:
     assert sent_bytes <= 11 * 512 * 1024
 
 
+def test_batch_wrapper_is_an_envelope_with_a_stable_id() -> None:
+    f = EnvelopeFactory("car")
+    recs = [f.make(Event(kind="telemetry", time=1_700_000_000.0 + i)).to_bytes()
+            for i in range(10)]
+    a = json.loads(batch_payload("car", recs))
+    assert {"id", "thing", "type", "ts", "seq", "count", "records"} <= set(a)
+    assert a["ts"] == 1_700_000_000_000 and a["seq"] == 1 and a["count"] == 10
+    assert uuid.UUID(a["id"]).version == 7
+    assert a["id"] not in {r["id"] for r in a["records"]}
+    # the same batch sent again has the same id; another composition another one
+    assert json.loads(batch_payload("car", recs))["id"] == a["id"]
+    assert json.loads(batch_payload("car", recs[:9]))["id"] != a["id"]
+
+
 def test_batches_respect_record_and_byte_limits() -> None:
-    recs = [b'{"x":"' + b"a" * 1000 + b'"}'] * 500
+    recs = [b'{"id":"x","ts":1,"seq":1,"x":"' + b"a" * 1000 + b'"}'] * 500
     groups = split_batches(recs, max_records=60, max_bytes=128 * 1024)
     assert sum(len(g) for g in groups) == 500
     for g in groups:
