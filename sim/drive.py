@@ -35,6 +35,8 @@ from typing import Any
 
 import structlog
 
+from edge.errors import EdgeError
+
 log = structlog.get_logger()
 
 GNSS_NAME = "gnss.nmea"
@@ -45,7 +47,7 @@ CAN_ERR_BUSERROR = 0x00000080
 TimelineItem = tuple[float, str, bytes]
 
 
-class DriveError(Exception):
+class DriveError(EdgeError):
     """The directory is not a usable drive (names the file and the reason)."""
 
 

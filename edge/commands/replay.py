@@ -32,12 +32,18 @@ def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSa
             yield fix.time, 0, dataclasses.replace(fix, mono=fix.time)
 
 
-def _speeds(path: Path, cfg: Config) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+def _speeds(path: Path, cfg: Config, offset_s: float = 0.0
+            ) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+    """CAN samples of the drive; ``offset_s`` (drive.toml ``can_time_offset_s``) moves
+    the log's timestamps onto GNSS time when the recorder's clock was off."""
     from edge.core.canlog import iter_log_speed
     from edge.core.canspeed import decoder_for
+    from edge.core.obd import ObdSpeedDecoder
 
-    for s in iter_log_speed(path, decoder_for(cfg.can)):
-        yield s.time, 1, dataclasses.replace(s, mono=s.time)
+    decoder = ObdSpeedDecoder() if cfg.can.mode == "obd" else decoder_for(cfg.can)
+    for s in iter_log_speed(path, decoder):
+        t = s.time + offset_s
+        yield t, 1, dataclasses.replace(s, time=t, mono=t)
 
 
 def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
@@ -53,8 +59,9 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
     streams = []
     if d.gnss is not None:
         streams.append(_fixes(d.gnss, d.date))
-    if d.can is not None and cfg.can.dbc is not None and cfg.can.speed_signal:
-        streams.append(_speeds(d.can, cfg))
+    if d.can is not None and (cfg.can.mode == "obd" or (cfg.can.dbc is not None
+                                                        and cfg.can.speed_signal)):
+        streams.append(_speeds(d.can, cfg, d.can_time_offset_s))
     last = None
     for t, kind, item in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
         last = t

@@ -72,3 +72,24 @@ def test_replay_is_byte_identical_and_summarises_on_stderr(tmp_path: Path) -> No
     assert all(set(x) == {"topic", "payload"} for x in lines)
     ts = [x["payload"]["ts"] for x in lines if x["payload"]["type"] != "telemetry"]
     assert ts == sorted(ts), "events come out in time order"
+
+
+def test_replay_applies_the_drive_can_time_offset(tmp_path: Path) -> None:
+    """A recorder whose clock was an hour behind GNSS time wrote can_time_offset_s;
+    replay must put the CAN samples back on GNSS time and decide the same events."""
+    import re
+    import shutil
+
+    src = ROOT / "sim" / "drives" / "city"
+    drive = tmp_path / "city-offset"
+    shutil.copytree(src, drive)
+    shifted = re.sub(rb"^\((\d+\.\d+)\)",
+                     lambda m: b"(%.6f)" % (float(m.group(1)) - 3600.0),
+                     (src / "can.log").read_bytes(), flags=re.M)
+    (drive / "can.log").write_bytes(shifted)
+    toml = (drive / "drive.toml").read_text()
+    (drive / "drive.toml").write_text("can_time_offset_s = 3600.0\n" + toml)
+    cfg_text = (src / "config.toml").read_text().replace(
+        'dbc = "../../dbc/demo.dbc"', f'dbc = "{ROOT / "sim" / "dbc" / "demo.dbc"}"')
+    (drive / "config.toml").write_text(cfg_text)
+    assert alert_lines(drive) == alert_lines(src)
