@@ -138,9 +138,12 @@ def test_broker_gone_fails_pending_publishes_and_sets_lost(broker: Broker) -> No
     asyncio.run(go())
 
 
-def test_forwarder_gzip_batches_with_content_encoding_and_drops_acl_denied(
-    broker: Broker, tmp_path: Path
+@pytest.mark.parametrize("method", ["gzip", "zstd"])
+def test_forwarder_compressed_batches_with_content_encoding_and_drops_acl_denied(
+    broker: Broker, tmp_path: Path, method: str
 ) -> None:
+    if method == "zstd":
+        pytest.importorskip("zstandard", reason="zstd needs the 'zstd' extra (zstandard)")
     ob = Outbox(tmp_path / "o.db")
     ob.put([telemetry(i) for i in range(300)])
     denied = Envelope(id="bad", thing=THING, type="overspeed", ts=0, seq=0,
@@ -148,7 +151,7 @@ def test_forwarder_gzip_batches_with_content_encoding_and_drops_acl_denied(
     ob.put([denied])
     sub = PropsSubscriber(broker)
     counters: dict[str, int] = {}
-    fw = Forwarder(ob, thing=THING, batch_max=100, compression="gzip", counters=counters)
+    fw = Forwarder(ob, thing=THING, batch_max=100, compression=method, counters=counters)
 
     async def go() -> None:
         wake = asyncio.Event()
@@ -175,7 +178,7 @@ def test_forwarder_gzip_batches_with_content_encoding_and_drops_acl_denied(
     ids = []
     for topic, payload, props in sub.messages:
         assert topic == f"vehicles/{THING}/telemetry"
-        assert props == {CONTENT_ENCODING: "gzip"}
+        assert props == {CONTENT_ENCODING: method}
         body = json.loads(decompress(payload, props[CONTENT_ENCODING]))
         assert body["type"] == "telemetry_batch"
         ids += [r["id"] for r in body["records"]]
