@@ -61,7 +61,10 @@ def component_config_to_dict(
     Drops Greengrass' own keys (``accessControl``) and JSON nulls (TOML has no null: an
     absent key means the default); turns integral floats back into ints (the Java
     nucleus may hand ``9600`` back as ``9600.0``); fills ``thing`` from
-    ``AWS_IOT_THING_NAME`` when the configuration leaves it empty.
+    ``AWS_IOT_THING_NAME`` when the configuration leaves it empty, and ``rules.zones``
+    from ``VEHICLE_EDGE_ZONES`` (the recipe points it at com.vehicleedge.Zones' file)
+    when the configuration leaves it unset or null. The file need not exist yet: the
+    daemon's zones watcher loads it when the Zones component installs it.
     """
     e = os.environ if env is None else env
     out: dict[str, Any] = _clean(
@@ -69,6 +72,10 @@ def component_config_to_dict(
     )
     if not out.get("thing") and e.get(THING_ENV):
         out["thing"] = e[THING_ENV]
+    zones = e.get(ZONES_ENV)
+    rules = out.get("rules", {})
+    if zones and isinstance(rules, Mapping) and "zones" not in rules:
+        out["rules"] = {**rules, "zones": zones}
     return out
 
 

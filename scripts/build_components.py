@@ -16,6 +16,8 @@ the venv with ``--system-site-packages``: those packages must then come from the
 Recipe templates use GDK's placeholders ``{COMPONENT_NAME}`` / ``{COMPONENT_VERSION}``,
 ``{{ARTIFACT_BUCKET}}`` (kept as is unless ``--bucket`` is given) and one manifest with
 ``{ARCH}`` / ``{GG_ARCH}`` that is expanded to one manifest per architecture.
+com.vehicleedge.Daemon's DefaultConfiguration is generated from ``edge.config``'s
+dataclass defaults (every key); its template holds only what differs, plus accessControl.
 
     python scripts/build_components.py [--version V] [--bucket B] [--arch aarch64,x86_64]
                                        [--skip-wheelhouse] [--out build/greengrass]
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # edge.config (stdlib only) gives the configuration defaults
+    sys.path.insert(0, str(ROOT))
 RECIPES = ROOT / "recipes"
 COMPONENTS = ROOT / "components"
 DEFAULT_ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
@@ -183,6 +187,67 @@ def build_wheelhouse(arch: Arch, reqs: Sequence[str], project_wheel: Path, cache
     return missing
 
 
+# --------------------------------------------------------------------------- configuration
+
+# components whose DefaultConfiguration is the daemon's whole Config (the template's
+# DefaultConfiguration holds only what differs from the TOML defaults, plus accessControl)
+CONFIG_COMPONENTS = ("com.vehicleedge.Daemon",)
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every key of ``edge.config.Config`` with its default, as component configuration JSON.
+
+    Walks the dataclasses, so a key added to the TOML config appears here without a
+    hand edit. ``None`` defaults stay as JSON ``null`` (documented, and read back as
+    "not set"); paths become strings; ``thing`` (required) is ``""``, filled from
+    ``AWS_IOT_THING_NAME`` on the device.
+    """
+    import dataclasses
+
+    from edge.config import Config
+
+    def walk(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            if f.name == "source":  # where a TOML file came from; not a key
+                continue
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                out[f.name] = walk(v)
+            elif isinstance(v, Path):
+                out[f.name] = str(v)
+            else:
+                out[f.name] = v
+        return out
+
+    return walk(Config(thing=""))
+
+
+def merge_config(base: dict[str, Any], over: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``over`` on top of ``base``, table by table; a key ``base`` lacks is an error
+    (a typo in a template must not ship as a silently ignored setting)."""
+    out = dict(base)
+    for k, v in over.items():
+        if k not in base and not where and k == "accessControl":
+            out[k] = v
+        elif k not in base:
+            raise BuildError(f"DefaultConfiguration: unknown key {where}{k}")
+        elif isinstance(base[k], dict) and isinstance(v, dict):
+            out[k] = merge_config(base[k], v, f"{where}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def with_default_configuration(template: dict[str, Any]) -> dict[str, Any]:
+    if template["ComponentName"] not in CONFIG_COMPONENTS:
+        return template
+    cc = dict(template.get("ComponentConfiguration", {}))
+    cc["DefaultConfiguration"] = merge_config(config_defaults(),
+                                              cc.get("DefaultConfiguration", {}))
+    return {**template, "ComponentConfiguration": cc}
+
+
 # --------------------------------------------------------------------------- recipes
 
 
@@ -275,7 +340,7 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
             log(f"wheelhouse-{arch.name}.zip: {z.stat().st_size / 1e6:.1f} MB")
 
     for tpath in templates:
-        template = json.loads(tpath.read_text())
+        template = with_default_configuration(json.loads(tpath.read_text()))
         name = template["ComponentName"]
         recipe = render_recipe(template, version=version, bucket=bucket, arches=arches)
         cdir = out / name / version
@@ -287,8 +352,8 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
                 arch_name = art.removeprefix("wheelhouse-").removesuffix(".zip")
                 if arch_name in zips:
                     shutil.copy2(zips[arch_name], adir / art)
-            elif art == "install-venv.sh":
-                shutil.copy2(COMPONENTS / "install-venv.sh", adir / art)
+            elif art in ("install-venv.sh", "sim-config.py"):
+                shutil.copy2(COMPONENTS / art, adir / art)
             elif art == "zones.geojson":
                 shutil.copy2(zones, adir / art)
             else:
@@ -311,9 +376,28 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
     return summary
 
 
+def gdk_version(project_dir: Path, component: str) -> str:
+    """The component's ``version`` in ``gdk-config.json`` (a semver or ``NEXT_PATCH``)."""
+    path = project_dir / "gdk-config.json"
+    try:
+        conf = json.loads(path.read_text())
+        version = conf["component"][component]["version"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BuildError(f"{path}: no component.{component}.version ({exc})") from exc
+    if not isinstance(version, str) or not version:
+        raise BuildError(f"{path}: component.{component}.version must be a string")
+    return version
+
+
 def gdk_build(component: str, args: argparse.Namespace) -> None:
-    """GDK custom build: write greengrass-build/{recipes,artifacts} in the component dir."""
+    """GDK custom build: write greengrass-build/{recipes,artifacts} in the component dir.
+
+    GDK looks for the artifacts in ``greengrass-build/artifacts/<name>/<version>`` where
+    ``<version>`` is gdk-config.json's (literally ``NEXT_PATCH`` when it says so); at
+    publish it sets ComponentVersion and the artifact URIs itself. The lifecycle scripts
+    keep the package version (the wheel's), which the install step pins."""
     cwd = Path.cwd()
+    artifacts_version = gdk_version(cwd, component)
     with tempfile.TemporaryDirectory() as tmp:
         # GDK publish fills BUCKET_NAME in artifact URIs itself
         build(version=args.version, bucket=args.bucket or "BUCKET_NAME", arches=args.arches,
@@ -326,7 +410,7 @@ def gdk_build(component: str, args: argparse.Namespace) -> None:
         shutil.rmtree(gb, ignore_errors=True)
         (gb / "recipes").mkdir(parents=True)
         shutil.copy2(src / "recipe.json", gb / "recipes" / "recipe.json")
-        shutil.copytree(src / "artifacts", gb / "artifacts" / component / args.version)
+        shutil.copytree(src / "artifacts", gb / "artifacts" / component / artifacts_version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -214,6 +214,44 @@ def test_component_config_to_dict_mirrors_toml() -> None:
                               env={"AWS_IOT_THING_NAME": THING})
 
 
+def test_zones_come_from_the_zones_component_when_config_leaves_them_unset(
+    sock_dir: Path, tmp_path: Path
+) -> None:
+    """The Daemon recipe exports VEHICLE_EDGE_ZONES={com.vehicleedge.Zones:work:path}/...;
+    the file need not exist yet (the daemon's zones watcher loads it when it appears)."""
+    zones = tmp_path / "com.vehicleedge.Zones" / "zones.geojson"  # not created
+    env = {"AWS_IOT_THING_NAME": THING, "VEHICLE_EDGE_ZONES": str(zones)}
+    mine = tmp_path / "mine.geojson"
+
+    async def body() -> None:
+        applied = Applied()
+        # rules.zones null, as in the rendered DefaultConfiguration
+        start = {**BASE_CONFIG, "rules": {"zones": None, "poi": {"max_per_hour": 2}}}
+        async with server(sock_dir, configuration=start) as srv:
+            async with GreengrassConfigWatcher(
+                on_config=applied, ipc_socket=str(srv.path), authtoken=srv.svcuid, env=env,
+                base=tmp_path,
+            ) as w:
+                assert w.config.rules.zones == zones
+                assert w.config.rules.poi.max_per_hour == 2
+                # a deployment that names its own zones file wins over the component's
+                await srv.update_configuration({**BASE_CONFIG,
+                                                "rules": {"zones": "mine.geojson"}})
+                async with asyncio.timeout(5):
+                    await applied.event.wait()
+                assert w.config.rules.zones == mine
+                report = await srv.validate_configuration(
+                    {**BASE_CONFIG, "rules": {"zones": None}}, deployment_id="dep-z")
+                assert report["status"] == "ACCEPTED"
+
+    run(body)
+    # and without the recipe's variable nothing is invented
+    cfg = config_from_component(BASE_CONFIG, base=tmp_path, env={"AWS_IOT_THING_NAME": THING})
+    assert cfg.rules.zones is None
+    d = component_config_to_dict({"thing": "x", "rules": {"zones": None}}, env=env)
+    assert d == {"thing": "x", "rules": {"zones": str(zones)}}
+
+
 class Applied:
     def __init__(self) -> None:
         self.configs: list[Config] = []

@@ -170,3 +170,29 @@ def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+@pytest.mark.timeout(60)
+def test_zones_file_deployed_after_start_is_picked_up(tmp_path: Path) -> None:
+    """Under Greengrass the Zones component may deploy its file after the daemon starts."""
+    feeder = PtyFeeder(period=0.1).start()
+    cfg = make_config(tmp_path, feeder.path)
+    (tmp_path / "zones.geojson").unlink()
+    out = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        d.zones_optional = True
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: bool(events(out, "telemetry")))
+        write_atomic(tmp_path / "zones.geojson", json.dumps(CIRCLE))
+        assert await wait_until(lambda: bool(events(out, "geofence")))
+        assert events(out, "geofence")[0]["transition"] == "inside"
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

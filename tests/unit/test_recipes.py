@@ -7,6 +7,7 @@ with our own JSON Schema, written here, in the GDK's convention: keys compared l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -228,16 +229,58 @@ def test_daemon_publishes_only_own_topics(rendered: dict[str, Any]) -> None:
     assert list(ac) == ["aws.greengrass.ipc.mqttproxy"]
 
 
-def test_daemon_default_configuration_mirrors_toml_config(rendered: dict[str, Any]) -> None:
+def dataclass_keys(cls: Any) -> dict[str, Any]:
+    """The TOML config's key tree, from the dataclasses: {key: subtree or None}."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: dataclass_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
+        else None
+        for f in dataclasses.fields(cls) if f.name != "source"
+    }
+
+
+def config_keys(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: config_keys(v) if isinstance(v, dict) else None for k, v in value.items()
+            if k != "accessControl"}
+
+
+def test_daemon_default_configuration_has_every_config_key(rendered: dict[str, Any]) -> None:
+    dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
+    want, got = dataclass_keys(Config), config_keys(dc)
+    assert set(got) == set(want)
+    for section, keys in want.items():  # section by section, for a readable failure
+        assert got[section] == keys, section
+
+
+def test_daemon_default_configuration_is_the_toml_defaults(rendered: dict[str, Any]) -> None:
     dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
     cfg = config_from_component(dc, base=Path("/work"), env={"AWS_IOT_THING_NAME": "car-1"})
     defaults = Config(thing="car-1")
+    # the two Greengrass choices; everything else is exactly the TOML defaults
     assert cfg.uplink.kind == "greengrass" and cfg.log.format == "json"
-    # everything else is exactly the TOML defaults
+    assert cfg.uplink == dataclasses.replace(defaults.uplink, kind="greengrass")
+    assert cfg.log == dataclasses.replace(defaults.log, format="json")
     for section in ("gnss", "can", "rules", "telemetry", "health"):
         assert getattr(cfg, section) == getattr(defaults, section), section
-    assert cfg.outbox.path == Path("/work/outbox.db")
-    assert cfg.outbox.max_mb == defaults.outbox.max_mb
+    assert cfg.outbox == dataclasses.replace(defaults.outbox, path=Path("/work/outbox.db"))
+    # on the device the recipe points rules.zones at com.vehicleedge.Zones' file
+    zones = "/greengrass/v2/work/com.vehicleedge.Zones/zones.geojson"
+    cfg = config_from_component(dc, base=Path("/work"),
+                                env={"AWS_IOT_THING_NAME": "car-1", "VEHICLE_EDGE_ZONES": zones})
+    assert cfg.rules.zones == Path(zones)
+
+
+def test_default_configuration_template_typo_fails_the_build() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import build_components as bc
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    with pytest.raises(bc.BuildError, match=r"rules\.speed\.limit_kph"):
+        bc.merge_config(bc.config_defaults(), {"rules": {"speed": {"limit_kph": 50}}})
 
 
 @pytest.mark.parametrize("name", ["com.vehicleedge.Daemon", "com.vehicleedge.Simulator"])
@@ -339,3 +382,167 @@ def test_iot_policy_scoped_to_thing() -> None:
                     assert "${iot:Connection.Thing.ThingName}" in res, res
     publish = next(st for st in doc["Statement"] if st["Action"] == "iot:Publish")
     assert publish["Resource"].endswith("topic/vehicles/${iot:Connection.Thing.ThingName}/*")
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def test_simulator_publishes_through_greengrass_as_this_thing_only(
+    rendered: dict[str, Any],
+) -> None:
+    sim = rendered["com.vehicleedge.Simulator"]
+    dc = sim["ComponentConfiguration"]["DefaultConfiguration"]
+    assert dc["drive"] == "city" and dc["rate"] == 1.0
+    # exactly one permission: PublishToIoTCore on this thing's topics; no pubsub, no config
+    assert dc["accessControl"] == {
+        "aws.greengrass.ipc.mqttproxy": {
+            "com.vehicleedge.Simulator:mqttproxy:1": {
+                "policyDescription": dc["accessControl"]["aws.greengrass.ipc.mqttproxy"][
+                    "com.vehicleedge.Simulator:mqttproxy:1"]["policyDescription"],
+                "operations": ["aws.greengrass#PublishToIoTCore"],
+                "resources": ["vehicles/{iot:thingName}/*"],
+            }
+        }
+    }
+    out = Path(rendered["_out"]["dir"])
+    arts = out / "com.vehicleedge.Simulator" / VERSION / "artifacts"
+    assert (arts / "sim-config.py").read_bytes() == (ROOT / "components" / "sim-config.py"
+                                                      ).read_bytes()
+    for m in sim["Manifests"]:
+        run = m["Lifecycle"]["run"]["script"]
+        assert '{artifacts:path}/sim-config.py "{configuration:/drive}" "{iot:thingName}"' in run
+        assert "edge sim \"$D\" --config {work:path}/sim.toml" in run
+        assert "--rate {configuration:/rate}" in run
+        assert "sim-config.py" in {a["Uri"].rsplit("/", 1)[-1] for a in m["Artifacts"]}
+
+
+def test_sim_config_helper_writes_a_greengrass_config_for_the_drive(tmp_path: Path) -> None:
+    """What the Simulator's run step executes, run for real on the bundled city drive."""
+    from edge.config import load_config
+
+    out = tmp_path / "work" / "sim.toml"
+    r = subprocess.run([sys.executable, str(ROOT / "components" / "sim-config.py"), "city",
+                        "bench-gw-1", str(out)], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    drive = Path(r.stdout.strip())
+    assert drive == ROOT / "sim" / "drives" / "city"
+    cfg = load_config(out)  # a valid TOML config that `edge sim --config` accepts
+    assert cfg.thing == "bench-gw-1" and cfg.uplink.kind == "greengrass"
+    assert cfg.outbox.path == out.parent / "sim-outbox.db"
+    assert cfg.log.format == "json"
+    # the vehicle comes from the drive's own config, its paths made absolute
+    assert cfg.rules.zones is not None and cfg.rules.zones.is_absolute()
+    assert cfg.rules.zones.resolve() == (drive / "zones.geojson").resolve()
+    assert cfg.can.dbc is not None and cfg.can.dbc.is_file()
+    assert cfg.rules.speed.limit_kmh == 50
+    for bad in ("../../etc", "no-such-drive", ""):
+        r = subprocess.run([sys.executable, str(ROOT / "components" / "sim-config.py"), bad,
+                            "bench-gw-1", str(tmp_path / "x.toml")], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and "sim-config:" in r.stderr, bad
+        assert not (tmp_path / "x.toml").exists()
+
+
+# --------------------------------------------------------------------------- GDK projects
+
+SEMVER = r"^\d+\.\d+\.\d+(-[0-9A-Za-z.\-]+)?(\+[0-9A-Za-z.\-]+)?$"
+# the fields of the GDK CLI's gdk-config.json schema (gdk/static/config_schema.json) that
+# `gdk component build|publish` read for a custom build, written here
+GDK_CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["component", "gdk_version"],
+    "properties": {
+        "gdk_version": {"type": "string", "pattern": SEMVER},
+        "component": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["author", "version", "build", "publish"],
+                "properties": {
+                    "author": {"type": "string"},
+                    "version": {"anyOf": [{"type": "string", "pattern": SEMVER},
+                                          {"enum": ["NEXT_PATCH"]}]},
+                    "build": {
+                        "type": "object",
+                        "required": ["build_system", "custom_build_command"],
+                        "properties": {
+                            "build_system": {"enum": ["custom"]},
+                            "custom_build_command": {"type": "array", "minItems": 1,
+                                                     "items": {"type": "string"}},
+                        },
+                    },
+                    "publish": {
+                        "type": "object",
+                        "required": ["bucket", "region"],
+                        "properties": {"bucket": {"type": "string", "minLength": 1},
+                                       "region": {"type": "string",
+                                                  "pattern": r"^[a-z]{2}(-gov)?-[a-z]+-\d$"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_component_dir_is_a_gdk_project(name: str) -> None:
+    cdir = ROOT / "components" / name
+    recipe = cdir / "recipe.json"
+    assert recipe.is_file(), f"{recipe} missing (GDK needs recipe.json or recipe.yaml)"
+    if recipe.is_symlink():  # survives git clone only as a relative link inside the repo
+        target = os.readlink(recipe)
+        assert not os.path.isabs(target), target
+        assert recipe.resolve().is_relative_to(ROOT), target
+    assert json.loads(recipe.read_text())["ComponentName"] == name
+    conf = json.loads((cdir / "gdk-config.json").read_text())
+    jsonschema.validate(conf, GDK_CONFIG_SCHEMA)
+    assert list(conf["component"]) == [name]
+    cmd = conf["component"][name]["build"]["custom_build_command"]
+    assert cmd[-2:] == ["--gdk", name]
+    assert (cdir / cmd[1]).resolve() == BUILD  # relative to the project dir, where GDK runs it
+
+
+def test_recipe_symlinks_are_tracked_as_symlinks() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-s", "--", "components"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"git unavailable: {r.stderr.strip()}")
+    modes = {line.split("\t")[1]: line.split()[0] for line in r.stdout.splitlines()}
+    for name in COMPONENTS:
+        path = f"components/{name}/recipe.json"
+        if (ROOT / path).is_symlink() and path in modes:  # new files: not committed yet
+            assert modes[path] == "120000", path
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_gdk_custom_build_writes_what_gdk_publishes(tmp_path: Path, name: str) -> None:
+    """Run the project's custom_build_command as `gdk component build` does (in the
+    component dir), in a copy of the layout so the source tree stays clean."""
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    proj = tmp_path / "components" / name
+    proj.mkdir(parents=True)
+    conf_text = (ROOT / "components" / name / "gdk-config.json").read_text()
+    (proj / "gdk-config.json").write_text(conf_text)
+    conf = json.loads(conf_text)["component"][name]
+    cmd = [sys.executable if c in ("python3", "python") else c
+           for c in conf["build"]["custom_build_command"]]
+    r = subprocess.run([*cmd, "--skip-wheelhouse"], cwd=proj, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    built = json.loads((proj / "greengrass-build" / "recipes" / "recipe.json").read_text())
+    assert built["ComponentName"] == name
+    jsonschema.validate(lower_keys(built), RECIPE_SCHEMA)
+    # GDK uploads from artifacts/<name>/<gdk-config version> (NEXT_PATCH literally)
+    adir = proj / "greengrass-build" / "artifacts" / name / conf["version"]
+    present = {p.name for p in adir.iterdir()}
+    for m in built["Manifests"]:
+        for a in m.get("Artifacts", []):
+            art = a["Uri"].rsplit("/", 1)[-1]
+            if not art.startswith("wheelhouse-"):  # skipped here; built by `make components`
+                assert art in present, art
