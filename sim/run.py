@@ -23,6 +23,7 @@ from typing import Any, Literal, TextIO
 import structlog
 
 from edge.config import Config
+from edge.errors import CanError
 from sim.drive import load_drive
 from sim.pty import PtySerial
 from sim.replay import BusCanSink, Replayer, VirtualCanSink
@@ -97,37 +98,65 @@ async def run_sim(
     rate: float | None,
     loop: bool = False,
     can_mode: CanMode = "auto",
-    socketcan_channel: str = "vcan0",
+    can_channel: str | None = None,
     max_gap_s: float | None = None,
     drain_s: float = 2.0,
     open_timeout_s: float = 15.0,
     progress: TextIO | None = sys.stderr,
 ) -> int:
-    """Replay ``drive`` into ptys and run the daemon on them; return the exit status."""
+    """Replay ``drive`` into ptys and run the daemon on them; return the exit status.
+
+    ``can_mode``: ``"slcan"`` (the fake USB adapter on a pty), ``"virtual"`` (python-can's
+    in-process bus), ``"socketcan"`` (a vcan interface the host already has) or ``"auto"``
+    (slcan when ``sim.slcan`` is importable and no channel is named, else virtual).
+    ``can_channel`` names the bus for virtual (default: a fresh random name) and
+    socketcan (default ``vcan0``); the slcan adapter's channel is its pty, so a channel
+    with ``"slcan"`` is a ``ValueError``. A socketcan interface that cannot be opened is
+    a ``CanError`` saying how to create it.
+    ``max_gap_s`` shortens idle gaps of the timeline (only matters with a ``rate``).
+    """
     from edge.app import Daemon, run_until_signalled
+
+    if max_gap_s is not None and max_gap_s < 0:
+        raise ValueError("max_gap_s must be >= 0")
+    if can_channel is not None and can_mode == "slcan":
+        raise ValueError("the slcan adapter's channel is its pty: no can_channel with slcan")
 
     d = load_drive(drive)
     # as fast as possible: pure back-pressure; in time: a UART that overruns after 1 s
     pty = PtySerial(write_timeout_s=None if rate is None else 1.0) if d.gnss is not None else None
     sink: Any = None
     can_iface: str | None = None
-    can_channel: str | None = None
+    bus_channel: str | None
     if d.can is not None and config.can.interface != "none":
-        adapter_cls = _slcan_adapter() if can_mode in ("slcan", "auto") else None
+        # auto with a named channel means a bus, not the adapter (whose channel is a pty)
+        want_slcan = can_mode == "slcan" or (can_mode == "auto" and can_channel is None)
+        adapter_cls = _slcan_adapter() if want_slcan else None
         if can_mode == "slcan" and adapter_cls is None:
             raise RuntimeError("sim.slcan.SlcanPtyAdapter is not available")
         if can_mode == "socketcan":
-            sink = BusCanSink(socketcan_channel, interface="socketcan")
-            can_iface, can_channel = "socketcan", socketcan_channel
+            bus_channel = can_channel or "vcan0"
+            try:
+                sink = BusCanSink(bus_channel, interface="socketcan")
+            except Exception as exc:  # no such interface, no socketcan on this OS
+                if pty is not None:
+                    pty.close()
+                raise CanError(
+                    f"cannot open socketcan interface {bus_channel!r} ({exc}); create one "
+                    f"with: sudo modprobe vcan && sudo ip link add {bus_channel} type vcan "
+                    f"&& sudo ip link set up {bus_channel}") from exc
+            can_iface = "socketcan"
         elif adapter_cls is not None:
             sink = adapter_cls()
-            can_iface, can_channel = "slcan", str(sink.path)
+            can_iface, bus_channel = "slcan", str(sink.path)
         else:
-            can_channel = f"sim-{uuid.uuid4().hex[:8]}"
-            sink = VirtualCanSink(can_channel)
+            bus_channel = can_channel or f"sim-{uuid.uuid4().hex[:8]}"
+            sink = VirtualCanSink(bus_channel)
             can_iface = "virtual"
+    else:
+        bus_channel = None
     cfg = sim_config(config, gnss_port=pty.path if pty else None,
-                     can_interface=can_iface, can_channel=can_channel)
+                     can_interface=can_iface, can_channel=bus_channel)
     bar = Progress(progress, label=f"sim {d.name}") if progress is not None else None
     replayer = Replayer(d, nmea=pty, can=sink, rate=rate, max_gap_s=max_gap_s, loop=loop,
                         progress=bar, wait_reader_s=open_timeout_s)

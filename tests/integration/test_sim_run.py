@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,88 @@ def test_sim_through_the_slcan_pty_adapter(tmp_path: Path) -> None:
     # every speed frame but those of the 3 s unplug (20 Hz) reached the daemon's decoder
     assert speed_frames - 70 <= health["can"]["samples"] <= speed_frames
     assert health["can"]["reopens"] >= 1  # it noticed the unplug and reopened the adapter
+
+
+def _write_config(tmp_path: Path, name: str) -> Path:
+    """The drive's own config.toml with a file uplink and paths under tmp_path."""
+    src = (DRIVES / name / "config.toml").read_text()
+    drive = DRIVES / name
+    replaced = ("[uplink]", "[outbox]", "[health]", "[log]")  # written below
+    body = []
+    section = ""
+    for line in src.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        if section in replaced:
+            continue
+        # relative paths in the drive's config are relative to the drive directory
+        for key in ("dbc", "zones"):
+            if stripped.startswith(f"{key} ="):
+                rel = stripped.split("=", 1)[1].strip().strip('"')
+                line = f'{key} = "{(drive / rel).resolve()}"'
+        body.append(line)
+    body += [
+        "",
+        "[uplink]",
+        'kind = "file"',
+        f'path = "{tmp_path / "published.jsonl"}"',
+        "",
+        "[outbox]",
+        f'path = "{tmp_path / "outbox.db"}"',
+        "",
+        "[health]",
+        f'path = "{tmp_path / "health.json"}"',
+        "interval_s = 1",
+        "",
+        "[log]",
+        'level = "warning"',
+    ]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(body) + "\n")
+    return path
+
+
+def test_edge_sim_cli_with_max_gap_on_a_virtual_bus(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, "faults")
+    channel = f"cli-{tmp_path.name}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "sim", str(DRIVES / "faults"), "--config", str(config),
+         "--max", "--max-gap", "0.5", "--can", "virtual", "--can-channel", channel],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = _alerts(tmp_path / "published.jsonl")
+    expected = _replay_alerts("faults", load_config(config))
+    fences = [e for e in got if e[0] == "geofence"]
+    assert fences == [("geofence", "enter"), ("geofence", "dwell"), ("geofence", "exit")]
+    assert fences == [e for e in expected if e[0] == "geofence"]
+    health = json.loads((tmp_path / "health.json").read_text())
+    assert health["can"]["interface"] == "virtual"
+    assert health["can"]["channel"] == channel  # --can-channel reached the daemon's config
+    assert health["can"]["samples"] > 0
+
+
+def test_edge_sim_cli_rejects_bad_options(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, "faults")
+    base = [sys.executable, "-m", "edge", "sim", str(DRIVES / "faults"), "--config", str(config)]
+    for extra, words in [
+        (["--max-gap", "-1"], "--max-gap"),
+        (["--can", "slcan", "--can-channel", "x"], "--can-channel"),
+        (["--can", "bogus"], "invalid choice"),
+    ]:
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert words in proc.stderr, (extra, proc.stderr)
+    assert not (tmp_path / "published.jsonl").exists()  # nothing ran
+
+
+def test_edge_sim_cli_names_the_missing_socketcan_interface(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, "faults")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "sim", str(DRIVES / "faults"), "--config", str(config),
+         "--max", "--can", "socketcan", "--can-channel", "vcanmissing9"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "vcanmissing9" in proc.stderr and "ip link add vcanmissing9 type vcan" in proc.stderr
