@@ -262,6 +262,10 @@ class CanSource:
         if wake is not None:
             wake.set()
 
+    def _push_many(self, batch: list[tuple[Any, float]]) -> None:
+        for msg, mono in batch:
+            self._push(msg, mono)
+
     def _on_readable(self, bus: Any) -> None:
         mono = time.monotonic()
         for _ in range(DRAIN_PER_WAKEUP):
@@ -292,23 +296,44 @@ class CanSource:
             return remove
 
         stop = threading.Event()
+        wanted, extended = self._wanted, self._extended
+
+        def hand_over(batch: list[tuple[Any, float]]) -> bool:
+            if batch:
+                try:
+                    loop.call_soon_threadsafe(self._push_many, batch)
+                except RuntimeError:  # loop closed
+                    return False
+            return True
 
         def reader() -> None:
+            # Buses without a file descriptor (virtual, some vendor drivers): a thread
+            # reads, drops the IDs we do not need right there -- before they cost the
+            # event loop anything, as a kernel filter would -- and hands the rest over
+            # in batches of what arrived together (one loop wake-up per batch).
             while not stop.is_set():
+                batch: list[tuple[Any, float]] = []
                 try:
                     msg = bus.recv(0.1)
+                    while msg is not None:
+                        if msg.is_error_frame or (msg.arbitration_id in wanted
+                                                  and msg.is_extended_id == extended):
+                            batch.append((msg, time.monotonic()))
+                            if len(batch) >= DRAIN_PER_WAKEUP:
+                                break
+                        msg = bus.recv(0)
                 except (ValueError, IndexError) as exc:
+                    if not hand_over(batch):
+                        return
                     loop.call_soon_threadsafe(self._malformed, exc)
                     continue
                 except Exception as exc:
+                    hand_over(batch)
                     if not stop.is_set():
                         loop.call_soon_threadsafe(self._fail, f"read failed: {exc}")
                     return
-                if msg is not None:
-                    try:
-                        loop.call_soon_threadsafe(self._push, msg, time.monotonic())
-                    except RuntimeError:  # loop closed
-                        return
+                if not hand_over(batch):
+                    return
 
         thread = threading.Thread(target=reader, name=f"can-read-{self.config.channel}",
                                   daemon=True)
