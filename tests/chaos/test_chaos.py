@@ -17,22 +17,29 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from edge.outbox import Outbox
+from sim.slcan import SlcanPtyAdapter
 from tests.chaos.conftest import Scale
 from tests.support.broker import Broker, Subscriber
 from tests.support.chaos import (
+    CAN_FAST_KMH,
+    LIMIT_KMH,
+    CanFeeder,
     Daemon,
     Feeder,
     Ledger,
     NetCut,
     Tally,
     alert_ids,
+    cruise_epoch,
+    drive_epoch,
     settle,
     tally,
     wait_until,
@@ -83,13 +90,15 @@ class Rig:
 
 
 def _rig(tmp: Path, broker: Broker, scale: Scale, *, outbox: Path | None = None,
-         max_mb: float = 64.0, preexec: object = None) -> Iterator[Rig]:
+         max_mb: float = 64.0, preexec: object = None,
+         make: Callable[[int], bytes] = drive_epoch, extra: str = "") -> Iterator[Rig]:
     net = NetCut(broker.port)
-    feeder = Feeder(tmp / "gps", period=scale.period)
+    feeder = Feeder(tmp / "gps", period=scale.period, make=make)
     sub = Subscriber(broker, topic="vehicles/+/events/#")
     db = outbox or tmp / "outbox.db"
     ledger = Ledger(db)
-    cfg = write_config(tmp, broker, tmp / "gps", port=net.port, outbox=db, max_mb=max_mb)
+    cfg = write_config(tmp, broker, tmp / "gps", port=net.port, outbox=db, max_mb=max_mb,
+                       extra=extra)
     daemon = Daemon(cfg, tmp / "daemon.log", preexec=preexec)  # type: ignore[arg-type]
     rig = Rig(tmp, broker, net, feeder, sub, ledger, daemon)
     try:
@@ -105,6 +114,18 @@ def _rig(tmp: Path, broker: Broker, scale: Scale, *, outbox: Path | None = None,
 @pytest.fixture
 def rig(tmp_path: Path, broker: Broker, scale: Scale) -> Iterator[Rig]:
     yield from _rig(tmp_path, broker, scale)
+
+
+def _accepted_at_least(r: Rig, n: int) -> bool:
+    return len(r.ledger.accepted()) >= n
+
+
+def _evicted_any(r: Rig) -> bool:
+    return any(k.startswith("evicted_") for k in r.ledger.counters())
+
+
+def _outbox_mode_is(r: Rig, mode: str) -> bool:
+    return r.health().get("outbox_mode") == mode
 
 
 def _first_alert(r: Rig, timeout: float = 20.0) -> None:
@@ -169,11 +190,20 @@ def test_outbox_cap_evicts_telemetry_never_alerts(tmp_path: Path, broker: Broker
         r.daemon.start()
         while r.feeder.index < scale.outage_drive_s:
             time.sleep(0.1)
-        assert wait_until(lambda r=r: any(k.startswith("evicted_") for k in r.ledger.counters()),
-                          10), r.ledger.counters()
+        assert wait_until(partial(_evicted_any, r), 10), r.ledger.counters()
         counters = r.ledger.counters()
         assert counters.get("evicted_alert", 0) == 0, counters
         evicted = {k: v for k, v in counters.items() if k.startswith("evicted_")}
+
+        # the drops are visible where an operator looks: the daemon's health file
+        def health_counters(r: Rig = r) -> dict[str, int]:
+            outbox = r.health().get("outbox")
+            got = outbox.get("counters") if isinstance(outbox, dict) else None
+            return dict(got) if isinstance(got, dict) else {}
+
+        assert wait_until(lambda: health_counters().get("evicted_telemetry", 0) > 0, 10), (
+            r.health().get("outbox"), r.daemon.stderr_tail())
+        assert health_counters().get("evicted_alert", 0) == 0, health_counters()
         r.finish("outbox-cap", record_tally, cap_kb=round(cap_mb * 1024), **evicted)
 
 
@@ -203,7 +233,7 @@ def test_disk_full_holds_alerts_in_memory_then_commits_them(
             r.net.down()
             r.feeder.start()
             r.daemon.start()
-            assert wait_until(lambda r=r: len(r.ledger.accepted()) >= 5, 20)
+            assert wait_until(partial(_accepted_at_least, r, 5), 20)
             filler = disk / "filler"
             if mounted:
                 with filler.open("wb") as f, contextlib.suppress(OSError):
@@ -213,7 +243,7 @@ def test_disk_full_holds_alerts_in_memory_then_commits_them(
             else:
                 size = (disk / "outbox.db-wal").stat().st_size
                 resource.prlimit(r.daemon.pid, resource.RLIMIT_FSIZE, (size, size))
-            assert wait_until(lambda r=r: r.health().get("outbox_mode") == "memory-fallback", 20), (
+            assert wait_until(partial(_outbox_mode_is, r, "memory-fallback"), 20), (
                 r.health(), r.daemon.stderr_tail())
             time.sleep(2.0)  # full for a while: alerts wait in memory
             assert r.daemon.alive(), r.daemon.stderr_tail()
@@ -224,7 +254,7 @@ def test_disk_full_holds_alerts_in_memory_then_commits_them(
             else:
                 inf = resource.RLIM_INFINITY
                 resource.prlimit(r.daemon.pid, resource.RLIMIT_FSIZE, (inf, inf))
-            assert wait_until(lambda r=r: r.health().get("outbox_mode") == "disk", 20), (
+            assert wait_until(partial(_outbox_mode_is, r, "disk"), 20), (
                 "still memory-fallback after the disk was freed; health written"
                 f" {time.time() - float(str(r.health().get('written_at', 0))):.1f} s ago",
                 r.health().get("counters"), r.daemon.stderr_tail())
@@ -248,7 +278,109 @@ def test_serial_unplug_and_replug(rig: Rig, scale: Scale,
         before = len(rig.ledger.accepted())
         rig.feeder.plug()
         # alerts flow again from the replugged receiver, under the same path
-        assert wait_until(lambda b=before: len(rig.ledger.accepted()) > b + 2, 20), (
+        assert wait_until(partial(_accepted_at_least, rig, before + 3), 20), (
             rig.health().get("gnss"), rig.daemon.stderr_tail())
     gnss = rig.health().get("gnss")
     rig.finish("serial-unplug", record_tally, unplugs=rig.feeder.unplugs, gnss=gnss)
+
+
+DEMO_DBC = Path(__file__).resolve().parents[2] / "sim" / "dbc" / "demo.dbc"
+
+
+def _can_section(channel: str) -> str:
+    return (
+        "[can]\n"
+        'interface = "slcan"\n'
+        f'channel = "{channel}"\n'
+        f'dbc = "{DEMO_DBC}"\n'
+        'speed_signal = "VEHICLE_SPEED.SPEED_KMH"\n'
+        "slcan_open_delay_s = 0\n"
+        "reopen_max_s = 0.5\n"
+    )
+
+
+def _can_health(r: Rig) -> dict[str, object]:
+    can = r.health().get("can")
+    return dict(can) if isinstance(can, dict) else {}
+
+
+def _overspeeds_at_least(r: Rig, n: int) -> bool:
+    return len(r.ledger.accepted_on("overspeed")) >= n
+
+
+def _can_closed(r: Rig) -> bool:
+    return _can_health(r).get("state") != "open"
+
+
+def _can_reopened(r: Rig, opens_before: int) -> bool:
+    h = _can_health(r)
+    return int(str(h.get("opens", 0))) > opens_before and h.get("state") == "open"
+
+
+def _overspeed_speeds(r: Rig) -> list[float]:
+    """``speed_kmh`` of every overspeed start the observer received."""
+    out = []
+    for topic, payload in r.sub.messages:
+        if topic.endswith("/events/overspeed"):
+            body = json.loads(payload)
+            if body.get("phase") == "start":
+                out.append(float(body["speed_kmh"]))
+    return out
+
+
+def test_slcan_unplug_and_replug(tmp_path: Path, broker: Broker, scale: Scale,
+                                 record_tally: list[Tally]) -> None:
+    """CAN speed over a USB-CAN adapter pulled out mid-drive and plugged back in.
+
+    GNSS cruises below the limit, so every overspeed alert comes from CAN speed (the
+    engine prefers it while fresh); while the adapter is out the engine falls back to
+    GNSS speed and the episode ends; after the replug CAN speeding raises alerts again.
+    """
+    adapter = SlcanPtyAdapter(link=tmp_path / "ttyACM0")
+    can = CanFeeder(adapter, period=0.02, toggle=25)  # 0.5 s at 90 km/h, 0.5 s at 30
+    cycles = 3 if scale.full else 1
+    try:
+        for r in _rig(tmp_path, broker, scale, make=cruise_epoch,
+                      extra=_can_section(adapter.path)):
+            r.feeder.start()
+            can.start()
+            r.daemon.start()
+            assert adapter.wait_open(20), ("the daemon never opened the adapter",
+                                           r.daemon.stderr_tail())
+            assert wait_until(partial(_overspeeds_at_least, r, 2), 20), (
+                _can_health(r), r.daemon.stderr_tail())
+            for n in range(1, cycles + 1):
+                opens = int(str(_can_health(r).get("opens", 0)))
+                adapter.unplug()
+                assert wait_until(partial(_can_closed, r), 5), (
+                    _can_health(r), r.daemon.stderr_tail())
+                time.sleep(2.0 if scale.full else 1.0)  # the daemon keeps trying meanwhile
+                assert r.daemon.alive(), r.daemon.stderr_tail()
+                unplugged = _can_health(r)
+                assert unplugged.get("state") != "open", unplugged
+                before = len(r.ledger.accepted_on("overspeed"))
+                adapter.replug()  # a new device node behind the same path
+                assert adapter.wait_open(10), (_can_health(r), r.daemon.stderr_tail())
+                # CAN speeding raises alerts again: at least one start and one end
+                assert wait_until(partial(_overspeeds_at_least, r, before + 2), 15), (
+                    _can_health(r), r.daemon.stderr_tail())
+                assert wait_until(partial(_can_reopened, r, opens), 5), (
+                    _can_health(r), r.daemon.stderr_tail())
+                assert int(str(_can_health(r).get("reopens", 0))) >= n, _can_health(r)
+            h = r.health()
+            health_can = _can_health(r)
+            assert int(str(health_can.get("samples", 0))) > 0, health_can
+            speed = h.get("speed")
+            assert isinstance(speed, dict) and speed.get("source") == "can", speed
+            assert r.daemon.starts == 1, "the daemon was restarted"
+            can.pause()
+            r.finish("slcan-unplug", record_tally, unplugs=cycles,
+                     can_frames_lost=can.lost, reopens=health_can.get("reopens"),
+                     open_failures=health_can.get("open_failures"))
+            # every overspeed came from the bus: GNSS alone never exceeds the limit
+            speeds = _overspeed_speeds(r)
+            assert len(speeds) >= 2 and all(v == pytest.approx(CAN_FAST_KMH) for v in speeds)
+            assert LIMIT_KMH < CAN_FAST_KMH
+    finally:
+        can.close()
+        adapter.close()

@@ -56,6 +56,24 @@ def drive_epoch(i: int) -> bytes:
     return epoch(T0 + timedelta(seconds=i), LAT0 + i * STEP_DEG, LON0, speed)
 
 
+def cruise_epoch(i: int) -> bytes:
+    """Like ``drive_epoch`` at a steady ``SLOW_KMH``: GNSS speed alone never speeds."""
+    return epoch(T0 + timedelta(seconds=i), LAT0 + i * STEP_DEG, LON0, SLOW_KMH)
+
+
+CAN_SPEED_ID = 0x3E9  # VEHICLE_SPEED of sim/dbc/demo.dbc
+CAN_FAST_KMH = 90.0  # well above LIMIT_KMH and far from any GNSS speed of the drives
+
+
+def speed_frame(kmh: float, counter: int = 0) -> bytes:
+    """VEHICLE_SPEED: SPEED_KMH 0.01 km/h per bit little endian, SPEED_VALID, counter."""
+    data = bytearray(8)
+    data[0:2] = round(kmh * 100).to_bytes(2, "little")
+    data[2] = 0x01
+    data[7] = counter & 0x0F
+    return bytes(data)
+
+
 def write_zones(path: Path, n: int = 40) -> Path:
     """Fence stripes across the road every ~220 m (20 epochs): geofence enter/exit."""
     feats = []
@@ -192,6 +210,58 @@ class Feeder:
         self.unplug()
 
 
+class CanFeeder:
+    """The ABS unit on the bus behind an slcan adapter (``sim.slcan.SlcanPtyAdapter``).
+
+    Sends VEHICLE_SPEED every ``period`` seconds: ``toggle`` frames at ``CAN_FAST_KMH``,
+    then ``toggle`` frames at ``SLOW_KMH``, and again. A frame sent while the adapter is
+    unplugged or its channel closed is lost (``lost``), as on a real bus.
+    """
+
+    def __init__(self, adapter: Any, period: float = 0.02, toggle: int = 25) -> None:
+        self.adapter = adapter
+        self.period = period
+        self.toggle = toggle
+        self.index = 0
+        self.sent = 0
+        self.lost = 0
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._t = threading.Thread(target=self._run, name="can-feeder", daemon=True)
+
+    def speed(self, i: int) -> float:
+        return CAN_FAST_KMH if (i // self.toggle) % 2 == 0 else SLOW_KMH
+
+    def start(self) -> CanFeeder:
+        self._t.start()
+        return self
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def _run(self) -> None:
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            if not self._paused.is_set():
+                i = self.index
+                if self.adapter.send(CAN_SPEED_ID, speed_frame(self.speed(i), i)):
+                    self.sent += 1
+                else:
+                    self.lost += 1
+                self.index += 1
+            nxt += self.period
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                nxt = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._t.is_alive():
+            self._t.join(5)
+
+
 # --------------------------------------------------------------------------- the network
 
 
@@ -210,6 +280,7 @@ class NetCut:
         self._srv.listen(16)
         self.port = int(self._srv.getsockname()[1])
         self._up = True
+        self._stalled = threading.Event()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -246,6 +317,8 @@ class NetCut:
                 data = a.recv(65536)
                 if not data:
                     break
+                while self._stalled.is_set() and not self._closed:
+                    time.sleep(0.01)  # held: the peer sees a live but silent link
                 b.sendall(data)
         except OSError:
             pass
@@ -270,8 +343,17 @@ class NetCut:
     def up(self) -> None:
         self._up = True
 
+    def stall(self, on: bool = True) -> None:
+        """Keep every connection open but forward nothing (a black-holed route):
+        the daemon stays "connected" while no PUBACK ever comes back."""
+        if on:
+            self._stalled.set()
+        else:
+            self._stalled.clear()
+
     def close(self) -> None:
         self._closed = True
+        self._stalled.clear()
         self.down()
         self._srv.close()
 
@@ -307,6 +389,12 @@ class Ledger:
     def accepted(self) -> list[str]:
         with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as c:
             return [r[0] for r in c.execute("SELECT id FROM chaos_accepted ORDER BY n")]
+
+    def accepted_on(self, kind: str) -> list[str]:
+        """Accepted alert ids of one event kind (the topic's last level)."""
+        with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as c:
+            return [r[0] for r in c.execute(
+                "SELECT id FROM chaos_accepted WHERE topic LIKE ? ORDER BY n", (f"%/{kind}",))]
 
     def counters(self) -> dict[str, int]:
         with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as c:
