@@ -94,28 +94,6 @@ def _bare_paho(b: Broker, n: int) -> float:
     return n / dt
 
 
-async def _broker_back(b: Broker) -> float:
-    from edge.app import Daemon
-
-    b.stop()
-    t_up = 0.0
-
-    async def restart() -> None:
-        nonlocal t_up
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(b.start)
-        t_up = time.perf_counter()
-
-    task = asyncio.create_task(restart())
-    # what the daemon's reconnect loop does while the port is closed (uplink.probe_s 0.5)
-    while not await Daemon._port_open("localhost", b.port):
-        await asyncio.sleep(0.5)
-    async with MqttUplink(_cfg(b), client_id=THING) as up:
-        await up.publish(f"vehicles/{THING}/telemetry", b"{}")
-    await task
-    return time.perf_counter() - t_up
-
-
 def _backlog(path: Path, n: int) -> None:
     """An outbox holding ``n`` queued telemetry rows, written in bulk."""
     Outbox(path).close()
@@ -179,6 +157,57 @@ def _daemon_backlog_alert(b: Broker, tmp: Path, n: int = 1_000_000) -> tuple[flo
     return first, got and body.get("type") == "overspeed" and backlog_there
 
 
+def _delivered(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0) as c:
+            row = c.execute("SELECT value FROM counters WHERE name = 'delivered'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _daemon_broker_back(b: Broker, tmp: Path) -> tuple[float, bool]:
+    """``edge run`` as a process, the broker stopped for 3 s while fixes keep coming, then
+    started again on the same port: broker start -> the daemon's first PUBACKed publish
+    (the outbox's delivered counter moves)."""
+    from tests.system.test_daemon import PtyFeeder
+
+    db = tmp / "outbox.db"
+    feeder = PtyFeeder(period=0.05)
+    cfg = tmp / "edge.toml"
+    cfg.write_text(
+        f'thing = "{THING}"\n[gnss]\nport = "{feeder.path}"\n'
+        f'[outbox]\npath = "{db}"\n[log]\nformat = "json"\nlevel = "warning"\n'
+        + b.uplink_section(THING)
+    )
+    feeder.start()
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=(tmp / "stderr").open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while _delivered(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b.stop()
+        time.sleep(3.0)
+        before = _delivered(db)
+        b.start()
+        t_up = time.perf_counter()
+        deadline = time.monotonic() + 30
+        while _delivered(db) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        back = time.perf_counter() - t_up
+        ok = _delivered(db) > before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        feeder.close()
+    return back, ok
+
+
 def run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     pki = Pki.create([THING])
@@ -196,7 +225,7 @@ def run() -> list[dict[str, Any]]:
                              bare, ">= 0.5x bare paho QoS1 loop", n / dt >= 0.5 * bare))
             for comp in ("none", "gzip"):
                 ob.put(_envs(86_400))
-                dt = _loop_run(_drain(b, ob, compression=comp, batch_max=400, quota=True))
+                dt = _loop_run(_drain(b, ob, compression=comp, batch_max=60, quota=True))
                 rows.append(_row(f"24 h of 1 Hz telemetry under IoT quotas ({comp})", dt, "s",
                                  None, "<= 60 s", dt <= 60.0, higher_better=False))
             ob.close()
@@ -205,9 +234,10 @@ def run() -> list[dict[str, Any]]:
         rows.append(_row("edge run on a 1M-row backlog -> first new alert at observer", first,
                          "s", None, "<= 2 s (process start to receipt)", ok and first <= 2.0,
                          higher_better=False))
-        back = _loop_run(_broker_back(b))
-        rows.append(_row("broker back -> first publish (port probe 0.5 s)", back, "s", None,
-                         "<= 2 s", back <= 2.0, higher_better=False))
+        with tempfile.TemporaryDirectory() as d:
+            back, ok = _daemon_broker_back(b, Path(d))
+        rows.append(_row("edge run: broker back -> first PUBACKed publish", back, "s", None,
+                         "<= 2 s", ok and back <= 2.0, higher_better=False))
     finally:
         b.stop()
         shutil.rmtree(pki.dir, ignore_errors=True)

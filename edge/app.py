@@ -56,6 +56,41 @@ QUEUE_MAX = 10_000  # envelopes waiting for the outbox writer
 CLAIM = 100  # rows claimed from the outbox per round
 SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit, all steps together
 DRAIN_GRACE_S = 1.0  # of which the uplink may spend this delivering what is queued
+TRIM_EVERY_S = 10.0  # hand freed heap back to the OS this often (see _trim_heap)
+
+
+def _load_trim() -> Callable[[], None] | None:
+    """glibc keeps memory freed after a burst (a backlog drained, a fast replay) in its
+    arenas; ``malloc_trim(0)`` returns it, so RSS on a Pi follows the working set
+    instead of the high-water mark. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return None
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+
+    def run() -> None:
+        trim(0)
+
+    return run
+
+
+_TRIM: Callable[[], None] | None = None
+_TRIM_LOADED = False
+
+
+def _trim_heap() -> None:
+    global _TRIM, _TRIM_LOADED
+    if not _TRIM_LOADED:
+        _TRIM, _TRIM_LOADED = _load_trim(), True
+    if _TRIM is not None:
+        _TRIM()
 
 
 def make_uplink(config: Config) -> Uplink:
@@ -514,6 +549,8 @@ class Daemon:
     async def _ticker(self) -> None:
         assert self.engine is not None
         next_status = time.monotonic() + min(5.0, self.config.log.status_interval_s)
+        next_trim = time.monotonic() + TRIM_EVERY_S
+        trimmed_at = 0
         while True:
             await asyncio.sleep(1.0)
             engine = self.engine
@@ -522,6 +559,12 @@ class Daemon:
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.config.log.status_interval_s
                 self._log_status()
+            burst = self.counters["published"] - trimmed_at > 1000
+            if burst or time.monotonic() >= next_trim:
+                # periodically, and at once after a burst (a backlog drained)
+                next_trim = time.monotonic() + TRIM_EVERY_S
+                trimmed_at = self.counters["published"]
+                _trim_heap()
 
     def _log_status(self) -> None:
         assert self.engine is not None

@@ -59,7 +59,7 @@ CONTENT_ENCODING = "content-encoding"
 URGENT_RECHECK_S = 0.02
 # rows claimed per worker-thread hop: urgent lanes / telemetry
 CLAIM_ROWS = 256
-CLAIM_TELEMETRY_ROWS = 4096
+CLAIM_TELEMETRY_ROWS = 1024  # ~0.5 MB of payloads in memory; 10 hops/s cover the quota
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
