@@ -21,8 +21,9 @@ becomes one ``Zone``; its ``properties`` say what it is:
 Geometry is kept in metres, each zone in its own local frame (``edge.core.geo``), so
 circles, corridors and hysteresis are exact in metres and a fence that crosses the
 antimeridian (either split as RFC 7946 asks, or drawn with longitudes past ±180) works.
-One ``shapely.STRtree`` over every zone's lon/lat bounding box (with a ±360° copy for
-boxes that cross the antimeridian) finds candidates; prepared geometries answer.
+One packed R-tree (``edge.core.spatial.BoxTree``) over every zone's lon/lat bounding
+box (with a ±360° copy for boxes that cross the antimeridian) finds candidates; the
+shapes answer in plain Python (``edge.core.spatial``): no shapely or numpy at runtime.
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-import shapely
-from shapely.geometry.base import BaseGeometry
-
 from edge.core.geo import M_PER_DEG, MIN_COS, LocalFrame, wrap_lon
+from edge.core.spatial import BoxTree, Circle, Corridor, Polygon, polygon_problem, ring_area
 from edge.errors import ZonesError
 
 ZoneKind = Literal["fence", "speed", "poi"]
@@ -48,7 +47,8 @@ ZoneShape = Literal["polygon", "circle", "corridor"]
 KINDS: tuple[str, ...] = ("fence", "speed", "poi")
 MPH_KMH = 1.609344
 _SAFETY = 1.05
-FAST_VERTICES = 48  # up to this many vertices, distances are computed in Python
+FAST_VERTICES = 48  # up to this many vertices, a shape is scanned whole (no edge grid)
+Shape = Circle | Corridor | Polygon
 KNOT_KMH = 1.852
 _MAXSPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$", re.I)
 
@@ -88,16 +88,15 @@ class Zone:
     kind: ZoneKind
     shape: ZoneShape
     frame: LocalFrame
-    geom: BaseGeometry  # metres in ``frame``; prepared
-    boundary: BaseGeometry  # metres in ``frame``; prepared
+    geom: Shape  # metres in ``frame``
     bounds: tuple[float, float, float, float]  # lon/lat box; lon may pass ±180
     maxspeed_kmh: float | None = None
     dwell_s: float | None = None
     radius_m: float | None = None
     width_m: float | None = None
     offer: Any = None
-    # small shapes are measured in plain Python (cheaper than a GEOS call per fix):
-    # polygon rings or the corridor's centre line, in metres; () -> use GEOS
+    # small shapes are measured by scanning all their edges: polygon rings (even-odd)
+    # or the corridor's centre line, in metres; () -> ``geom`` answers (edge grid)
     coords: tuple[tuple[tuple[float, float], ...], ...] = ()
     digest: str = ""  # hash of the feature: equal digests mean an unchanged zone
 
@@ -115,10 +114,7 @@ class Zone:
                 assert self.width_m is not None
                 return _polyline_distance(self.coords[0], x, y) - self.width_m / 2.0
             return _rings_signed_distance(self.coords, x, y)
-        pt = shapely.Point(x, y)
-        if shapely.contains_xy(self.geom, x, y):
-            return -float(shapely.distance(self.boundary, pt))
-        return float(shapely.distance(self.geom, pt))
+        return self.geom.signed_distance(x, y)
 
     def segment_hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
         """Whether the straight segment between two points passes through the zone."""
@@ -127,7 +123,7 @@ class Zone:
         if self.shape == "circle":
             assert self.radius_m is not None
             return _segment_point_distance(a, b) <= self.radius_m
-        return bool(self.geom.intersects(shapely.LineString([a, b])))
+        return self.geom.intersects_segment(a[0], a[1], b[0], b[1])
 
 
 def _rings_signed_distance(
@@ -187,7 +183,7 @@ class Zones:
     """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
 
     zones: tuple[Zone, ...]
-    tree: shapely.STRtree
+    tree: BoxTree  # lon/lat boxes (antimeridian-crossing ones also shifted by ±360°)
     tree_zone: tuple[int, ...]  # tree item -> zone index (antimeridian boxes appear twice)
     by_id: Mapping[str, Zone]
     source: str = "<zones>"
@@ -208,20 +204,21 @@ class Zones:
 
     def query_box(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> set[int]:
         """Indices of zones whose bounding box meets the lon/lat box (lon in any turn)."""
-        boxes = [shapely.box(min_lon, min_lat, max_lon, max_lat)]
+        boxes = [(min_lon, min_lat, max_lon, max_lat)]
         if max_lon > 180.0:
-            boxes.append(shapely.box(min_lon - 360.0, min_lat, max_lon - 360.0, max_lat))
+            boxes.append((min_lon - 360.0, min_lat, max_lon - 360.0, max_lat))
         if min_lon < -180.0:
-            boxes.append(shapely.box(min_lon + 360.0, min_lat, max_lon + 360.0, max_lat))
+            boxes.append((min_lon + 360.0, min_lat, max_lon + 360.0, max_lat))
         out: set[int] = set()
+        tz = self.tree_zone
         for b in boxes:
-            for item in self.tree.query(b).tolist():
-                out.add(self.tree_zone[item])
+            for item in self.tree.query(*b):
+                out.add(tz[item])
         return out
 
     def at(self, lat: float, lon: float) -> list[Zone]:
         """Zones that contain the point (one-off lookup; the rules use ``ZoneLocator``)."""
-        hits = self.tree.query(shapely.Point(lon, lat)).tolist()
+        hits = self.tree.query(lon, lat, lon, lat)
         out = {self.tree_zone[i] for i in hits}
         return [self.zones[i] for i in sorted(out)
                 if self.zones[i].signed_distance_m(lat, lon) <= 0]
@@ -265,7 +262,7 @@ def parse_zones(data: Mapping[str, Any], *, source: str = "<zones>") -> Zones:
             zone = _parse_feature(feat, len(zones), fid)
         except ZonesError as exc:
             raise ZonesError(f"{where}: {exc}") from None
-        except (ValueError, TypeError, shapely.errors.ShapelyError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             raise ZonesError(f"{where}: {exc}") from exc
         if zone.id in seen:
             raise ZonesError(f"{where}: duplicate id (also feature {seen[zone.id]})")
@@ -275,7 +272,7 @@ def parse_zones(data: Mapping[str, Any], *, source: str = "<zones>") -> Zones:
 
 
 def _build(zones: list[Zone], source: str) -> Zones:
-    boxes: list[BaseGeometry] = []
+    boxes: list[tuple[float, float, float, float]] = []
     tree_zone: list[int] = []
     for z in zones:
         x0, y0, x1, y1 = z.bounds
@@ -283,11 +280,11 @@ def _build(zones: list[Zone], source: str) -> Zones:
             a, b = x0 + shift, x1 + shift
             if b < -180.0 or a > 180.0:
                 continue
-            boxes.append(shapely.box(a, y0, b, y1))
+            boxes.append((a, y0, b, y1))
             tree_zone.append(z.index)
     return Zones(
         zones=tuple(zones),
-        tree=shapely.STRtree(boxes),
+        tree=BoxTree(boxes),
         tree_zone=tuple(tree_zone),
         by_id=MappingProxyType({z.id: z for z in zones}),
         source=source,
@@ -357,7 +354,7 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         shape = "circle"
         lon, lat = _position(coords)
         frame = LocalFrame.at(lat, lon)
-        g: BaseGeometry = shapely.Point(0.0, 0.0).buffer(radius, quad_segs=16)
+        g: Shape = Circle(radius)
     elif gtype == "LineString":
         if width is None:
             raise ZonesError("a LineString needs width_m (a corridor)")
@@ -366,10 +363,10 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         if len(pts) < 2:
             raise ZonesError("a LineString needs at least 2 positions")
         frame = _frame_for(pts)
-        line = shapely.LineString([frame.xy(lat, lon) for lon, lat in pts])
-        g = line.buffer(width / 2.0, quad_segs=8)
+        line = tuple(frame.xy(lat, lon) for lon, lat in pts)
+        g = Corridor(line, width / 2.0)
         if len(pts) <= FAST_VERTICES:
-            fast = (tuple(line.coords),)
+            fast = (line,)
     elif gtype in ("Polygon", "MultiPolygon"):
         shape = "polygon"
         polys = [coords] if gtype == "Polygon" else _list(coords, "coordinates")
@@ -378,31 +375,30 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         if not rings or any(not p for p in rings):
             raise ZonesError(f"{gtype} has no rings")
         frame = _frame_for([pt for p in rings for r in p for pt in r])
-        parts = []
+        parts: list[list[tuple[tuple[float, float], ...]]] = []
         for p in rings:
             for r in p:
                 if len(r) < 4 or r[0] != r[-1]:
                     raise ZonesError("a ring needs at least 4 positions and must be closed")
-            xy = [[frame.xy(lat, lon) for lon, lat in r] for r in p]
-            poly = shapely.Polygon(xy[0], xy[1:])
-            if not poly.is_valid:
-                raise ZonesError(f"invalid polygon: {shapely.is_valid_reason(poly)}")
-            parts.append(poly)
-        g = parts[0] if len(parts) == 1 else shapely.union_all(parts)
-        if g.is_empty or g.area <= 0:
+            xy = [tuple(frame.xy(lat, lon) for lon, lat in r) for r in p]
+            problem = polygon_problem(xy)
+            if problem is not None:
+                raise ZonesError(f"invalid polygon: {problem}")
+            parts.append(xy)
+        area = sum(abs(ring_area(p[0])) - sum(abs(ring_area(h)) for h in p[1:]) for p in parts)
+        if not area > 0:
             raise ZonesError("polygon has no area")
-        polys_m = list(getattr(g, "geoms", [g]))
-        rings_m = [tuple(r.coords) for pm in polys_m for r in (pm.exterior, *pm.interiors)]
-        if sum(len(r) for r in rings_m) <= FAST_VERTICES:
+        g = Polygon(parts)
+        rings_m = [r for p in parts for r in p]
+        # even-odd over all rings is the union only when the parts are apart
+        if sum(len(r) for r in rings_m) <= FAST_VERTICES and (
+                len(parts) == 1 or g.parts_apart):
             fast = tuple(rings_m)
     else:
         raise ZonesError(
             f"geometry type {gtype!r} not supported (Polygon, MultiPolygon, "
             "Point + radius_m, LineString + width_m)"
         )
-    boundary = g.boundary
-    shapely.prepare(g)
-    shapely.prepare(boundary)
     x0, y0, x1, y1 = g.bounds
     lat_a, lon_a = frame.latlon(x0, y0)
     lat_b, lon_b = frame.latlon(x1, y1)
@@ -412,7 +408,7 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
     ).hexdigest()
     return Zone(
         index=index, id=fid, name=name, kind=kind, shape=shape, frame=frame, geom=g,
-        boundary=boundary, bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
+        bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
         dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, coords=fast,
         digest=digest,
     )
@@ -447,7 +443,7 @@ def _frame_for(pts: Sequence[tuple[float, float]]) -> LocalFrame:
 class ZoneLocator:
     """Which zones contain a moving point, fast: one per ``Rules`` (mutable, not shared).
 
-    The STRtree is queried with a box of ``radius_m`` around the point and the candidates
+    The R-tree is queried with a box of ``radius_m`` around the point and the candidates
     are kept while the point stays well inside that box. For each candidate the signed
     distance to its edge is remembered with the place it was measured: while the point
     has moved less than that distance (and less than its distance to the hysteresis
