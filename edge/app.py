@@ -556,6 +556,9 @@ class Daemon:
             engine = self.engine
             now, _ = engine.now(time.monotonic(), time.time())
             self._enqueue(engine.tick(now))
+            for name, src in self._sources:
+                if name == "can":
+                    engine.telemetry.extra = src.telemetry()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.config.log.status_interval_s
                 self._log_status()

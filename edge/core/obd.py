@@ -152,6 +152,7 @@ class ObdPoller:
         self._outstanding: tuple[int, ...] = ()
         self._sent_at = 0.0
         self.last: dict[int, ObdValue] = {}
+        self.last_mono: dict[int, float] = {}
 
     @property
     def frame_ids(self) -> frozenset[int]:
@@ -247,14 +248,20 @@ class ObdPoller:
             self._outstanding = ()
         for v in parsed:
             self.last[v.pid] = v
+            self.last_mono[v.pid] = mono
         return parsed
 
-    def telemetry(self) -> dict[str, float]:
+    def telemetry(self, mono: float | None = None, max_age_s: float = 10.0) -> dict[str, float]:
+        """The last RPM and coolant temperature; with ``mono``, only values younger
+        than ``max_age_s`` (an ECU that stopped answering is not reported forever)."""
         out: dict[str, float] = {}
-        if PID_RPM in self.last:
-            out["rpm"] = self.last[PID_RPM].value
-        if PID_COOLANT in self.last:
-            out["coolant_c"] = self.last[PID_COOLANT].value
+        for pid, key in ((PID_RPM, "rpm"), (PID_COOLANT, "coolant_c")):
+            v = self.last.get(pid)
+            if v is None:
+                continue
+            if mono is not None and mono - self.last_mono.get(pid, -1e18) > max_age_s:
+                continue
+            out[key] = v.value
         return out
 
 

@@ -23,6 +23,8 @@ class TelemetrySampler:
         self._next: float | None = None
         self._fix: Fix | None = None
         self._speed: SpeedSample | None = None
+        # other signals a source keeps current (OBD-II engine speed, coolant), VSS names
+        self.extra: dict[str, float] = {}
 
     def on_speed(self, sample: SpeedSample) -> None:
         self._speed = sample
@@ -43,7 +45,7 @@ class TelemetrySampler:
         return Event(kind="telemetry", time=time, body=self.record(), clock=clock)
 
     def record(self) -> dict[str, Any]:
-        body: dict[str, Any] = {}
+        body: dict[str, Any] = dict(self.extra)
         s = self._speed
         if s is not None:
             body["Vehicle.Speed"] = round(s.speed_kmh, 2)

@@ -127,6 +127,18 @@ class CanSource:
             out["obd"] = {**self._poller.stats.as_dict(), **self._poller.telemetry()}
         return out
 
+    def telemetry(self) -> dict[str, float]:
+        """Fresh OBD-II engine values under their COVESA VSS names (empty in DBC mode)."""
+        if self._poller is None:
+            return {}
+        t = self._poller.telemetry(time.monotonic())
+        out: dict[str, float] = {}
+        if "rpm" in t:
+            out["Vehicle.Powertrain.CombustionEngine.Speed"] = round(t["rpm"], 1)
+        if "coolant_c" in t:
+            out["Vehicle.Powertrain.CombustionEngine.ECT"] = round(t["coolant_c"], 1)
+        return out
+
     async def run(self, emit: Callable[[SpeedSample | Ignition], None]) -> None:
         """Read, decode and emit until cancelled. Never raises anything else."""
         self._wake = asyncio.Event()

@@ -186,6 +186,10 @@ def test_obd_polling_with_fake_ecu() -> None:
         assert {(s.speed_kmh, s.source) for s in got} == {(88.0, "obd")}
         obd = src.health()["obd"]
         assert obd["rpm"] == pytest.approx(0x1AF8 / 4)
+        # the same values reach telemetry under their VSS names while they are fresh
+        await until(lambda: "Vehicle.Powertrain.CombustionEngine.ECT" in src.telemetry())
+        tel = src.telemetry()
+        assert tel["Vehicle.Powertrain.CombustionEngine.Speed"] == pytest.approx(0x1AF8 / 4)
         assert all(r[0] == 2 and r[:3] in (b"\x02\x01\x0d", b"\x02\x01\x0c", b"\x02\x01\x05")
                    for r in ecu.requests)
 

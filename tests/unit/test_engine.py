@@ -67,3 +67,11 @@ def test_no_step_when_the_system_clock_agrees() -> None:
                                mono=i / 10))
     e.on_fix(fix(GNSS_T0, 1.0))
     assert e.counts["clock_steps"] == 0
+
+
+def test_telemetry_carries_the_sources_extra_signals() -> None:
+    e = engine()
+    e.telemetry.extra = {"Vehicle.Powertrain.CombustionEngine.Speed": 2110.0}
+    out = payloads(e.on_fix(fix(GNSS_T0, 1.0)))
+    tel = [p for p in out if p["type"] == "telemetry"]
+    assert tel and tel[0]["Vehicle.Powertrain.CombustionEngine.Speed"] == 2110.0

@@ -144,3 +144,15 @@ def test_replay_decoder_turns_responses_into_samples() -> None:
     s = d.decode(0x7E8, bytes.fromhex("03410D2A55555555"), 5.0, 5.0)
     assert s is not None and (s.speed_kmh, s.source) == (42.0, "obd")
     assert d.decode(0x7E8, bytes.fromhex("04410C1AF8555555"), 5.0, 5.0) is None
+
+
+def test_engine_values_go_stale() -> None:
+    from edge.core.obd import ObdPoller
+
+    p = ObdPoller(interval_s=0.5)
+    p.poll(0.0)
+    # a single-frame answer to PID 0x0C (RPM) at t = 1 s
+    p.on_frame(0x7E8, bytes([4, 0x41, 0x0C, 0x1A, 0xF8, 0x55, 0x55, 0x55]), 1.0)
+    assert p.telemetry(5.0) == {"rpm": 0x1AF8 / 4}
+    assert p.telemetry(12.0) == {}  # the ECU stopped answering: not reported forever
+    assert p.telemetry() == {"rpm": 0x1AF8 / 4}  # health keeps the last value
