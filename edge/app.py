@@ -206,8 +206,8 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        await asyncio.to_thread(check_runtime, cfg, zones_must_exist=not self.zones_optional)
-        zones = load_zones_for(cfg, optional=self.zones_optional)
+        await asyncio.to_thread(check_runtime, cfg, zones=False)
+        zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
         self.engine = Engine(cfg, zones=zones)
         self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
@@ -233,6 +233,12 @@ class Daemon:
             await asyncio.to_thread(self._close_outbox)
             self._write_health_file(final=True)
             log.info("daemon stopped", **self.counters)
+
+    def _zones_or_config_error(self, cfg: Config) -> Any:
+        try:
+            return load_zones_for(cfg, optional=self.zones_optional)
+        except ZonesError as exc:
+            raise ConfigError("rules.zones", str(exc)) from exc
 
     def _build_sources(self, cfg: Config, only: set[str] | None = None) -> list[tuple[str, Any]]:
         """Source objects for ``cfg`` (constructing one checks its config: a bad DBC
@@ -269,14 +275,14 @@ class Daemon:
             return
         # everything that can fail is checked and built before anything changes: an
         # update that cannot run is rejected whole (ConfigError) and the old config stays
-        await asyncio.to_thread(check_runtime, new, zones_must_exist=not self.zones_optional)
+        await asyncio.to_thread(check_runtime, new, zones=False)
         restart = changed & {"gnss", "can"}
         built = await asyncio.to_thread(self._build_sources, new, restart) if restart else []
         new_rules = None
         if "rules" in changed and self.engine is not None:
             from edge.core.rules import Rules
 
-            new_rules = Rules(new.rules, load_zones_for(new, optional=self.zones_optional))
+            new_rules = Rules(new.rules, self._zones_or_config_error(new))
         self.restart_required = sorted(changed & {"thing", "outbox"})
         live = changed - {"thing", "outbox"}
         import dataclasses

@@ -24,9 +24,11 @@ def _readable(field: str, path: Path | None) -> None:
         raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def check_runtime(cfg: Config, *, zones_must_exist: bool = True) -> None:
-    """Raise ConfigError naming the field when ``cfg`` cannot run here."""
-    if cfg.rules.zones is not None and (zones_must_exist or cfg.rules.zones.exists()):
+def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = True) -> None:
+    """Raise ConfigError naming the field when ``cfg`` cannot run here. ``zones=False``
+    skips parsing the zones file, for callers that load it right after anyway."""
+    if zones and cfg.rules.zones is not None and (zones_must_exist
+                                                   or cfg.rules.zones.exists()):
         from edge.core.zones import load_zones
 
         try:
