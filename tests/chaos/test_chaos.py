@@ -236,10 +236,11 @@ def test_disk_full_holds_alerts_in_memory_then_commits_them(
             assert wait_until(partial(_accepted_at_least, r, 5), 20)
             filler = disk / "filler"
             if mounted:
-                with filler.open("wb") as f, contextlib.suppress(OSError):
+                # fill the disk; the file's close can hit ENOSPC too, so the suppress
+                # must enclose the open
+                with contextlib.suppress(OSError), filler.open("wb", buffering=0) as f:
                     while True:
                         f.write(b"\0" * 65536)
-                        f.flush()
             else:
                 size = (disk / "outbox.db-wal").stat().st_size
                 resource.prlimit(r.daemon.pid, resource.RLIMIT_FSIZE, (size, size))
