@@ -34,6 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import need_mosquitto, row
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -249,20 +251,8 @@ def import_times(modules: tuple[str, ...]) -> list[tuple[str, float]]:
     return sorted(cum.items(), key=lambda kv: -kv[1])
 
 
-def _row(metric: str, value: Any, unit: str | None, baseline: Any = None,
-         goal: str | None = None, ok: bool = True) -> dict[str, Any]:
-    ratio = None
-    if isinstance(value, int | float) and isinstance(baseline, int | float) and baseline:
-        ratio = round(value / baseline, 2)
-    return {"metric": metric, "value": value, "unit": unit, "baseline": baseline,
-            "ratio": ratio, "goal": goal, "ok": ok}
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
-        raise RuntimeError("mosquitto is not installed (make deps)")
-    if shutil.which("mosquitto") is None:
-        os.environ["PATH"] += ":/usr/sbin"
+    need_mosquitto()
     samples = 30 if quick else 300
     epochs = 9_000 if quick else 36_000
     tmp = Path(tempfile.mkdtemp(prefix="ve-bench-daemon-"))
@@ -282,11 +272,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         b50, b99 = _pct(bare, 50), _pct(bare, 99)
         p50, p99 = _pct(lat, 50), _pct(lat, 99)
         rows += [
-            _row("daemon.fix_to_alert_p50", round(p50, 2), "ms", round(b50, 2)),
-            _row("daemon.fix_to_alert_p99", round(p99, 2), "ms", round(b99, 2),
+            row("daemon.fix_to_alert_p50", round(p50, 2), "ms", round(b50, 2)),
+            row("daemon.fix_to_alert_p99", round(p99, 2), "ms", round(b99, 2),
                  f"<= {LATENCY_GOAL_MS:g} ms", p99 <= LATENCY_GOAL_MS),
-            _row("daemon.fix_to_alert_max", round(max(lat), 2), "ms", round(max(bare), 2)),
-            _row("daemon.fix_to_alert_mean", round(statistics.fmean(lat), 2), "ms",
+            row("daemon.fix_to_alert_max", round(max(lat), 2), "ms", round(max(bare), 2)),
+            row("daemon.fix_to_alert_mean", round(statistics.fmean(lat), 2), "ms",
                  round(statistics.fmean(bare), 2)),
         ]
         drive = long_drive(tmp, broker, epochs)
@@ -299,27 +289,27 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         growth = q[-1] - q[len(q) // 2 - 1]
         no_growth = growth <= max(2.0, 0.05 * q[0])
         label = f"{epochs / 36_000:g} h"
-        rows += [_row(f"daemon.rss_{25 * (k + 1)}pct", round(v, 1), "MB", round(base_mb, 1))
+        rows += [row(f"daemon.rss_{25 * (k + 1)}pct", round(v, 1), "MB", round(base_mb, 1))
                  for k, v in enumerate(q)]
         rows += [
-            _row("daemon.rss_after_drain", round(drive["rss_drained_kb"] / 1024, 1), "MB",
+            row("daemon.rss_after_drain", round(drive["rss_drained_kb"] / 1024, 1), "MB",
                  round(base_mb, 1), f"<= {RSS_GOAL_MB:g} MB", peak <= RSS_GOAL_MB),
-            _row("daemon.rss_growth_25_to_100pct", round(q[-1] - q[0], 1), "MB"),
-            _row("daemon.rss_growth_50_to_100pct", round(growth, 1), "MB", None,
+            row("daemon.rss_growth_25_to_100pct", round(q[-1] - q[0], 1), "MB"),
+            row("daemon.rss_growth_50_to_100pct", round(growth, 1), "MB", None,
                  "no growth after warm-up (<= max(2 MB, 5 %))", no_growth),
-            _row("daemon.rss_vs_project_bar", round(peak, 1), "MB", PROJECT_BAR_MB,
+            row("daemon.rss_vs_project_bar", round(peak, 1), "MB", PROJECT_BAR_MB,
                  f"<= {PROJECT_BAR_MB:g} MB (project bar)", peak <= PROJECT_BAR_MB),
-            _row("daemon.drive_fed", round(drive["fed_s"], 1), "s", None,
+            row("daemon.drive_fed", round(drive["fed_s"], 1), "s", None,
                  f"{label} drive at 10 Hz, {epochs} epochs, all delivered",
                  bool(drive["drained"] and drive["pid_alive"])),
-            _row("daemon.drive_published", drive["counters"].get("published", 0), "messages"),
-            _row("daemon.bare_python_rss", round(bare_mb, 1), "MB"),
+            row("daemon.drive_published", drive["counters"].get("published", 0), "messages"),
+            row("daemon.bare_python_rss", round(bare_mb, 1), "MB"),
         ]
         for mod in HEAVY:
             cost = import_rss((mod,)) / 1024 - bare_mb
-            rows.append(_row(f"daemon.import_rss.{mod}", round(cost, 1), "MB"))
+            rows.append(row(f"daemon.import_rss.{mod}", round(cost, 1), "MB"))
         for top, ms in import_times(DAEMON_MODULES)[:6]:
-            rows.append(_row(f"daemon.import_ms.{top}", round(ms, 1), "ms"))
+            rows.append(row(f"daemon.import_ms.{top}", round(ms, 1), "ms"))
     finally:
         broker.stop()
         shutil.rmtree(pki.dir, ignore_errors=True)

@@ -37,6 +37,8 @@ import tty
 from pathlib import Path
 from typing import Any
 
+from bench import need_mosquitto, row
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -236,15 +238,6 @@ def _median_import_rss(modules: tuple[str, ...], runs: int = 3) -> tuple[int, li
     return sorted(g[0] for g in got)[runs // 2], got[0][1]
 
 
-def _row(metric: str, value: Any, unit: str | None, baseline: Any = None,
-         goal: str | None = None, ok: bool = True) -> dict[str, Any]:
-    ratio = None
-    if isinstance(value, int | float) and isinstance(baseline, int | float) and baseline:
-        ratio = round(value / baseline, 2)
-    return {"metric": metric, "value": value, "unit": unit, "baseline": baseline,
-            "ratio": ratio, "goal": goal, "ok": ok}
-
-
 def _check_traffic(run: dict[str, Any]) -> str | None:
     """Why the run does not count (no speed decoded, nothing published), or None."""
     h = run["health"]
@@ -258,10 +251,7 @@ def _check_traffic(run: dict[str, Any]) -> str | None:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
-        raise RuntimeError("mosquitto is not installed (make deps)")
-    if shutil.which("mosquitto") is None:
-        os.environ["PATH"] += ":/usr/sbin"
+    need_mosquitto()
     seconds = 10.0 if quick else 20.0
     tmp = Path(tempfile.mkdtemp(prefix="ve-bench-rss-"))
     pki = Pki.create([THING])
@@ -279,22 +269,22 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         peak = max(now["rss_kb"]) / 1024
         h = now["health"]
         rows += [
-            _row("daemon_can.rss", round(last, 1), "MB", round(base_kb / 1024, 1),
+            row("daemon_can.rss", round(last, 1), "MB", round(base_kb / 1024, 1),
                  f"<= {GOAL_MB:g} MB after {seconds:g} s (GNSS + CAN dbc + mqtt + zones)",
                  last <= GOAL_MB),
-            _row("daemon_can.rss_peak", round(peak, 1), "MB", round(base_kb / 1024, 1),
+            row("daemon_can.rss_peak", round(peak, 1), "MB", round(base_kb / 1024, 1),
                  f"<= {GOAL_MB:g} MB", peak <= GOAL_MB),
-            _row("daemon_can.can_samples", h.get("can", {}).get("samples", 0), "samples",
+            row("daemon_can.can_samples", h.get("can", {}).get("samples", 0), "samples",
                  None, f"{now['frames']} frames sent, {now['epochs']} GNSS epochs"),
-            _row("daemon_can.published", h.get("counters", {}).get("published", 0),
+            row("daemon_can.published", h.get("counters", {}).get("published", 0),
                  "messages"),
-            _row("daemon_can.bare_python_rss", round(bare_kb / 1024, 1), "MB", None,
+            row("daemon_can.bare_python_rss", round(bare_kb / 1024, 1), "MB", None,
                  "missing: " + ",".join(missing) if missing else None),
         ]
         if not quick:
             old = measure_daemon(tmp, broker, seconds, preload_cantools=True)
             old_mb = old["rss_kb"][-1] / 1024
-            rows.append(_row("daemon_can.rss_cantools_preloaded", round(old_mb, 1), "MB",
+            rows.append(row("daemon_can.rss_cantools_preloaded", round(old_mb, 1), "MB",
                              round(last, 1), "before edge.core.dbcspec (for comparison)"))
         # what deferring one import would save: all third-party minus that one module
         for mod in DAEMON_THIRD_PARTY:
@@ -303,24 +293,24 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             rest = tuple(m for m in DAEMON_THIRD_PARTY if m != mod and not
                          (mod == "can" and m.startswith("can.")))
             kb, _ = _median_import_rss(rest)
-            rows.append(_row(f"daemon_can.import_marginal.{mod}",
+            rows.append(row(f"daemon_can.import_marginal.{mod}",
                              round((base_kb - kb) / 1024, 1) + 0.0, "MB", None,
                              "RSS saved by not importing it (others loaded)"))
         edge_kb, _ = _median_import_rss((*DAEMON_THIRD_PARTY, *EDGE))
         with_ct, _ = _median_import_rss((*DAEMON_THIRD_PARTY, *EDGE, "cantools"))
         rows += [
-            _row("daemon_can.import_marginal.edge", round((edge_kb - base_kb) / 1024, 1), "MB",
+            row("daemon_can.import_marginal.edge", round((edge_kb - base_kb) / 1024, 1), "MB",
                  None, "edge's own modules on top of the third-party ones"),
-            _row("daemon_can.import_marginal.cantools", round((with_ct - edge_kb) / 1024, 1),
+            row("daemon_can.import_marginal.cantools", round((with_ct - edge_kb) / 1024, 1),
                  "MB", None, "what importing cantools would add (not imported any more)"),
         ]
         for mod in IMPORTS:
             kb, miss = import_rss((mod,))
             if miss:
-                rows.append(_row(f"daemon_can.import_rss.{mod}", None, "MB", None,
+                rows.append(row(f"daemon_can.import_rss.{mod}", None, "MB", None,
                                  "not installed"))
                 continue
-            rows.append(_row(f"daemon_can.import_rss.{mod}", round((kb - bare_kb) / 1024, 1),
+            rows.append(row(f"daemon_can.import_rss.{mod}", round((kb - bare_kb) / 1024, 1),
                              "MB"))
     finally:
         broker.stop()

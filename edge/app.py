@@ -617,17 +617,19 @@ class Daemon:
         from edge.model import Event
 
         while True:
-            await asyncio.to_thread(self._write_health_file)
-            now, clock = self.engine.now(time.monotonic(), time.time())
             body = self.health()
+            await asyncio.to_thread(self._write_health_file, dict(body))
+            now, clock = self.engine.now(time.monotonic(), time.time())
             self._enqueue([self.engine.envelopes.make(
                 Event(kind="health", time=now, body=body, clock=clock))])
             await asyncio.sleep(self.config.health.interval_s)
 
-    def _write_health_file(self, final: bool = False) -> None:
+    def _write_health_file(self, data: dict[str, Any] | None = None, *,
+                           final: bool = False) -> None:
         path = self.config.health_path
         try:
-            data = self.health() if self.engine is not None else {}
+            if data is None:
+                data = self.health() if self.engine is not None else {}
             data["written_at"] = time.time()
             data["running"] = not final
             data["interval_s"] = self.config.health.interval_s

@@ -44,5 +44,8 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
         for name in ("ca", "cert", "key"):
             _readable(f"uplink.{name}", getattr(cfg.uplink, name))
         if cfg.uplink.key is not None:
-            if cfg.uplink.key.stat().st_mode & 0o004:
-                raise ConfigError("uplink.key", f"{cfg.uplink.key} is world-readable; chmod 600 it")
+            from edge.uplinks.base import key_problem
+
+            why = key_problem(cfg.uplink.key)
+            if why:
+                raise ConfigError("uplink.key", why)

@@ -190,7 +190,8 @@ class Forwarder:
         groups = split_batches([r.payload for r in rows], max_records=self.batch_max,
                                max_bytes=MAX_PAYLOAD)
         for g in groups:
-            payload = batch_payload(self.thing, [rows[i].payload for i in g])
+            payload = batch_payload(self.thing, [rows[i].payload for i in g],
+                                    [rows[i].id for i in g])
             props: tuple[tuple[str, str], ...] = ()
             if compress_ok and self.compression != "none":
                 payload = compress(payload, self.compression)

@@ -29,7 +29,7 @@ def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSa
         for fix in iter_fixes(fh, date=date):  # type: ignore[arg-type]
             if fix.time is None:
                 continue
-            yield fix.time, 0, dataclasses.replace(fix, mono=fix.time)
+            yield fix.time, 0, fix  # a capture's fixes carry mono = their GNSS time
 
 
 def _speeds(path: Path, cfg: Config, offset_s: float = 0.0

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edge.core.dbcspec import BitLayout, SignalSpec, load_database, load_spec, split_signal
+from edge.core.dbcspec import BitLayout, SignalSpec, load_spec, split_signal
 from edge.errors import ConfigError
 from edge.model import Ignition, SpeedSample
 
@@ -132,11 +132,6 @@ def unit_factor(unit: str | None) -> float | None:
     if not key:
         return 1.0  # unitless speed signals are km/h by convention (assumed, recorded)
     return _UNIT_FACTORS.get(key)
-
-
-def load_dbc(dbc: Path) -> Any:
-    """Load a DBC with cantools (imported lazily; for tools, not the daemon)."""
-    return load_database(dbc)
 
 
 class DbcSpeedDecoder:

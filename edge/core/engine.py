@@ -77,7 +77,9 @@ class Engine:
     def on_speed(self, sample: SpeedSample) -> list[Envelope]:
         """A raw speed sample from the CAN bus (DBC or OBD-II)."""
         self.counts["speed_samples"] += 1
-        sample = self._event_clock(sample)
+        t, clock = self.now(sample.mono, sample.time)
+        if clock == "gnss":
+            sample = dataclasses.replace(sample, time=t)
         chosen = self.arbiter.on_can(sample)
         if chosen is None:
             return []
@@ -85,10 +87,8 @@ class Engine:
             self._last_time, chosen.time)
         self.telemetry.on_speed(chosen)
         # the sample's time was mapped onto GNSS time when a valid fix anchors it
-        clock = "system" if self._anchor is None else "gnss"
-        events = [e if e.clock == clock else dataclasses.replace(e, clock=clock)
-                  for e in self.rules.on_speed(chosen)]
-        if self._anchor is None:
+        events = _stamped(self.rules.on_speed(chosen), clock)
+        if clock == "system":
             # no GNSS at all: telemetry is paced by the bus, stamped by the system clock
             tel = self.telemetry.sample(chosen.time, clock="system")
             if tel is not None:
@@ -97,14 +97,8 @@ class Engine:
 
     def on_ignition(self, ign: Ignition) -> list[Envelope]:
         """Ignition from the bus: trips follow it instead of movement."""
-        a = self._anchor
-        if a is None or a.time is None:
-            clock, t = "system", ign.time
-        else:
-            clock, t = "gnss", a.time + (ign.mono - a.mono)
-        events = [e if e.clock == clock else dataclasses.replace(e, clock=clock)
-                  for e in self.rules.on_ignition(t, ign.on)]
-        return self._wrap(events)
+        t, clock = self.now(ign.mono, ign.time)
+        return self._wrap(_stamped(self.rules.on_ignition(t, ign.on), clock))
 
     def _clock_step(self, gnss_time: float) -> list[Event]:
         assert self._last_time is not None
@@ -130,7 +124,8 @@ class Engine:
         return self._wrap(self.rules.reload(zones))
 
     def now(self, mono: float, system_time: float) -> tuple[float, str]:
-        """Event time for 'now' given the monotonic and system clocks."""
+        """Event time for an instant given by its monotonic and system clocks: GNSS time
+        through the last valid fix when there is one, else the system clock."""
         a = self._anchor
         if a is not None and a.time is not None:
             return a.time + (mono - a.mono), "gnss"
@@ -145,12 +140,12 @@ class Engine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _event_clock(self, sample: SpeedSample) -> SpeedSample:
-        a = self._anchor
-        if a is None or a.time is None:
-            return sample
-        return dataclasses.replace(sample, time=a.time + (sample.mono - a.mono))
-
     def _wrap(self, events: list[Event]) -> list[Envelope]:
         self.counts["events"] += len(events)
         return [self.envelopes.make(e) for e in events]
+
+
+def _stamped(events: list[Event], clock: str) -> list[Event]:
+    """The rules stamp bus-driven events by the sample's source; the engine knows
+    whether that time was mapped onto GNSS time."""
+    return [e if e.clock == clock else dataclasses.replace(e, clock=clock) for e in events]

@@ -65,15 +65,20 @@ class TelemetrySampler:
         return body
 
 
-def batch_payload(thing: str, records: Sequence[bytes]) -> bytes:
+def batch_payload(thing: str, records: Sequence[bytes], ids: Sequence[str] | None = None
+                  ) -> bytes:
     """One telemetry publish holding several envelopes (each keeps its own id, ts, seq).
 
     The wrapper is an envelope too: ``id`` is a UUIDv7 on the first record's time whose
     random bits are a hash of the records' ids -- the same batch sent again after a lost
-    PUBACK carries the same id; ``ts`` and ``seq`` are the first record's."""
+    PUBACK carries the same id; ``ts`` and ``seq`` are the first record's. ``ids`` are
+    the records' ids when the caller has them (the outbox does), which saves parsing
+    every record."""
     head = json.loads(records[0])
-    ids = ",".join(str(json.loads(r)["id"]) for r in records) if len(records) > 1 else head["id"]
-    digest = int.from_bytes(hashlib.blake2b(ids.encode(), digest_size=10).digest())
+    if ids is None:
+        ids = [str(json.loads(r)["id"]) for r in records]
+    key = ",".join(ids)
+    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=10).digest())
     bid = uuid7(int(head["ts"]), lambda bits: _take_bits(digest, bits))
     return (
         b'{"id":"' + bid.encode() + b'","thing":' + json.dumps(thing).encode()

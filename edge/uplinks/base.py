@@ -14,6 +14,7 @@ exceptions never leak out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -60,6 +61,17 @@ def check_topic(topic: str) -> str | None:
         return "wildcards are not allowed in a publish topic"
     if topic.count("/") > MAX_TOPIC_SLASHES:
         return f"topic has more than {MAX_TOPIC_SLASHES} slashes"
+    return None
+
+
+def key_problem(key: Path) -> str | None:
+    """Why a client private key may not be used (other users can read it), or None."""
+    try:
+        mode = key.stat().st_mode
+    except OSError as exc:
+        return f"{key}: {exc.strerror}"
+    if mode & 0o004:
+        return f"{key} is world-readable; chmod 600 it"
     return None
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from edge.config import UplinkConfig
 from edge.errors import UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish
+from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish, key_problem
 
 log = structlog.get_logger()
 
@@ -30,12 +30,9 @@ _AUTH_CODES = {0x86, 0x87, 0x8C, 0x95, 4, 5}
 
 def check_key_file(key: Path) -> None:
     """Refuse a private key other users can read (raises ``UplinkAuthError``)."""
-    try:
-        mode = key.stat().st_mode
-    except OSError as exc:
-        raise UplinkAuthError(f"uplink.key {key}: {exc.strerror}") from exc
-    if mode & 0o004:
-        raise UplinkAuthError(f"uplink.key {key} is world-readable; chmod 600 it")
+    why = key_problem(key)
+    if why:
+        raise UplinkAuthError(f"uplink.key {why}")
 
 
 class MqttUplink:

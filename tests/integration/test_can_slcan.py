@@ -13,30 +13,7 @@ from edge.config import CanConfig
 from edge.model import SpeedSample
 from edge.sources.can import CanSource
 from sim.slcan import SlcanPtyAdapter
-
-DBC = """VERSION ""
-
-BS_:
-
-BU_: ECU
-
-BO_ 180 SPEED: 8 ECU
- SG_ SPEED : 47|16@0+ (0.01,0) [0|250] "km/h" ECU
-"""
-
-
-def frame(kmh: float) -> bytes:
-    data = bytearray(8)
-    data[5:7] = round(kmh * 100).to_bytes(2, "big")
-    return bytes(data)
-
-
-async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+from tests.support.can import DBC, frame, until
 
 
 def run_with_source(

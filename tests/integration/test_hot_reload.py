@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -67,17 +68,37 @@ async def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-un
     return bool(pred())
 
 
-@pytest.mark.timeout(60)
-def test_zones_file_replaced_while_running(tmp_path: Path) -> None:
+def run_daemon(tmp_path: Path,
+               body: Callable[[Daemon, Config, asyncio.Task[None]], Awaitable[None]], *,
+               zones_optional: bool = False) -> None:
+    """A daemon in this process (file uplink, NMEA from a pty feeder): once its first
+    telemetry is out, ``body(daemon, config, task)`` runs; then the daemon stops in order."""
     feeder = PtyFeeder(period=0.1).start()
     cfg = make_config(tmp_path, feeder.path)
-    out = tmp_path / "out.jsonl"
+    if zones_optional:
+        (tmp_path / "zones.geojson").unlink()
 
     async def scenario() -> None:
         d = Daemon(cfg)
+        d.zones_optional = zones_optional
         stop = asyncio.Event()
         task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: bool(events(out, "telemetry")))
+        assert await wait_until(lambda: bool(events(tmp_path / "out.jsonl", "telemetry")))
+        await body(d, cfg, task)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+@pytest.mark.timeout(60)
+def test_zones_file_replaced_while_running(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+
+    async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
         # an invalid update is rejected, the daemon goes on and health says why
         write_atomic(tmp_path / "zones.geojson", '{"type": "FeatureCollection", "features": [1]}')
         assert await wait_until(lambda: d.health()["rules"]["zones"]["error"] is not None)
@@ -89,27 +110,15 @@ def test_zones_file_replaced_while_running(tmp_path: Path) -> None:
         assert ev["fence"] == "city" and ev["transition"] == "inside"
         h = d.health()["rules"]["zones"]
         assert h["error"] is None and h["reloads"] >= 1
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_daemon(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
 def test_config_update_switches_uplink_and_rules_live(tmp_path: Path) -> None:
-    feeder = PtyFeeder(period=0.1).start()
-    cfg = make_config(tmp_path, feeder.path)
-    out1 = tmp_path / "out.jsonl"
     out2 = tmp_path / "out2.jsonl"
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: bool(events(out1, "telemetry")))
+    async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
         new = dataclasses.replace(
             cfg,
             uplink=dataclasses.replace(cfg.uplink, path=out2),
@@ -122,29 +131,18 @@ def test_config_update_switches_uplink_and_rules_live(tmp_path: Path) -> None:
         # the outbox cannot move under a running daemon: flagged, not applied
         assert d.health()["config"]["restart_required"] == ["outbox"]
         assert d.config.outbox.path == tmp_path / "o.db"
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_daemon(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
 def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
     from edge.errors import ConfigError
 
-    feeder = PtyFeeder(period=0.1).start()
-    cfg = make_config(tmp_path, feeder.path)
     out = tmp_path / "out.jsonl"
     dbc = Path(__file__).resolve().parents[2] / "sim" / "dbc" / "demo.dbc"
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: bool(events(out, "telemetry")))
+    async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
         gnss_task = d._source_tasks["gnss"]
         bad = dataclasses.replace(
             cfg,
@@ -163,36 +161,18 @@ def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
         assert d.engine is not None and d.engine.telemetry.interval_s == 1.0
         n = len(events(out, "telemetry"))
         assert await wait_until(lambda: len(events(out, "telemetry")) > n + 2)
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_daemon(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
 def test_zones_file_deployed_after_start_is_picked_up(tmp_path: Path) -> None:
     """Under Greengrass the Zones component may deploy its file after the daemon starts."""
-    feeder = PtyFeeder(period=0.1).start()
-    cfg = make_config(tmp_path, feeder.path)
-    (tmp_path / "zones.geojson").unlink()
     out = tmp_path / "out.jsonl"
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        d.zones_optional = True
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: bool(events(out, "telemetry")))
+    async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
         write_atomic(tmp_path / "zones.geojson", json.dumps(CIRCLE))
         assert await wait_until(lambda: bool(events(out, "geofence")))
         assert events(out, "geofence")[0]["transition"] == "inside"
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_daemon(tmp_path, body, zones_optional=True)
