@@ -116,6 +116,12 @@ def make_uplink(config: Config) -> Uplink:
     raise EdgeError(f"unknown uplink kind {kind!r}")
 
 
+def zones_missing(path: Path) -> str:
+    """The health error while the zones file a config names does not exist."""
+    return (f"zones file {path} does not exist: running without zones until it appears "
+            "(is com.vehicleedge.Zones deployed?)")
+
+
 def load_zones_for(config: Config, *, optional: bool = False) -> Any:
     """The zones ``config`` names; ``optional``: a file that does not exist yet is no
     zones for now (a Greengrass Zones component deploys it later; the watcher loads it)."""
@@ -123,7 +129,7 @@ def load_zones_for(config: Config, *, optional: bool = False) -> Any:
         return None
     if optional and not config.rules.zones.exists():
         log.warning("zones file not there yet, running without zones",
-                    path=str(config.rules.zones))
+                    path=str(config.rules.zones), reason=zones_missing(config.rules.zones))
         return None
     from edge.core.zones import load_zones
 
@@ -210,6 +216,8 @@ class Daemon:
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
         self.engine = Engine(cfg, zones=zones)
+        if zones is None and cfg.rules.zones is not None:  # optional and not there yet
+            self.engine.rules.zones_rejected(zones_missing(cfg.rules.zones))
         self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
         log.info("daemon starting", version=__version__, thing=cfg.thing,
                  uplink=cfg.uplink.kind, outbox=str(cfg.outbox.path),

@@ -109,10 +109,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
     from edge.commands.status import main
 
-    return main(cfg, out=sys.stdout)
+    if args.file is not None:
+        return main(None, out=sys.stdout, path=args.file)
+    return main(_load(args.config), out=sys.stdout)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -206,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_outbox)
 
     s = sub.add_parser("status", help="health of a running daemon (exit 1 if not running)")
-    s.add_argument("--config", "-c", type=Path, required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", "-c", type=Path)
+    g.add_argument("--file", "-f", type=Path, help="the status file itself (a Greengrass "
+                   "component writes it to its work dir: health.json)")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("report", help="draw a drive: track, zones, events, speed (PNG)")

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Build the Greengrass v2 components: artifacts + rendered recipes (what `make components` runs).
 
-For each component in recipes/<name>.recipe.json this writes
+For each component in recipes/<name>.recipe.json this writes, in the layout of a local
+deployment (nucleus lite's ``ggl-cli deploy --recipe-dir --artifacts-dir``, classic's
+``greengrass-cli deployment create --recipeDir --artifactDir``),
 
-    build/greengrass/<name>/<version>/recipe.json
-    build/greengrass/<name>/<version>/artifacts/...
+    build/greengrass/recipes/<name>-<version>.json
+    build/greengrass/artifacts/<name>/<version>/...
 
 Artifacts: the project wheel (``pip wheel . --no-deps``) and, per architecture, an offline
 wheelhouse zip (``pip download --platform manylinux... --only-binary=:all:``) holding the
@@ -16,8 +18,9 @@ the venv with ``--system-site-packages``: those packages must then come from the
 Recipe templates use GDK's placeholders ``{COMPONENT_NAME}`` / ``{COMPONENT_VERSION}``,
 ``{{ARTIFACT_BUCKET}}`` (kept as is unless ``--bucket`` is given) and one manifest with
 ``{ARCH}`` / ``{GG_ARCH}`` that is expanded to one manifest per architecture.
-com.vehicleedge.Daemon's DefaultConfiguration is generated from ``edge.config``'s
-dataclass defaults (every key); its template holds only what differs, plus accessControl.
+com.vehicleedge.Daemon's DefaultConfiguration holds only what an operator sets per fleet
+(the code owns every default); the build checks its keys against ``edge.config`` and that
+every rendered recipe fits nucleus lite's size limits (``subobjects``).
 
     python scripts/build_components.py [--version V] [--bucket B] [--arch aarch64,x86_64]
                                        [--skip-wheelhouse] [--out build/greengrass]
@@ -189,19 +192,45 @@ def build_wheelhouse(arch: Arch, reqs: Sequence[str], project_wheel: Path, cache
 
 # --------------------------------------------------------------------------- configuration
 
-# components whose DefaultConfiguration is the daemon's whole Config (the template's
-# DefaultConfiguration holds only what differs from the TOML defaults, plus accessControl)
+# components whose DefaultConfiguration is (a lean part of) the daemon's Config
 CONFIG_COMPONENTS = ("com.vehicleedge.Daemon",)
+# keys of a component configuration that belong to Greengrass, not to our Config
+GREENGRASS_KEYS = ("accessControl",)
+
+# Greengrass nucleus lite's limits on a recipe (GG_MAX_OBJECT_SUBOBJECTS, measured on
+# 2.6.0): every object, and the whole recipe as one object, holds at most 255
+# sub-objects; DefaultConfiguration fails above ~200 (100 flat keys work, 101 do not).
+LITE_MAX_SUBOBJECTS = 255
+LITE_MAX_DEFAULT_CONFIG = 200
+
+
+def subobjects(value: Any) -> int:
+    """Sub-objects of ``value`` as nucleus lite counts them: a map entry is 2 (key and
+    value) plus its value's own, a list item 1 plus its own, a scalar nothing."""
+    if isinstance(value, dict):
+        return sum(2 + subobjects(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(1 + subobjects(v) for v in value)
+    return 0
+
+
+def check_lite_limits(recipe: dict[str, Any]) -> None:
+    """Raise ``BuildError`` for a recipe nucleus lite would refuse as too big."""
+    name = recipe.get("ComponentName", "?")
+    total = subobjects(recipe)
+    if total >= LITE_MAX_SUBOBJECTS:
+        raise BuildError(f"{name}: the recipe has {total} sub-objects; nucleus lite "
+                         f"refuses {LITE_MAX_SUBOBJECTS} or more")
+    dc = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+    n = subobjects(dc)
+    if n > LITE_MAX_DEFAULT_CONFIG:
+        raise BuildError(f"{name}: DefaultConfiguration has {n} sub-objects; nucleus lite "
+                         f"fails above ~{LITE_MAX_DEFAULT_CONFIG}")
 
 
 def config_defaults() -> dict[str, Any]:
-    """Every key of ``edge.config.Config`` with its default, as component configuration JSON.
-
-    Walks the dataclasses, so a key added to the TOML config appears here without a
-    hand edit. ``None`` defaults stay as JSON ``null`` (documented, and read back as
-    "not set"); paths become strings; ``thing`` (required) is ``""``, filled from
-    ``AWS_IOT_THING_NAME`` on the device.
-    """
+    """Every key of ``edge.config.Config`` with its default, as component configuration JSON
+    (what a merge may set; the recipe ships only what an operator sets per fleet)."""
     import dataclasses
 
     from edge.config import Config
@@ -223,29 +252,38 @@ def config_defaults() -> dict[str, Any]:
     return walk(Config(thing=""))
 
 
-def merge_config(base: dict[str, Any], over: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``over`` on top of ``base``, table by table; a key ``base`` lacks is an error
-    (a typo in a template must not ship as a silently ignored setting)."""
-    out = dict(base)
+def check_config_keys(base: dict[str, Any], over: dict[str, Any], where: str = "") -> None:
+    """Every key of ``over`` must be a config key (a typo in a template must not ship as
+    a silently ignored setting); tables must stay tables."""
     for k, v in over.items():
-        if k not in base and not where and k == "accessControl":
-            out[k] = v
-        elif k not in base:
+        if not where and k in GREENGRASS_KEYS:
+            continue
+        if k not in base:
             raise BuildError(f"DefaultConfiguration: unknown key {where}{k}")
-        elif isinstance(base[k], dict) and isinstance(v, dict):
-            out[k] = merge_config(base[k], v, f"{where}{k}.")
-        else:
-            out[k] = v
-    return out
+        if isinstance(base[k], dict) != isinstance(v, dict):
+            raise BuildError(f"DefaultConfiguration: {where}{k} must "
+                             f"{'' if isinstance(base[k], dict) else 'not '}be a table")
+        if isinstance(v, dict):
+            check_config_keys(base[k], v, f"{where}{k}.")
 
 
-def with_default_configuration(template: dict[str, Any]) -> dict[str, Any]:
+def check_default_configuration(template: dict[str, Any]) -> None:
+    """A config component's DefaultConfiguration: known keys, and a valid Config."""
     if template["ComponentName"] not in CONFIG_COMPONENTS:
-        return template
-    cc = dict(template.get("ComponentConfiguration", {}))
-    cc["DefaultConfiguration"] = merge_config(config_defaults(),
-                                              cc.get("DefaultConfiguration", {}))
-    return {**template, "ComponentConfiguration": cc}
+        return
+    dc = template.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+    check_config_keys(config_defaults(), dc)
+    from edge.errors import ConfigError
+
+    try:  # needs the runtime dependencies (structlog): absent under a bare GDK python3
+        from edge.ggconfig import config_from_component
+    except ImportError:
+        return
+
+    try:
+        config_from_component(dc, base=Path("/"), env={"AWS_IOT_THING_NAME": "build-check"})
+    except ConfigError as exc:
+        raise BuildError(f"DefaultConfiguration is not a valid config: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- recipes
@@ -340,13 +378,16 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
             log(f"wheelhouse-{arch.name}.zip: {z.stat().st_size / 1e6:.1f} MB")
 
     for tpath in templates:
-        template = with_default_configuration(json.loads(tpath.read_text()))
+        template = json.loads(tpath.read_text())
+        check_default_configuration(template)
         name = template["ComponentName"]
         recipe = render_recipe(template, version=version, bucket=bucket, arches=arches)
-        cdir = out / name / version
-        shutil.rmtree(cdir, ignore_errors=True)
-        adir = cdir / "artifacts"
+        check_lite_limits(recipe)
+        rpath = out / "recipes" / f"{name}-{version}.json"
+        adir = out / "artifacts" / name / version
+        shutil.rmtree(adir, ignore_errors=True)
         adir.mkdir(parents=True)
+        rpath.parent.mkdir(parents=True, exist_ok=True)
         for art in sorted(artifact_names(recipe)):
             if art.startswith("wheelhouse-"):
                 arch_name = art.removeprefix("wheelhouse-").removesuffix(".zip")
@@ -360,12 +401,12 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
                 raise BuildError(f"{name}: no rule to build artifact {art}")
         if name in PYTHON_COMPONENTS and wheel is not None:
             shutil.copy2(wheel, adir / wheel.name)  # for `pip install` by hand; not in the recipe
-        (cdir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        rpath.write_text(json.dumps(recipe, indent=2) + "\n")
         summary["components"][name] = {
-            "recipe": str(cdir / "recipe.json"),
+            "recipe": str(rpath),
             "artifacts": {p.name: sha256(p) for p in sorted(adir.iterdir())},
         }
-        log(f"{name} {version}: {cdir / 'recipe.json'}")
+        log(f"{name} {version}: {rpath} ({subobjects(recipe)} sub-objects)")
     shutil.rmtree(staging, ignore_errors=True)
     dep = RECIPES / "deployment.template.json"
     if dep.is_file() and not components:
@@ -405,12 +446,14 @@ def gdk_build(component: str, args: argparse.Namespace) -> None:
               skip_wheelhouse=args.skip_wheelhouse, zones=args.zones,
               python_version=args.python_version, cache=args.cache, components=[component],
               extra_wheels=args.extra_wheels)
-        src = Path(tmp) / component / args.version
+        built = Path(tmp)
         gb = cwd / "greengrass-build"
         shutil.rmtree(gb, ignore_errors=True)
         (gb / "recipes").mkdir(parents=True)
-        shutil.copy2(src / "recipe.json", gb / "recipes" / "recipe.json")
-        shutil.copytree(src / "artifacts", gb / "artifacts" / component / artifacts_version)
+        shutil.copy2(built / "recipes" / f"{component}-{args.version}.json",
+                     gb / "recipes" / "recipe.json")
+        shutil.copytree(built / "artifacts" / component / args.version,
+                        gb / "artifacts" / component / artifacts_version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

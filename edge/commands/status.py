@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from edge.config import Config
@@ -21,8 +22,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def main(cfg: Config, *, out: TextIO) -> int:
-    path = cfg.health_path
+def main(cfg: Config | None, *, out: TextIO, path: Path | None = None) -> int:
+    """Print the status file of ``cfg`` (or the one at ``path``: a Greengrass component's
+    ``{work:path}/health.json``, which has no TOML config)."""
+    if path is None:
+        assert cfg is not None
+        path = cfg.health_path
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

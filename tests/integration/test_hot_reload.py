@@ -171,8 +171,13 @@ def test_zones_file_deployed_after_start_is_picked_up(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
 
     async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
+        # until then health says so, naming the file (the operator's first question)
+        error = d.health()["rules"]["zones"]["error"]
+        assert error is not None and str(tmp_path / "zones.geojson") in error
+        assert "does not exist" in error and "com.vehicleedge.Zones" in error
         write_atomic(tmp_path / "zones.geojson", json.dumps(CIRCLE))
         assert await wait_until(lambda: bool(events(out, "geofence")))
         assert events(out, "geofence")[0]["transition"] == "inside"
+        assert d.health()["rules"]["zones"]["error"] is None
 
     run_daemon(tmp_path, body, zones_optional=True)

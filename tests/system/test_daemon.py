@@ -143,6 +143,10 @@ def test_nmea_on_a_pty_reaches_the_broker_and_sigterm_exits_clean(
     st = subprocess.run([sys.executable, "-m", "edge", "status", "--config", str(cfg)],
                         capture_output=True, timeout=30)
     assert st.returncode == 1 and json.loads(st.stdout)["state"] == "stopped"
+    # the same file by path (a Greengrass component has no TOML config to name)
+    st = subprocess.run([sys.executable, "-m", "edge", "status", "--file",
+                         str(tmp_path / "health.json")], capture_output=True, timeout=30)
+    assert st.returncode == 1 and json.loads(st.stdout)["state"] == "stopped"
 
 
 def test_broker_down_at_start_then_up_delivers_the_backlog(

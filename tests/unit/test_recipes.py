@@ -1,4 +1,5 @@
-"""Rendered Greengrass recipes: schema, least privilege, lowercase lifecycle, platforms.
+"""Rendered Greengrass recipes: schema, least privilege, lifecycle keys as nucleus lite
+wants them (phases lowercase, step keys capitalised), lite's size limits, platforms.
 
 The GDK CLI's recipe schema (gdk/static/recipe_schema.json) is not on PyPI (the PyPI
 package named ``gdk`` is an unrelated project), so this validates the fields we rely on
@@ -38,7 +39,6 @@ _STEP = {
             "type": "object",
             "properties": {
                 "script": {"type": "string"},
-                "skipif": {"type": "string", "pattern": r"^(onpath|exists)\s+.+"},
                 "timeout": {"type": ["integer", "string"]},
                 "requiresprivilege": {"type": ["boolean", "string"]},
                 "setenv": {"type": "object"},
@@ -95,7 +95,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
                     "name": {"type": "string"},
                     "platform": {
                         "type": "object",
-                        "required": ["os", "architecture", "runtime"],
+                        "required": ["os", "runtime"],
                         "additionalProperties": {"type": "string"},
                     },
                     "lifecycle": {
@@ -158,7 +158,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     assert r.returncode == 0, r.stderr
     recipes = {}
     for name in COMPONENTS:
-        path = out / name / VERSION / "recipe.json"
+        path = out / "recipes" / f"{name}-{VERSION}.json"
         assert path.is_file(), f"{path} not rendered"
         recipes[name] = json.loads(path.read_text())
     recipes["_out"] = {"dir": str(out)}
@@ -182,25 +182,102 @@ def test_version_and_bucket_rendered(rendered: dict[str, Any], name: str) -> Non
             assert a["Uri"].startswith(f"s3://{BUCKET}/{name}/{VERSION}/")
 
 
+# the step keys nucleus lite reads (case-sensitive; nucleus classic takes any case)
+LITE_STEP_KEYS = {"Script", "Timeout", "RequiresPrivilege", "Setenv"}
+LITE_PHASES = {"install", "run", "startup", "bootstrap"}
+
+
 @pytest.mark.parametrize("name", COMPONENTS)
-def test_lifecycle_lowercase_three_platforms_no_privilege(
-    rendered: dict[str, Any], name: str
-) -> None:
+def test_lifecycle_keys_as_nucleus_lite_reads_them(rendered: dict[str, Any], name: str) -> None:
+    """Phase names lowercase, step keys capitalised: ``script:`` fails a lite deployment
+    at once ("Script is not in the map"); a component with only an install step never
+    reaches a final state on lite (the deployment waits 300 s, then fails)."""
     recipe = rendered[name]
-    arches = set()
     for m in recipe["Manifests"]:
         assert m["Platform"]["os"] == "linux"
         assert m["Platform"]["runtime"] == "*"  # both nucleus classic and lite
-        arches.add(m["Platform"]["architecture"])
-        for key, step in m["Lifecycle"].items():
-            assert key == key.lower() and key in LIFECYCLE_STEPS, key
-            assert key != "shutdown", "nucleus lite runs no shutdown step"
-            if isinstance(step, dict):
-                assert all(k == k.lower() for k in step), step
-    assert arches == GG_ARCHES
-    text = json.dumps(recipe).lower()
-    assert "requiresprivilege" not in text
-    assert "sudo" not in text
+        phases = m["Lifecycle"]
+        assert set(phases) <= LITE_PHASES, phases
+        assert {"run", "startup"} & set(phases), f"{name}: no step that reaches a final state"
+        for phase, step in phases.items():
+            assert isinstance(step, dict) and set(step) <= LITE_STEP_KEYS, (phase, step)
+            assert "Script" in step, (phase, step)
+            for value in step.get("Setenv", {}).values():
+                assert isinstance(value, str)  # lite: Setenv values must be strings
+
+
+def test_platforms_per_architecture(rendered: dict[str, Any]) -> None:
+    for name in ("com.vehicleedge.Daemon", "com.vehicleedge.Simulator"):  # the wheelhouse
+        arches = {m["Platform"]["architecture"] for m in rendered[name]["Manifests"]}
+        assert arches == GG_ARCHES, name
+    # data only: one manifest for every architecture
+    assert len(rendered["com.vehicleedge.Zones"]["Manifests"]) == 1
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_no_cross_component_interpolation(rendered: dict[str, Any], name: str) -> None:
+    """Nucleus lite does not substitute ``{OtherComponent:ns:key}``: the step silently
+    never runs and the component is FINISHED. Only its own namespaces are used."""
+    import re
+
+    text = json.dumps(rendered[name])
+    for ns in re.findall(r"\{([A-Za-z0-9_.\-]+):[a-zA-Z]+(?::[^}]*)?\}", text):
+        assert ns in {"artifacts", "work", "configuration", "iot", "kernel"}, ns
+
+
+def test_only_the_simulator_step_starts_as_root(rendered: dict[str, Any]) -> None:
+    for name in COMPONENTS:
+        for m in rendered[name]["Manifests"]:
+            for phase, step in m["Lifecycle"].items():
+                if step.get("RequiresPrivilege"):
+                    assert (name, phase) == ("com.vehicleedge.Simulator", "run")
+                    # it only creates /run/vehicle-edge, then drops to the work dir's owner
+                    assert "exec setpriv --reuid=" in step["Script"]
+    assert "sudo" not in json.dumps([rendered[n] for n in COMPONENTS]).lower()
+
+
+sys.path.insert(0, str(ROOT / "scripts"))
+try:
+    import build_components as bc
+finally:
+    sys.path.remove(str(ROOT / "scripts"))
+
+
+def test_subobject_count_as_nucleus_lite_counts() -> None:
+    """The counting rule measured on lite 2.6.0: map entry 2 + its value's, list item 1 +
+    its own. 100 flat DefaultConfiguration keys (200) deploy, 101 (202) do not."""
+    assert bc.subobjects({f"k{i}": i for i in range(100)}) == 200
+    assert bc.subobjects({f"k{i}": i for i in range(101)}) == 202
+    assert bc.subobjects({"a": {"b": [1, 2, {"c": None}]}}) == 2 + 2 + 1 + 1 + 1 + 2
+    assert bc.subobjects("x") == 0
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_recipe_fits_nucleus_lite(rendered: dict[str, Any], name: str) -> None:
+    """Under GG_MAX_OBJECT_SUBOBJECTS (255) with the whole recipe counted as one object,
+    all architectures' manifests included; DefaultConfiguration well under ~200."""
+    recipe = rendered[name]
+    total = bc.subobjects(recipe)
+    assert total < bc.LITE_MAX_SUBOBJECTS, f"{name}: {total} sub-objects"
+    dc = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+    assert bc.subobjects(dc) <= 60, f"{name}: DefaultConfiguration {bc.subobjects(dc)}"
+
+    def objects(v: Any) -> list[Any]:
+        kids = v.values() if isinstance(v, dict) else v if isinstance(v, list) else []
+        return [v] + [o for k in kids for o in objects(k)] if kids else [v]
+
+    for obj in objects(recipe):
+        assert bc.subobjects(obj) < bc.LITE_MAX_SUBOBJECTS
+
+
+def test_build_refuses_a_recipe_too_big_for_lite() -> None:
+    big = {"ComponentName": "x", "ComponentConfiguration": {
+        "DefaultConfiguration": {f"k{i}": i for i in range(101)}}}
+    with pytest.raises(bc.BuildError, match="DefaultConfiguration has 202 sub-objects"):
+        bc.check_lite_limits(big)
+    huge = {"ComponentName": "x", "Manifests": [{"a": list(range(250))}, {"b": 1}]}
+    with pytest.raises(bc.BuildError, match="the recipe has 260 sub-objects"):
+        bc.check_lite_limits(huge)
 
 
 def access_control(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -229,69 +306,64 @@ def test_daemon_publishes_only_own_topics(rendered: dict[str, Any]) -> None:
     assert list(ac) == ["aws.greengrass.ipc.mqttproxy"]
 
 
-def dataclass_keys(cls: Any) -> dict[str, Any]:
-    """The TOML config's key tree, from the dataclasses: {key: subtree or None}."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: dataclass_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
-        else None
-        for f in dataclasses.fields(cls) if f.name != "source"
-    }
-
-
-def config_keys(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: config_keys(v) if isinstance(v, dict) else None for k, v in value.items()
-            if k != "accessControl"}
-
-
-def test_daemon_default_configuration_has_every_config_key(rendered: dict[str, Any]) -> None:
+def test_daemon_default_configuration_is_lean_and_valid(rendered: dict[str, Any]) -> None:
+    """Only what an operator sets per fleet; every other key keeps the code's default
+    (a merge may still set any config key)."""
     dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
-    want, got = dataclass_keys(Config), config_keys(dc)
-    assert set(got) == set(want)
-    for section, keys in want.items():  # section by section, for a readable failure
-        assert got[section] == keys, section
-
-
-def test_daemon_default_configuration_is_the_toml_defaults(rendered: dict[str, Any]) -> None:
-    dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
+    assert set(dc) == {"uplink", "log", "gnss", "can", "rules", "outbox", "accessControl"}
     cfg = config_from_component(dc, base=Path("/work"), env={"AWS_IOT_THING_NAME": "car-1"})
     defaults = Config(thing="car-1")
-    # the two Greengrass choices; everything else is exactly the TOML defaults
-    assert cfg.uplink.kind == "greengrass" and cfg.log.format == "json"
+    assert cfg.thing == "car-1"  # the recipe's Setenv gives the core device's thing name
     assert cfg.uplink == dataclasses.replace(defaults.uplink, kind="greengrass")
     assert cfg.log == dataclasses.replace(defaults.log, format="json")
     for section in ("gnss", "can", "rules", "telemetry", "health"):
         assert getattr(cfg, section) == getattr(defaults, section), section
     assert cfg.outbox == dataclasses.replace(defaults.outbox, path=Path("/work/outbox.db"))
-    # on the device the recipe points rules.zones at com.vehicleedge.Zones' file
-    zones = "/greengrass/v2/work/com.vehicleedge.Zones/zones.geojson"
+
+
+def test_daemon_reads_the_zones_component_through_the_root_path(
+    rendered: dict[str, Any],
+) -> None:
+    daemon = rendered["com.vehicleedge.Daemon"]
+    assert "com.vehicleedge.Zones" in daemon["ComponentDependencies"]
+    zones = rendered["com.vehicleedge.Zones"]["Manifests"][0]["Lifecycle"]["run"]["Script"]
+    assert "mv -f {work:path}/zones.geojson.new {work:path}/zones.geojson" in zones
+    for m in daemon["Manifests"]:
+        env = m["Lifecycle"]["run"]["Setenv"]
+        assert env["VEHICLE_EDGE_ZONES"] == (
+            "{kernel:rootPath}/work/com.vehicleedge.Zones/zones.geojson")
+        assert env["AWS_IOT_THING_NAME"] == "{iot:thingName}"
+    dc = daemon["ComponentConfiguration"]["DefaultConfiguration"]
+    path = "/var/lib/greengrass/work/com.vehicleedge.Zones/zones.geojson"  # lite's rootPath
     cfg = config_from_component(dc, base=Path("/work"),
-                                env={"AWS_IOT_THING_NAME": "car-1", "VEHICLE_EDGE_ZONES": zones})
-    assert cfg.rules.zones == Path(zones)
+                                env={"AWS_IOT_THING_NAME": "car-1", "VEHICLE_EDGE_ZONES": path})
+    assert cfg.rules.zones == Path(path)
+    out = Path(rendered["_out"]["dir"])
+    art = out / "artifacts" / "com.vehicleedge.Zones" / VERSION / "zones.geojson"
+    assert json.loads(art.read_text())["type"] == "FeatureCollection"
 
 
 def test_default_configuration_template_typo_fails_the_build() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import build_components as bc
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     with pytest.raises(bc.BuildError, match=r"rules\.speed\.limit_kph"):
-        bc.merge_config(bc.config_defaults(), {"rules": {"speed": {"limit_kph": 50}}})
+        bc.check_config_keys(bc.config_defaults(), {"rules": {"speed": {"limit_kph": 50}}})
+    with pytest.raises(bc.BuildError, match=r"rules\.speed must be a table"):
+        bc.check_config_keys(bc.config_defaults(), {"rules": {"speed": 50}})
+    bc.check_config_keys(bc.config_defaults(), {"accessControl": {}, "gnss": {"port": None}})
+    bad = {"ComponentName": "com.vehicleedge.Daemon",
+           "ComponentConfiguration": {"DefaultConfiguration": {"gnss": {"baud": "fast"}}}}
+    with pytest.raises(bc.BuildError, match=r"not a valid config: gnss\.baud"):
+        bc.check_default_configuration(bad)
 
 
 @pytest.mark.parametrize("name", ["com.vehicleedge.Daemon", "com.vehicleedge.Simulator"])
 def test_install_is_offline_into_work_dir_venv(rendered: dict[str, Any], name: str) -> None:
     for m in rendered[name]["Manifests"]:
-        install = m["Lifecycle"]["install"]["script"]
+        install = m["Lifecycle"]["install"]["Script"]
         arch = m["Name"].removeprefix("linux-")
         assert "install-venv.sh" in install and "{work:path}" in install and arch in install
         uris = [a["Uri"].rsplit("/", 1)[-1] for a in m["Artifacts"]]
         assert f"wheelhouse-{arch}.zip" in uris
-        assert f"{{work:path}}/venv-{VERSION}" in m["Lifecycle"]["run"]["script"]
+        assert f"{{work:path}}/venv-{VERSION}" in m["Lifecycle"]["run"]["Script"]
     script = (ROOT / "components" / "install-venv.sh").read_text()
     assert "--no-index" in script and "--find-links" in script
     pip_lines = [ln for ln in script.splitlines() if "pip install" in ln or "pip\" install" in ln
@@ -331,20 +403,6 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
                          text=True, timeout=30)
     assert out.stdout.strip() == "ok"
     assert not (work / "wheelhouse-9.9.9-x86_64").exists()
-
-
-def test_zones_component_replaces_file_atomically(rendered: dict[str, Any]) -> None:
-    zones = rendered["com.vehicleedge.Zones"]
-    for m in zones["Manifests"]:
-        script = m["Lifecycle"]["install"]["script"]
-        assert "mv -f" in script and "{work:path}/zones.geojson" in script
-    daemon = rendered["com.vehicleedge.Daemon"]
-    assert "com.vehicleedge.Zones" in daemon["ComponentDependencies"]
-    run = daemon["Manifests"][0]["Lifecycle"]["run"]["script"]
-    assert "{com.vehicleedge.Zones:work:path}/zones.geojson" in run
-    out = Path(rendered["_out"]["dir"])
-    art = out / "com.vehicleedge.Zones" / VERSION / "artifacts" / "zones.geojson"
-    assert json.loads(art.read_text())["type"] == "FeatureCollection"
 
 
 def test_build_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -405,11 +463,11 @@ def test_simulator_publishes_through_greengrass_as_this_thing_only(
         }
     }
     out = Path(rendered["_out"]["dir"])
-    arts = out / "com.vehicleedge.Simulator" / VERSION / "artifacts"
+    arts = out / "artifacts" / "com.vehicleedge.Simulator" / VERSION
     assert (arts / "sim-config.py").read_bytes() == (ROOT / "components" / "sim-config.py"
                                                       ).read_bytes()
     for m in sim["Manifests"]:
-        run = m["Lifecycle"]["run"]["script"]
+        run = m["Lifecycle"]["run"]["Script"]
         assert '{artifacts:path}/sim-config.py "{configuration:/drive}" "{iot:thingName}"' in run
         assert "edge sim \"$D\" --config {work:path}/sim.toml" in run
         assert "--rate {configuration:/rate}" in run
