@@ -491,6 +491,12 @@ class Daemon:
             self.uplink_state = "disconnected"
             await self._backoff_wait(backoff.next())
 
+    def _publish_error(self, reason: str | None) -> None:
+        """Publishes fail on a working connection (``reason``), or work again (None)."""
+        self.uplink_state = "connected" if reason is None else "publish failing"
+        if reason is not None:
+            self.last_uplink_error = reason
+
     def _uplink_failed(self, exc: Exception) -> None:
         self.counters["uplink_errors"] += 1
         self.last_uplink_error = str(exc)
@@ -555,6 +561,8 @@ class Daemon:
             self.outbox, thing=cfg.thing, batch_max=cfg.telemetry.batch_max,
             compression=cfg.uplink.compression, window=cfg.uplink.window,
             counters=self.counters, once=self._once,
+            retry=Backoff(base_s=0.5, cap_s=cfg.uplink.backoff_max_s),
+            on_publish_error=self._publish_error,
         )
         await forwarder.run(uplink, self._new_rows)
 

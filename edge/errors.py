@@ -9,6 +9,8 @@
     ├── OutboxError            the durable queue failed (disk full, corrupt)
     └── UplinkError            transient: not connected, timeout, broker gone
         ├── UplinkAuthError    credentials refused (backoff jumps to the cap)
+        ├── PublishFailed      this publish failed, the connection is fine (nucleus lite
+        │                      offline): retry the message after a backoff, no reconnect
         └── PublishRejected    permanent for that message (ACL deny, too large)
 """
 
@@ -51,6 +53,10 @@ class UplinkError(EdgeError):
 
 
 class UplinkAuthError(UplinkError):
+    pass
+
+
+class PublishFailed(UplinkError):
     pass
 
 

@@ -17,14 +17,20 @@ rows it carries):
   at 512 KiB/s: 0.25 s), and without a quota whenever ``wake`` is set (new rows were
   written) or ``URGENT_RECHECK_S`` has passed.
 * Telemetry rows are claimed ``batch_max`` per unit and published as one
-  ``telemetry_batch`` (<= 128 KiB before compression). With ``compression`` gzip or
+  ``telemetry_batch`` of at most the uplink's ``max_payload`` bytes before compression
+  (128 KiB; ~7 kB through nucleus lite's IPC): batches are split by bytes, not only by
+  count. With ``compression`` gzip or
   zstd and an uplink that carries MQTT 5 user properties, the batch is compressed and
   declared with the user property ``content-encoding``; otherwise it goes as JSON.
 * ``IotQuota``: 100 publishes/s and 512 KiB/s (bytes on the wire) per connection.
 * Outcomes: PUBACK < 0x80 -> ``ack`` (rows leave); ``PublishRejected`` -> ``reject``
-  (dropped and counted, never retried); anything else -> ``release`` (back to ready,
-  same place). A row leaves the outbox only after its PUBACK. Acks and rejects are
-  queued and settled in batches by one task, one transaction per batch (flushed
+  (dropped and counted, never retried); ``PublishFailed`` (this publish failed on a
+  working connection: nucleus lite offline) -> the unit goes back to the head of the
+  stage and every worker holds off for a capped, jittered backoff (reset by the next
+  success; counted in ``publish_failures``, logged once) -- no reconnect; any other
+  ``UplinkError`` -> the connection is given up (rows back to ready, same place). A
+  row leaves the outbox only after its PUBACK. Acks and rejects are queued and settled
+  in batches by one task, one transaction per batch (flushed
   ``settle_linger_s`` after the first outcome, at once from ``settle_max``).
 * Every claimed row is settled or released before ``run`` returns (also when it is
   cancelled): the queued outcomes and the releases go in one last transaction.
@@ -37,15 +43,16 @@ import gzip
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from edge.core.backoff import Backoff
 from edge.core.ratelimit import IotQuota
 from edge.core.telemetry import batch_payload, split_batches
-from edge.errors import OutboxError, PublishRejected, UplinkError
+from edge.errors import OutboxError, PublishFailed, PublishRejected, UplinkError
 from edge.logconf import Once
 from edge.model import Lane
 from edge.outbox import Outbox, Row
@@ -123,7 +130,12 @@ class Forwarder:
         quota: bool = True,
         settle_linger_s: float = 0.005,
         settle_max: int = 512,
+        retry: Backoff | None = None,
+        on_publish_error: Callable[[str | None], None] | None = None,
     ) -> None:
+        """``retry``: the backoff after a ``PublishFailed`` (default 0.5 s doubling to
+        60 s); ``on_publish_error(reason)`` is told of a failing publish and, with
+        ``None``, of the first success after it (health)."""
         self.outbox = outbox
         self.thing = thing
         self.batch_max = max(1, batch_max)
@@ -132,7 +144,12 @@ class Forwarder:
         self.settle_linger_s = settle_linger_s
         self.settle_max = max(1, settle_max)
         self.counters = counters if counters is not None else {}
-        for k in ("published", "publish_batches", "rejected", "bytes_sent"):
+        self._retry = retry or Backoff(base_s=0.5, cap_s=60.0)
+        self._on_publish_error = on_publish_error
+        self._hold_until = 0.0  # after a PublishFailed, no publish before this (monotonic)
+        self._max_payload = MAX_PAYLOAD
+        for k in ("published", "publish_batches", "rejected", "bytes_sent",
+                  "publish_failures"):
             self.counters.setdefault(k, 0)
         self._once = once or Once()
         self._quota = quota
@@ -188,7 +205,7 @@ class Forwarder:
     def _telemetry_units(self, rows: list[Row], compress_ok: bool) -> list[Unit]:
         units = []
         groups = split_batches([r.payload for r in rows], max_records=self.batch_max,
-                               max_bytes=MAX_PAYLOAD)
+                               max_bytes=self._max_payload)
         for g in groups:
             payload = batch_payload(self.thing, [rows[i].payload for i in g],
                                     [rows[i].id for i in g])
@@ -212,6 +229,8 @@ class Forwarder:
         lost: asyncio.Event | None = getattr(uplink, "lost", None)
         quota = IotQuota.aws() if self._quota and uplink.name != "file" else None
         compress_ok = self.compression != "none" and carries_user_properties(uplink)
+        self._max_payload = min(MAX_PAYLOAD, getattr(uplink, "max_payload", MAX_PAYLOAD))
+        self._hold_until = 0.0
         if self.compression != "none" and not compress_ok:
             self._once(log, "no-compression", "uplink cannot declare content-encoding;"
                        " telemetry goes uncompressed", uplink=uplink.name)
@@ -326,6 +345,11 @@ class Forwarder:
                 continue
             if len(staged) < self.window:
                 self._need.set()
+            hold = self._hold_until - time.monotonic()
+            if hold > 0:  # publishes are failing: wait out the backoff, then retry
+                staged.appendleft(unit)
+                await asyncio.sleep(hold)
+                continue
             bulk = unit.lane not in URGENT
             if bulk:
                 self._bulk_busy += 1
@@ -367,6 +391,19 @@ class Forwarder:
             self._rejects.extend(unit.seqs)
             self._outcome.set()
             return
+        except PublishFailed as exc:
+            # the connection works, this publish did not: same unit again after a backoff
+            self.counters["publish_failures"] += 1
+            if self._hold_until <= time.monotonic():  # one backoff step per failing round
+                delay = self._retry.next()
+                self._hold_until = time.monotonic() + delay
+                self._once(log, "publish-failed", "publish failed, retrying with backoff",
+                           topic=unit.topic, reason=str(exc), retry_in_s=round(delay, 2))
+                if self._on_publish_error is not None:
+                    self._on_publish_error(str(exc))
+            self._staged.appendleft(unit)
+            self._need.set()
+            return
         except UplinkError as exc:
             if self._failed is None:
                 self._failed = exc
@@ -375,6 +412,12 @@ class Forwarder:
             if self._failed is None:
                 self._failed = UplinkError(f"no PUBACK for {unit.topic}")
             return
+        if self._retry.attempts:
+            self._retry.reset()
+            self._once.clear("publish-failed")
+            log.info("publish works again", topic=unit.topic)
+            if self._on_publish_error is not None:
+                self._on_publish_error(None)
         self.counters["published"] += len(unit.seqs)
         self.counters["publish_batches"] += 1
         self.counters["bytes_sent"] += len(unit.payload)

@@ -5,8 +5,18 @@ Runs inside a Greengrass component (classic or lite). The nucleus gives the comp
 accessControl must grant ``aws.greengrass#PublishToIoTCore`` on ``vehicles/{iot:thingName}/*``.
 
 ``publish`` returns only when the nucleus answered success. Nucleus classic then owns
-delivery (its spooler); nucleus lite answers with an error at once when offline, which
-becomes ``UplinkError`` so the row stays in our outbox and is retried.
+delivery (its spooler); nucleus lite answers with ServiceError at once when offline,
+which becomes ``PublishFailed``: the row stays in our outbox and the forwarder retries it
+after a capped, jittered backoff on the same connection (reconnecting would not help).
+
+Nucleus lite caps an IPC message at 10,000 bytes (``GGL_IPC_MAX_MSG_LEN``: the
+eventstream frame after its 12-byte prelude, the payload base64-encoded inside JSON;
+measured on 2.6.0 to the byte) and resets the connection above it, without an error
+reply. On lite ``max_payload`` is therefore ~7 kB (what fits
+with any legal topic; the forwarder sizes telemetry batches by it) and ``publish``
+computes the exact frame size first (``ipc_message_size``): a message that cannot fit is
+``PublishRejected``, never sent. Lite is recognised by its socket (``gg-ipc.socket``;
+classic's is ``ipc.socket``), which only changes the limit.
 
 awsiotsdk calls back on awscrt's event-loop thread; results reach the asyncio loop via
 ``asyncio.wrap_future`` (which uses ``call_soon_threadsafe``) and, for disconnects, an
@@ -25,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
-from edge.errors import PublishRejected, UplinkAuthError, UplinkError
+from edge.errors import PublishFailed, PublishRejected, UplinkAuthError, UplinkError
 from edge.uplinks.base import MAX_PAYLOAD, check_publish
 
 if TYPE_CHECKING:
@@ -35,6 +45,49 @@ log = structlog.get_logger()
 
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"
+
+# nucleus lite: the largest IPC message it accepts (headers + payload + CRC: the frame
+# after its prelude; measured on 2.6.0: a 7,293 B payload on vehicles/<thing>/telemetry
+# with a 36-byte topic passes, 7,294 B resets the connection)
+LITE_MAX_MESSAGE = 10_000
+PRELUDE = 12
+LITE_SOCKET_NAME = "gg-ipc.socket"
+_OPERATION = "aws.greengrass#PublishToIoTCore"
+_MODEL = "aws.greengrass#PublishToIoTCoreRequest"
+# an application message's frame around its JSON payload: prelude (12) + message CRC (4)
+# + the headers awsiotsdk sends on a stream's first message: :message-type,
+# :message-flags, :stream-id (int32), operation, :content-type, service-model-type
+FRAME_OVERHEAD = 16 + sum(
+    1 + len(name) + 1 + size for name, size in (
+        (":message-type", 4), (":message-flags", 4), (":stream-id", 4),
+        ("operation", 2 + len(_OPERATION)), (":content-type", 2 + len("application/json")),
+        ("service-model-type", 2 + len(_MODEL))))
+# the request's JSON keys and punctuation around topic and payload (qos 1, no properties)
+_JSON_OVERHEAD = len('{"topicName": "", "qos": "1", "payload": ""}')
+# raw payload that fits one lite message with any topic IoT Core accepts (<= 256 bytes)
+LITE_MAX_PAYLOAD = (LITE_MAX_MESSAGE + PRELUDE - FRAME_OVERHEAD - _JSON_OVERHEAD - 256) // 4 * 3
+
+
+def ipc_message_size(topic: str, payload: bytes, qos: int = 1,
+                     user_properties: Sequence[tuple[str, str]] = ()) -> int:
+    """Bytes of the eventstream frame awsiotsdk writes for this PublishToIoTCore (the
+    JSON request built by the SDK's own serializer, payload base64-encoded inside)."""
+    import json
+
+    from awsiot.greengrasscoreipc import model
+
+    req = model.PublishToIoTCoreRequest(
+        topic_name=topic, qos=model.QOS.AT_LEAST_ONCE if qos == 1 else model.QOS.AT_MOST_ONCE,
+        payload=payload,
+        user_properties=[model.UserProperty(key=k, value=v) for k, v in user_properties]
+        or None)
+    return FRAME_OVERHEAD + len(json.dumps(req._to_payload()).encode())
+
+
+def is_nucleus_lite(ipc_socket: str | None) -> bool:
+    """Nucleus lite's IPC socket is ``.../gg-ipc.socket``; classic's ``.../ipc.socket``.
+    Unknown (no socket): treated as lite, the stricter one."""
+    return not ipc_socket or os.path.basename(ipc_socket) != "ipc.socket"
 
 
 def ipc_available(env: dict[str, str] | None = None) -> bool:
@@ -136,6 +189,11 @@ class GreengrassUplink:
             connect_timeout_s = config.connect_timeout_s if config is not None else 10.0
         self._connect_timeout_s = connect_timeout_s
         self._publish_timeout_s = publish_timeout_s
+        sock = ipc_socket or os.environ.get(SOCKET_ENV)
+        self.lite = is_nucleus_lite(sock)
+        # on lite the IPC message cap, not IoT Core's 128 KiB, bounds a publish
+        self.max_message = LITE_MAX_MESSAGE if self.lite else None
+        self.max_payload = LITE_MAX_PAYLOAD if self.lite else MAX_PAYLOAD
         self._client: Any = None  # GreengrassCoreIPCClientV2 while connected
         self._conn: Any = None
         self._lost: asyncio.Event | None = None
@@ -219,7 +277,13 @@ class GreengrassUplink:
         qos: int = 1,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
-        check_publish(topic, payload, qos, self.max_payload)
+        check_publish(topic, payload, qos, MAX_PAYLOAD)
+        if self.max_message is not None:
+            size = ipc_message_size(topic, payload, qos, user_properties) - PRELUDE
+            if size > self.max_message:
+                raise PublishRejected(
+                    f"{topic}: payload {len(payload)} B is a {size} B IPC message, over "
+                    f"nucleus lite's {self.max_message} B")
         client = self._client
         if client is None:
             raise UplinkError("greengrass: not connected")
@@ -241,9 +305,14 @@ class GreengrassUplink:
         await self._await(cfut, "publish")
 
     async def _await(self, cfut: concurrent.futures.Future[Any], what: str) -> Any:
-        """Wait for an IPC future, failing fast if the connection drops meanwhile."""
+        """Wait for an IPC future, failing fast if the connection drops meanwhile.
+
+        However this ends (also cancelled), the IPC future's outcome is consumed: when
+        the connection closes later, awsiotsdk fails it with StreamClosedError, which
+        would otherwise be logged as "Future exception was never retrieved"."""
         assert self._lost is not None
         fut = asyncio.wrap_future(cfut)
+        fut.add_done_callback(_consume)
         lost = asyncio.ensure_future(self._lost.wait())
         try:
             done, _ = await asyncio.wait(
@@ -251,12 +320,24 @@ class GreengrassUplink:
             )
         finally:
             lost.cancel()
-        if fut in done:
+            if not fut.done():
+                fut.cancel()
+        if fut in done and not fut.cancelled():
             try:
                 return fut.result()
             except Exception as exc:
+                from awsiot.greengrasscoreipc import model
+
+                if isinstance(exc, model.ServiceError):  # e.g. lite offline: not the link
+                    text = getattr(exc, "message", None) or str(exc) or "ServiceError"
+                    raise PublishFailed(f"{what}: nucleus service error: {text}") from exc
                 raise map_ipc_error(exc, what) from exc
         fut.cancel()
         if lost in done:
             raise UplinkError(f"greengrass: IPC connection lost during {what}: {self._lost_reason}")
         raise UplinkError(f"greengrass: {what} timed out after {self._publish_timeout_s:g} s")
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

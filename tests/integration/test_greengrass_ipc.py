@@ -4,6 +4,7 @@ in the test suite, with awsiotsdk's real GreengrassCoreIPCClientV2 on the other 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,15 +16,30 @@ import pytest
 pytest.importorskip("awsiot.greengrasscoreipc.clientv2")
 
 from edge.config import Config
-from edge.errors import ConfigError, PublishRejected, UplinkAuthError, UplinkError
+from edge.core.backoff import Backoff
+from edge.errors import (
+    ConfigError,
+    PublishFailed,
+    PublishRejected,
+    UplinkAuthError,
+    UplinkError,
+)
+from edge.forwarder import Forwarder
 from edge.ggconfig import (
     GreengrassConfigWatcher,
     changed_sections,
     component_config_to_dict,
     config_from_component,
 )
+from edge.model import Envelope, Lane
+from edge.outbox import Outbox
 from edge.uplinks.base import MAX_PAYLOAD
-from edge.uplinks.greengrass import GreengrassUplink
+from edge.uplinks.greengrass import (
+    LITE_MAX_MESSAGE,
+    LITE_MAX_PAYLOAD,
+    GreengrassUplink,
+    ipc_message_size,
+)
 from tests.support.ggipc_server import GgIpcServer, thing_topic_policy
 
 THING = "car-0001"
@@ -44,9 +60,14 @@ def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
     asyncio.run(main())
 
 
-def server(sock_dir: Path, **kw: Any) -> GgIpcServer:
+def server(sock_dir: Path, *, lite: bool = False, **kw: Any) -> GgIpcServer:
+    """Named as nucleus classic's socket (``ipc.socket``), or lite's (``gg-ipc.socket``,
+    with lite's 10,000-byte message cap)."""
     kw.setdefault("may_publish", thing_topic_policy(THING))
-    return GgIpcServer(sock_dir / "ipc.sock", **kw)
+    srv = GgIpcServer(sock_dir / ("gg-ipc.socket" if lite else "ipc.socket"), **kw)
+    if lite:
+        srv.max_message = LITE_MAX_MESSAGE
+    return srv
 
 
 def uplink_for(srv: GgIpcServer, **kw: Any) -> GreengrassUplink:
@@ -119,14 +140,149 @@ def test_nucleus_offline_error_is_transient(sock_dir: Path) -> None:
     async def body() -> None:
         async with server(sock_dir) as srv, uplink_for(srv) as up:
             srv.publish_service_error = "Failed to publish: not connected to AWS IoT Core"
-            with pytest.raises(UplinkError) as info:
+            with pytest.raises(PublishFailed):  # the message again later, same connection
                 await up.publish(f"vehicles/{THING}/events/geofence", b"{}")
-            assert not isinstance(info.value, PublishRejected)
+            assert up.connected
             srv.publish_service_error = None
             await up.publish(f"vehicles/{THING}/events/geofence", b"{}")
             assert len(srv.published) == 1
 
     run(body)
+
+
+def test_lite_message_size_is_the_frame_on_the_wire(sock_dir: Path) -> None:
+    """On lite the whole IPC frame (payload base64 in JSON) must fit 10,000 bytes after
+    its prelude. The size we compute is the size awscrt writes, to the byte; what does
+    not fit is rejected before sending (lite would reset the connection)."""
+    topic = f"vehicles/{THING}/telemetry"
+
+    def fitting() -> int:  # the largest payload that fits: measured against our formula
+        n = LITE_MAX_PAYLOAD
+        while ipc_message_size(topic, b"x" * (n + 1)) - 12 <= LITE_MAX_MESSAGE:
+            n += 1
+        return n
+
+    async def body() -> None:
+        async with server(sock_dir, lite=True) as srv, uplink_for(srv) as up:
+            assert up.lite and up.max_payload == LITE_MAX_PAYLOAD
+            n = fitting()
+            await up.publish(topic, b"x" * n)
+            (pub,) = srv.published
+            assert pub.frame_size == ipc_message_size(topic, b"x" * n)
+            assert pub.frame_size - 12 > LITE_MAX_MESSAGE - 4  # full to the base64 quantum
+            with pytest.raises(PublishRejected, match="nucleus lite's 10000 B"):
+                await up.publish(topic, b"x" * (n + 1))
+            await up.publish(topic, b"y" * LITE_MAX_PAYLOAD)  # the connection survived
+            assert srv.resets == 0 and len(srv.published) == 2
+        # the fake nucleus resets like lite does for a frame that is too big
+        async with server(sock_dir, lite=True) as srv:
+            big = GreengrassUplink(ipc_socket=str(srv.path), authtoken=srv.svcuid)
+            big.max_message = None  # as the old uplink: no size check
+            async with big:
+                with pytest.raises(UplinkError):
+                    await big.publish(topic, b"x" * (n + 1))
+            assert srv.resets == 1
+
+    run(body)
+
+
+def telemetry(i: int) -> Envelope:
+    """A telemetry row of ~430 B, as the daemon writes them."""
+    body = {"Vehicle.Speed": 48.25, "speed_source": "can",
+            "Vehicle.CurrentLocation.Latitude": 48.1351253,
+            "Vehicle.CurrentLocation.Longitude": 11.5819806,
+            "Vehicle.CurrentLocation.Altitude": 519.4, "Vehicle.CurrentLocation.Heading": 87.5,
+            "Vehicle.CurrentLocation.GNSSReceiver.FixType": "THREE_D",
+            "gnss": {"valid": True, "hdop": 0.9, "sats": 11}, "pad": "p" * 5}
+    return Envelope(id=f"0190a1b2-c3d4-7e5f-8a9b-{i:012d}", thing=THING, type="telemetry",
+                    ts=1_780_000_000_000 + i, seq=i, topic=f"vehicles/{THING}/telemetry",
+                    lane=Lane.TELEMETRY, body=body)
+
+
+def test_forwarder_through_lite_sizes_batches_and_backs_off_without_reconnecting(
+    sock_dir: Path, tmp_path: Path
+) -> None:
+    """Lite offline answers every PublishToIoTCore with ServiceError: the rows stay, the
+    same connection is retried with a capped, jittered backoff (not a reconnect loop),
+    and nothing leaves an unretrieved future behind. Back online, 120 records of ~430 B
+    go out in batches that each fit lite's 10,000-byte IPC message."""
+    import gc
+    import random
+
+    ob = Outbox(tmp_path / "o.db")
+    ob.put([telemetry(i) for i in range(120)])
+    assert 400 < len(ob.claim(1, lanes=(Lane.TELEMETRY,))[0].payload) < 480
+    ob.recover_inflight()
+    loop_errors: list[dict[str, Any]] = []
+
+    async def body() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, c: loop_errors.append(c))
+        async with server(sock_dir, lite=True) as srv:
+            srv.publish_service_error = "Failed to publish the message."
+            fw = Forwarder(ob, thing=THING, window=1,
+                           retry=Backoff(base_s=0.05, cap_s=0.2, rng=random.Random(7)))
+            async with uplink_for(srv) as up:
+                task = asyncio.create_task(fw.run(up, asyncio.Event()))
+                await asyncio.sleep(1.5)
+                assert not task.done()
+                assert ob.stats()["pending"] == 120  # all kept
+                fails = fw.counters["publish_failures"]
+                # backoff 0.05 s doubling to 0.2 s (jittered, >= half): <= ~15 tries in 1.5 s
+                assert 3 <= fails <= 20, fails
+                srv.publish_service_error = None  # back online
+                async with asyncio.timeout(10):
+                    while ob.stats()["pending"]:
+                        await asyncio.sleep(0.05)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert srv.connects == 1 and srv.resets == 0
+            got = [json.loads(p.payload) for p in srv.published]
+            assert sorted(r["id"] for b in got for r in b["records"]) == [
+                telemetry(i).id for i in range(120)]
+            assert len(got) >= 120 * 430 // LITE_MAX_PAYLOAD  # split by bytes, not count
+            for p in srv.published:
+                assert len(p.payload) <= LITE_MAX_PAYLOAD
+                assert p.frame_size - 12 <= LITE_MAX_MESSAGE
+        gc.collect()
+
+    run(body)
+    assert not loop_errors, loop_errors
+    ob.close()
+
+
+def test_a_cancelled_publish_leaves_no_unretrieved_future(sock_dir: Path) -> None:
+    """A publish cancelled in flight (the forwarder stops its workers when it gives up a
+    connection), then the connection closes: awsiotsdk fails the IPC future with
+    StreamClosedError, which must not surface as "Future exception was never retrieved"."""
+    import gc
+
+    loop_errors: list[dict[str, Any]] = []
+
+    async def body() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, c: loop_errors.append(c))
+        async with server(sock_dir) as srv:
+            srv.publish_delay_s = 5.0
+            async with uplink_for(srv) as up:
+                task = asyncio.create_task(up.publish(f"vehicles/{THING}/telemetry", b"x"))
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.sleep(0.3)
+            gc.collect()
+            await asyncio.sleep(0.1)
+
+    run(body)
+    # (the fake nucleus' own serving task, cancelled while it sleeps, is not our concern)
+    assert not [c for c in loop_errors if "never retrieved" in c["message"]], loop_errors
+
+
+def test_classic_socket_keeps_the_iot_core_limit() -> None:
+    up = GreengrassUplink(ipc_socket="/greengrass/v2/ipc.socket", authtoken="t")
+    assert not up.lite and up.max_payload == MAX_PAYLOAD and up.max_message is None
+    up = GreengrassUplink(ipc_socket="/var/lib/greengrass/gg-ipc.socket", authtoken="t")
+    assert up.lite and up.max_payload == LITE_MAX_PAYLOAD < 7300
 
 
 def test_server_closing_raises_uplink_error_then_reconnect_works(sock_dir: Path) -> None:

@@ -121,6 +121,13 @@ def encode_frame(headers: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    headers, payload, _ = await read_frame_sized(reader)
+    return headers, payload
+
+
+async def read_frame_sized(reader: asyncio.StreamReader
+                           ) -> tuple[dict[str, Any], bytes, int]:
+    """A frame's headers, payload and total length on the wire."""
     head = await reader.readexactly(12)
     total, hlen, pcrc = struct.unpack(">III", head)
     if zlib.crc32(head[:8]) != pcrc:
@@ -129,7 +136,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
     (mcrc,) = struct.unpack(">I", rest[-4:])
     if zlib.crc32(head + rest[:-4]) != mcrc:
         raise FrameError("message CRC mismatch")
-    return decode_headers(rest[:hlen]), rest[hlen:-4]
+    return decode_headers(rest[:hlen]), rest[hlen:-4], total
 
 
 @dataclass
@@ -138,6 +145,7 @@ class Published:
     payload: bytes
     qos: str
     user_properties: list[tuple[str, str]]
+    frame_size: int = 0  # bytes of the eventstream frame that carried it
 
 
 @dataclass
@@ -208,6 +216,12 @@ class GgIpcServer:
         self.operations: list[str] = []
         self.publish_service_error: str | None = None  # e.g. "offline" (nucleus lite)
         self.publish_delay_s = 0.0
+        # like nucleus lite (GGL_IPC_MAX_MSG_LEN): a frame longer than this after its
+        # 12-byte prelude resets the connection, no error reply; None: no limit
+        self.max_message: int | None = None
+        self.resets = 0
+        self.connects = 0  # accepted CONNECTs
+        self._frame_size = 0
         self._conns: set[_Conn] = set()
         self._streams: list[_Stream] = []
         self._server: asyncio.base_events.Server | None = None
@@ -301,7 +315,11 @@ class GgIpcServer:
         self._conns.add(conn)
         try:
             while True:
-                headers, payload = await read_frame(reader)
+                headers, payload, size = await read_frame_sized(reader)
+                if self.max_message is not None and size - 12 > self.max_message:
+                    self.resets += 1
+                    break
+                self._frame_size = size
                 await self._on_frame(conn, headers, payload)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, FrameError):
@@ -329,6 +347,7 @@ class GgIpcServer:
                 }
             )
             if ok:
+                self.connects += 1
                 self.connected.set()
             return
         if mtype == PING:
@@ -379,6 +398,7 @@ class GgIpcServer:
                 payload=base64.b64decode(body.get("payload", "")),
                 qos=str(body.get("qos", "")),
                 user_properties=props,
+                frame_size=self._frame_size,
             )
         )
         conn.reply(sid, "PublishToIoTCoreResponse", {}, terminate=True)
