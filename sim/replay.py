@@ -126,6 +126,19 @@ class Replayer:
         self.wait_reader_s = wait_reader_s  # after the first NMEA line: wait for a reader
         self.stats = ReplayStats()
         self._span: tuple[float, float] | None = None
+        self._t: float | None = None  # timeline time of the last item delivered
+        self._t_wall = 0.0
+
+    def clock(self) -> float:
+        """The drive's clock: the timeline time of the last item delivered (advancing
+        with the wall clock times ``rate`` in between). ``edge sim`` hands it to the
+        daemon as its wall clock, so a 2018 drive is lived in 2018: CAN and GNSS of the
+        recording meet in one timeline whatever the host's date."""
+        if self._t is None:
+            return self.span()[0]
+        if self.rate is None:
+            return self._t
+        return self._t + (time.monotonic() - self._t_wall) * self.rate
 
     def span(self) -> tuple[float, float]:
         """(first, last) timeline time of the drive."""
@@ -229,6 +242,7 @@ class Replayer:
             if n >= self.yield_every:
                 n = 0
                 await asyncio.sleep(0)
+            self._t, self._t_wall = t, time.monotonic()
             if kind == "gnss":
                 if self.nmea is not None:
                     await self.nmea.write(data + b"\r\n")

@@ -24,7 +24,7 @@ import structlog
 
 from edge.config import Config
 from edge.errors import CanError
-from sim.drive import load_drive
+from sim.drive import check_clocks, load_drive
 from sim.pty import PtySerial
 from sim.replay import BusCanSink, Replayer, VirtualCanSink
 
@@ -160,6 +160,11 @@ async def run_sim(
     bar = Progress(progress, label=f"sim {d.name}") if progress is not None else None
     replayer = Replayer(d, nmea=pty, can=sink, rate=rate, max_gap_s=max_gap_s, loop=loop,
                         progress=bar, wait_reader_s=open_timeout_s)
+    if d.gnss is not None and d.can is not None:
+        clocks = check_clocks(d)
+        if not clocks.agree:
+            log.warning("sim.clocks_disagree", drive=str(d.path), offset_s=clocks.offset_s,
+                        reason=clocks.message(d))
     log.info("sim starting", drive=str(d.path), gnss=cfg.gnss.port, can=cfg.can.interface,
              channel=cfg.can.channel, rate=rate or "max")
 
@@ -173,7 +178,7 @@ async def run_sim(
         await replayer.run()
 
     async def main(stop: asyncio.Event) -> None:
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, clock=replayer.clock)
         daemon_task = asyncio.create_task(daemon.run(stop), name="sim-daemon")
         replay_task = asyncio.create_task(_replay_when_open(), name="sim-replay")
         stop_wait = asyncio.create_task(stop.wait(), name="sim-stop-wait")
