@@ -456,10 +456,18 @@ class FixAssembler:
             st["parse_error"] += 1
             return []
 
-    def flush(self) -> list[Fix]:
+    def flush(self, *, complete_only: bool = False) -> list[Fix]:
+        """Emit the pending epoch. ``complete_only``: not when the receiver's cycle end
+        was learned and this epoch has not reached it (a capture cut mid-epoch: gpsd
+        drops it too); counted in ``incomplete_epochs``."""
         ep, self._epoch = self._epoch, None
         if ep is None:
             return []
+        if complete_only and self._cycle_end is not None:
+            key, count = self._cycle_end
+            if ep.types.get(key, 0) < count:
+                self.stats["incomplete_epochs"] = self.stats.get("incomplete_epochs", 0) + 1
+                return []
         return self._emit(ep)
 
     # -- merging -------------------------------------------------------------------
@@ -508,6 +516,20 @@ class FixAssembler:
                 ep = self._epoch = _Epoch(mono)
             if ep.tod is None:
                 ep.tod = tod
+            elif ep.lat is not None and ep.lon is not None:
+                here = self._pos(kind, d)
+                if here is not None and (round(here[0], 6) != round(ep.lat, 6)
+                                         or round(here[1], 6) != round(ep.lon, 6)):
+                    # Two positions for one instant (a receiver whose RMC repeats the
+                    # previous second's position, GGA and GLL from different filters):
+                    # two measurements, reported as two fixes as gpsd reports each --
+                    # the second is not after the first in time (time_not_advancing).
+                    self.stats["split_epochs"] = self.stats.get("split_epochs", 0) + 1
+                    self._epoch = None
+                    out += self._emit(ep)
+                    date = ep.date
+                    ep = self._epoch = _Epoch(mono)
+                    ep.tod, ep.date = tod, date
         else:
             ep = self._epoch
             if ep is None:
@@ -588,6 +610,13 @@ class FixAssembler:
                 ep.hdop = hdop
 
     @staticmethod
+    def _pos(kind: str, d: list[str]) -> tuple[float, float] | None:
+        i = {"RMC": 2, "GGA": 1, "GNS": 1, "GLL": 0}[kind]
+        lat = _coord(_field(d, i), _field(d, i + 1), 2, 90.0)
+        lon = _coord(_field(d, i + 2), _field(d, i + 3), 3, 180.0)
+        return None if lat is None or lon is None else (lat, lon)
+
+    @staticmethod
     def _position(ep: _Epoch, d: list[str], i: int) -> None:
         lat = _coord(_field(d, i), _field(d, i + 1), 2, 90.0)
         lon = _coord(_field(d, i + 2), _field(d, i + 3), 3, 180.0)
@@ -659,10 +688,13 @@ class FixAssembler:
             time = (dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC)
                     - _EPOCH).total_seconds() + ep.tod
         lat, lon = ep.lat, ep.lon
-        if ep.gsa_mode is not None:
-            mode = 0 if ep.gsa_mode == 1 else ep.gsa_mode
-        elif lat is None or ep.status == "V" or ep.quality == 0:
+        # mode is what the receiver says of its fix (gpsd's TPV mode): no fix when any
+        # sentence of the epoch says so, whatever GSA's (possibly stale) 2D/3D claim
+        if (lat is None or (ep.status is not None and ep.status != "A") or ep.quality == 0
+                or ep.faa in ("N", "V")):
             mode = 0
+        elif ep.gsa_mode is not None:
+            mode = 0 if ep.gsa_mode == 1 else ep.gsa_mode
         else:
             mode = 3 if ep.alt is not None else 2
         reason = self._judge(ep, time)
@@ -767,8 +799,8 @@ class NmeaDecoder:
             out += push(sentence, mono)
         return out
 
-    def flush(self) -> list[Fix]:
-        return self.assembler.flush()
+    def flush(self, *, complete_only: bool = False) -> list[Fix]:
+        return self.assembler.flush(complete_only=complete_only)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -798,4 +830,4 @@ def iter_fixes(
             continue
         for sentence in feed(line):
             yield from push(sentence, 0.0)
-    yield from decoder.flush()
+    yield from decoder.flush(complete_only=True)
