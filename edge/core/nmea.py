@@ -527,9 +527,9 @@ class FixAssembler:
                     self.stats["split_epochs"] = self.stats.get("split_epochs", 0) + 1
                     self._epoch = None
                     out += self._emit(ep)
-                    date = ep.date
+                    carried = ep.date
                     ep = self._epoch = _Epoch(mono)
-                    ep.tod, ep.date = tod, date
+                    ep.tod, ep.date = tod, carried
         else:
             ep = self._epoch
             if ep is None:
