@@ -243,6 +243,11 @@ class Daemon:
         except ZonesError as exc:
             raise ConfigError("rules.zones", str(exc)) from exc
 
+    def sources(self) -> list[tuple[str, Any]]:
+        """The running sources as (name, source): ``edge sim`` asks the GNSS source
+        whether it has its port open before it writes the drive into it."""
+        return list(self._sources)
+
     def _build_sources(self, cfg: Config, only: set[str] | None = None) -> list[tuple[str, Any]]:
         """Source objects for ``cfg`` (constructing one checks its config: a bad DBC
         signal is a ConfigError here, before anything runs)."""

@@ -124,6 +124,10 @@ class Replayer:
         self.progress = progress
         self.yield_every = yield_every
         self.wait_reader_s = wait_reader_s  # after the first NMEA line: wait for a reader
+        # True once the reader has the serial port open (``edge sim``: the daemon's GNSS
+        # source): nothing is written before, because opening a port flushes its input
+        # (pyserial's open does) -- bytes written earlier would be lost, the drive's start
+        self.reader_ready: Callable[[], bool] | None = None
         self.stats = ReplayStats()
         self._span: tuple[float, float] | None = None
         self._t: float | None = None  # timeline time of the last item delivered
@@ -168,9 +172,10 @@ class Replayer:
             result = self.can.send(frame.arbitration_id, frame.data, frame.extended)
             if inspect.isawaitable(result):
                 result = await result
-            if result is False and self.rate is None:
-                # as fast as the consumer takes it: wait for room rather than overflow
-                for _ in range(200):
+            if result is False:
+                # the adapter's buffer is full: wait for the host to read (never drop a
+                # frame because the replay outran the daemon)
+                for _ in range(2000):
                     if not self._sink_open():
                         break
                     await asyncio.sleep(0.001)
@@ -221,7 +226,21 @@ class Replayer:
             await asyncio.sleep(0.02)
         return bool(check())
 
+    async def _wait_reader_ready(self) -> None:
+        ready = self.reader_ready
+        if ready is None or self.nmea is None:
+            return
+        deadline = time.monotonic() + (self.wait_reader_s or 15.0)
+        while not ready():
+            if time.monotonic() >= deadline:
+                log.warning("sim.replay_no_reader", path=self.nmea.path,
+                            waited_s=self.wait_reader_s)
+                return
+            await asyncio.sleep(0.01)
+
     async def _once(self) -> None:
+        if self.stats.loops == 0:
+            await self._wait_reader_ready()
         first, last = self.span()
         wall0 = time.monotonic()
         skipped = 0.0  # timeline seconds cut out of long idle gaps

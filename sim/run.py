@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -103,6 +104,7 @@ async def run_sim(
     drain_s: float = 2.0,
     open_timeout_s: float = 15.0,
     progress: TextIO | None = sys.stderr,
+    on_daemon: Callable[[Any], None] | None = None,
 ) -> int:
     """Replay ``drive`` into ptys and run the daemon on them; return the exit status.
 
@@ -124,7 +126,9 @@ async def run_sim(
 
     d = load_drive(drive)
     # as fast as possible: pure back-pressure; in time: a UART that overruns after 1 s
-    pty = PtySerial(write_timeout_s=None if rate is None else 1.0) if d.gnss is not None else None
+    # paced on the reader: the pty's buffer back-pressures the replay, whatever the rate
+    # (the replay falls behind its clock rather than drop a byte the daemon would read)
+    pty = PtySerial(write_timeout_s=None) if d.gnss is not None else None
     sink: Any = None
     can_iface: str | None = None
     bus_channel: str | None
@@ -179,6 +183,14 @@ async def run_sim(
 
     async def main(stop: asyncio.Event) -> None:
         daemon = Daemon(cfg, clock=replayer.clock)
+
+        def gnss_open() -> bool:
+            return any(name == "gnss" and bool(src.health().get("connected"))
+                       for name, src in daemon.sources())
+
+        replayer.reader_ready = gnss_open
+        if on_daemon is not None:
+            on_daemon(daemon)  # tests read its sources' counters after the run
         daemon_task = asyncio.create_task(daemon.run(stop), name="sim-daemon")
         replay_task = asyncio.create_task(_replay_when_open(), name="sim-replay")
         stop_wait = asyncio.create_task(stop.wait(), name="sim-stop-wait")

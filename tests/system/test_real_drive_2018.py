@@ -120,3 +120,23 @@ def test_a_drive_without_speed_from_its_signal_is_a_warning_with_counts(tmp_path
     assert r.returncode == 0, r.stderr
     assert "gave no DSU_SPEED.FORWARD_SPEED samples" in r.stderr
     assert "frames" in r.stderr and "comment lines" in r.stderr
+
+
+def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path) -> None:
+    # edge sim: the unmodified daemon on ptys/virtual CAN, with the drive's clock: the
+    # same single trip and overspeed pair, at the true 2018 UTC times (no clock_step)
+    cfg = tmp_path / "config.toml"
+    text = CONFIG.read_text().replace(str(DRIVE / "published.jsonl"),
+                                      str(tmp_path / "published.jsonl"))
+    text = text.replace(str(DRIVE / "outbox.db"), str(tmp_path / "outbox.db"))
+    cfg.write_text(text.replace('zones = "zones.geojson"', f'zones = "{DRIVE / "zones.geojson"}"'))
+    r = subprocess.run([*EDGE, "sim", str(DRIVE), "--config", str(cfg), "--max", "--can",
+                        "virtual"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = []
+    for line in (tmp_path / "published.jsonl").read_text().splitlines():
+        p = json.loads(line)["payload"]
+        for x in p if isinstance(p, list) else [p]:
+            if isinstance(x, dict) and x.get("type") in ("trip", "overspeed", "geofence", "poi"):
+                events.append(x)
+    check_one_timeline(events)
