@@ -137,8 +137,11 @@ def load_zones_for(config: Config, *, optional: bool = False) -> Any:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] | None = None) -> None:
         self.config = config
+        # the wall clock events fall back on before a valid fix (and the GNSS source's
+        # rollover reference): the host's; ``edge sim`` passes the replayed drive's
+        self.clock: Callable[[], float] = clock or time.time
         self.started_mono = time.monotonic()
         self.engine: Engine | None = None
         self.outbox: Outbox | None = None
@@ -248,6 +251,11 @@ class Daemon:
         except ZonesError as exc:
             raise ConfigError("rules.zones", str(exc)) from exc
 
+    def sources(self) -> list[tuple[str, Any]]:
+        """The running sources as (name, source): ``edge sim`` asks the GNSS source
+        whether it has its port open before it writes the drive into it."""
+        return list(self._sources)
+
     def _build_sources(self, cfg: Config, only: set[str] | None = None) -> list[tuple[str, Any]]:
         """Source objects for ``cfg`` (constructing one checks its config: a bad DBC
         signal is a ConfigError here, before anything runs)."""
@@ -255,11 +263,12 @@ class Daemon:
         if cfg.gnss.port and (only is None or "gnss" in only):
             from edge.sources.gnss import GnssSource
 
-            built.append(("gnss", GnssSource(cfg.gnss)))
+            built.append(("gnss", GnssSource(cfg.gnss, clock=self.clock)))
         if cfg.can.interface != "none" and (only is None or "can" in only):
             from edge.sources.can import CanSource
 
-            built.append(("can", CanSource(cfg.can)))
+            built.append(("can", CanSource(
+                cfg.can, clock=None if self.clock is time.time else self.clock)))
         return built
 
     def _start_sources(self, tg: asyncio.TaskGroup, built: list[tuple[str, Any]]) -> None:
@@ -392,7 +401,7 @@ class Daemon:
         await asyncio.gather(*sources, *aux, return_exceptions=True)
         # 2. rules flush: open overspeed episodes and trips end
         assert self.engine is not None
-        now, _ = self.engine.now(time.monotonic(), time.time())
+        now, _ = self.engine.now(time.monotonic(), self.clock())
         self._enqueue(self.engine.close(now))
         # 3. the writer commits everything queued
         self._writer_idle.clear()
@@ -576,7 +585,7 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             engine = self.engine
-            now, _ = engine.now(time.monotonic(), time.time())
+            now, _ = engine.now(time.monotonic(), self.clock())
             self._enqueue(engine.tick(now))
             for name, src in self._sources:
                 if name == "can":
@@ -635,7 +644,7 @@ class Daemon:
         while True:
             body = self.health()
             await asyncio.to_thread(self._write_health_file, dict(body))
-            now, clock = self.engine.now(time.monotonic(), time.time())
+            now, clock = self.engine.now(time.monotonic(), self.clock())
             self._enqueue([self.engine.envelopes.make(
                 Event(kind="health", time=now, body=body, clock=clock))])
             await asyncio.sleep(self.config.health.interval_s)

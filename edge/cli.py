@@ -78,7 +78,8 @@ def cmd_decode_nmea(args: argparse.Namespace) -> int:
     _logging(None, quiet=True)
     from edge.commands.decode_nmea import main
 
-    return main(args.file, date=args.date, out=sys.stdout)
+    return main(args.file, date=args.date, out=sys.stdout, reference_date=args.reference_date,
+                rollover=not args.no_rollover)
 
 
 def cmd_decode_can(args: argparse.Namespace) -> int:
@@ -187,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("nmea", help="one JSON line per merged fix")
     d.add_argument("file", type=Path)
     d.add_argument("--date", help="YYYY-MM-DD for GGA-only logs")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--reference-date", metavar="YYYY-MM-DD",
+                   help="the second clock for GPS week-rollover correction (default: the "
+                   "drive.toml date or the CAN log clock of the drive the file sits in; "
+                   "none: dates kept as the receiver sent them)")
+    g.add_argument("--no-rollover", action="store_true",
+                   help="never correct a GPS week rollover: dates exactly as sent")
     d.set_defaults(func=cmd_decode_nmea)
     d = dsub.add_parser("can", help="one JSON line per decoded speed sample")
     d.add_argument("file", type=Path, help="any python-can log format (candump -L, asc, blf, ...)")

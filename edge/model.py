@@ -50,6 +50,7 @@ class Fix:
             "hdop": self.hdop,
             "sats": self.sats,
             "valid": self.valid,
+            **({} if self.valid else {"invalid_reason": self.reason}),
         }
 
 

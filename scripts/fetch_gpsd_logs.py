@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fetch gpsd's regression logs (``test/daemon/*.log``, BSD-2-Clause) into the cache.
+"""Fetch gpsd's regression logs (``test/daemon/*.log`` and their ``*.log.chk`` answer keys,
+BSD-2-Clause) into the cache.
 
 They come from Debian's source package ``gpsd`` (the upstream tarball of the version in
 Debian 12 "bookworm"), downloaded from the Debian mirror configured for apt on this
@@ -29,7 +30,7 @@ POOL_PATH = f"pool/main/g/gpsd/{FILENAME}"
 SHA256 = "68d2a04e237a02ce42158ceda462a24afe11eeaa2b13482e94ac7ef66693f3a0"
 SIZE = 3347364
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-MEMBER = re.compile(r"^[^/]+/test/daemon/([^/]+\.log)$")
+MEMBER = re.compile(r"^[^/]+/test/daemon/([^/]+\.(?:log|log\.chk))$")
 
 
 def cache_dir() -> Path:
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dest = cache_dir()
     marker = dest / ".sha256"
-    if not args.force and marker.is_file() and marker.read_text().strip() == SHA256:
+    complete = any(dest.glob("*.log.chk"))  # answer keys came with a later version of this script
+    if (not args.force and complete and marker.is_file()
+            and marker.read_text().strip() == SHA256):
         print(f"gpsd logs: already in {dest}")
         return 0
     mirrors = [args.mirror.rstrip("/")] if args.mirror else apt_mirrors() or [DEFAULT_MIRROR]

@@ -20,6 +20,12 @@ At least one of gnss.nmea and can.* must exist.
 its time from its own sentence (UTC time of day + the date from RMC/ZDA or drive.toml);
 lines without a usable time (GSA, GSV, bad checksum, garbage) inherit the previous
 line's time, and lines before the first timed one take that first time.
+
+One clock per drive: a receiver date is corrected for a GPS week-number rollover only
+against the drive's other clock (``reference``: drive.toml ``date``, else the CAN log's
+timestamps). A 2018 recording keeps its 2018 dates. ``check_clocks`` compares the two
+streams' spans and reports an offset when they disagree by more than
+``CLOCK_TOLERANCE_S`` (``can_time_offset_s`` in drive.toml fixes it).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 import structlog
 
+from edge.core.nmea import correct_week_rollover
 from edge.errors import EdgeError
 
 log = structlog.get_logger()
@@ -45,6 +52,9 @@ CAN_ERR_FLAG = 0x20000000
 CAN_ERR_BUSERROR = 0x00000080
 
 TimelineItem = tuple[float, str, bytes]
+CLOCK_TOLERANCE_S = 5.0  # GNSS and CAN clocks further apart than this are reported
+# a CAN timestamp before this is relative (seconds since the capture started), not UTC
+PLAUSIBLE_EPOCH_S = dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()
 
 
 class DriveError(EdgeError):
@@ -221,11 +231,85 @@ def _first_date(path: Path) -> dt.date | None:
     return None
 
 
+def can_span(drive: Drive) -> tuple[float, float] | None:
+    """(first, last) CAN timestamp of the drive, offset applied; None without CAN."""
+    first = last = None
+    for t, _, _ in iter_can(drive, warn=False):
+        if first is None:
+            first = t
+        last = t
+    return None if first is None or last is None else (first, last)
+
+
+def gnss_span(drive: Drive) -> tuple[float, float] | None:
+    """(first, last) time of the drive's timed NMEA lines; None without any."""
+    first = last = None
+    for t, _, _ in iter_gnss(drive):
+        if first is None:
+            first = t
+        last = t
+    return None if first is None or last is None else (first, last)
+
+
+def reference(drive: Drive) -> tuple[dt.date | None, str]:
+    """The drive's second clock for GPS week-rollover correction, and what it is.
+
+    drive.toml's ``date``, else the date of the CAN log's first timestamp (when it is an
+    absolute UTC time), else none (the receiver's dates are then kept as they are).
+    """
+    if drive.date is not None:
+        return drive.date, f"drive.toml date {drive.date}"
+    if drive.can is not None:
+        first = next(iter_can(drive, warn=False), None)
+        if first is not None and first[0] >= PLAUSIBLE_EPOCH_S:
+            day = dt.datetime.fromtimestamp(first[0], dt.UTC).date()
+            return day, f"CAN log clock {drive.can.name} ({day})"
+    return None, "none (receiver dates kept as they are)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockCheck:
+    """How the drive's GNSS and CAN clocks compare (offset_s: GNSS minus CAN)."""
+
+    gnss: tuple[float, float] | None
+    can: tuple[float, float] | None
+    offset_s: float | None  # None: one stream is missing, or they agree
+
+    @property
+    def agree(self) -> bool:
+        return self.offset_s is None
+
+    def message(self, drive: Drive) -> str:
+        assert self.offset_s is not None
+        fix = drive.can_time_offset_s + self.offset_s
+        return (f"the GNSS and CAN clocks of {drive.name} disagree by {self.offset_s:+.1f} s "
+                f"(GNSS minus CAN); if the recorder's clock was off, set "
+                f"can_time_offset_s = {fix:.1f} in drive.toml")
+
+
+def check_clocks(drive: Drive) -> ClockCheck:
+    """Compare the spans of both streams. They are taken to disagree when both the starts
+    and the ends are more than ``CLOCK_TOLERANCE_S`` apart in the same direction (a
+    receiver may start late or a CAN capture stop early, but not both the same way);
+    the offset reported is the smaller of the two."""
+    g = gnss_span(drive) if drive.gnss is not None else None
+    c = can_span(drive) if drive.can is not None else None
+    offset = None
+    if g is not None and c is not None:
+        a, b = g[0] - c[0], g[1] - c[1]
+        if min(abs(a), abs(b)) > CLOCK_TOLERANCE_S and (a > 0) == (b > 0):
+            offset = a if abs(a) < abs(b) else b
+    return ClockCheck(gnss=g, can=c, offset_s=offset)
+
+
 def iter_gnss(drive: Drive) -> Iterator[TimelineItem]:
     """NMEA lines of the drive with their UTC times (see module docstring)."""
     if drive.gnss is None:
         return
+    ref, _ = reference(drive)
     date = drive.date or _first_date(drive.gnss)
+    if date is not None and ref is not None:
+        date = correct_week_rollover(date, reference=ref)
     if date is None:
         log.warning("drive_no_date", drive=str(drive.path),
                     reason="no RMC/ZDA date and no date in drive.toml; GNSS lines skipped")
@@ -238,6 +322,8 @@ def iter_gnss(drive: Drive) -> Iterator[TimelineItem]:
     for line in _read_lines(drive.gnss):
         tod, day = nmea_time_fields(line)
         if day is not None:
+            if ref is not None:
+                day = correct_week_rollover(day, reference=ref)
             day_start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
             last_tod = tod
         elif tod is not None and last_tod is not None and tod < last_tod - 43200:
@@ -308,8 +394,11 @@ def parse_candump(line: bytes) -> CandumpFrame | None:
                         extended=len(ident_s) > 3 and not error, error=error, remote=remote)
 
 
-def iter_can(drive: Drive) -> Iterator[TimelineItem]:
-    """CAN frames of the drive as candump -L lines, with their (offset-corrected) times."""
+def iter_can(drive: Drive, *, warn: bool = True) -> Iterator[TimelineItem]:
+    """CAN frames of the drive as candump -L lines, with their (offset-corrected) times.
+
+    Comment (``#``) and blank lines are skipped; a line that is not a frame (truncated,
+    garbage) is counted and skipped, and at the end one warning gives the count."""
     if drive.can is None:
         return
     off = drive.can_time_offset_s
@@ -319,7 +408,7 @@ def iter_can(drive: Drive) -> Iterator[TimelineItem]:
             m = _CANDUMP.match(line)
             if not m:
                 bad += 1
-                if bad == 1:
+                if bad == 1 and warn:
                     log.warning("drive_can_bad_line", file=str(drive.can), line=line[:80],
                                 reason="not a candump -L line")
                 continue
@@ -327,6 +416,9 @@ def iter_can(drive: Drive) -> Iterator[TimelineItem]:
             if off:
                 line = b"(%.6f)" % ts + line[line.index(b")") + 1 :]
             yield ts, "can", line
+        if bad and warn:
+            log.warning("drive_can_bad_lines", file=str(drive.can), lines=bad,
+                        reason="lines that are not candump -L frames were skipped")
         return
     import can  # lazily: only for non-candump formats
 

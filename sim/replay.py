@@ -124,8 +124,25 @@ class Replayer:
         self.progress = progress
         self.yield_every = yield_every
         self.wait_reader_s = wait_reader_s  # after the first NMEA line: wait for a reader
+        # True once the reader has the serial port open (``edge sim``: the daemon's GNSS
+        # source): nothing is written before, because opening a port flushes its input
+        # (pyserial's open does) -- bytes written earlier would be lost, the drive's start
+        self.reader_ready: Callable[[], bool] | None = None
         self.stats = ReplayStats()
         self._span: tuple[float, float] | None = None
+        self._t: float | None = None  # timeline time of the last item delivered
+        self._t_wall = 0.0
+
+    def clock(self) -> float:
+        """The drive's clock: the timeline time of the last item delivered (advancing
+        with the wall clock times ``rate`` in between). ``edge sim`` hands it to the
+        daemon as its wall clock, so a 2018 drive is lived in 2018: CAN and GNSS of the
+        recording meet in one timeline whatever the host's date."""
+        if self._t is None:
+            return self.span()[0]
+        if self.rate is None:
+            return self._t
+        return self._t + (time.monotonic() - self._t_wall) * self.rate
 
     def span(self) -> tuple[float, float]:
         """(first, last) timeline time of the drive."""
@@ -155,9 +172,10 @@ class Replayer:
             result = self.can.send(frame.arbitration_id, frame.data, frame.extended)
             if inspect.isawaitable(result):
                 result = await result
-            if result is False and self.rate is None:
-                # as fast as the consumer takes it: wait for room rather than overflow
-                for _ in range(200):
+            if result is False:
+                # the adapter's buffer is full: wait for the host to read (never drop a
+                # frame because the replay outran the daemon)
+                for _ in range(2000):
                     if not self._sink_open():
                         break
                     await asyncio.sleep(0.001)
@@ -208,7 +226,21 @@ class Replayer:
             await asyncio.sleep(0.02)
         return bool(check())
 
+    async def _wait_reader_ready(self) -> None:
+        ready = self.reader_ready
+        if ready is None or self.nmea is None:
+            return
+        deadline = time.monotonic() + (self.wait_reader_s or 15.0)
+        while not ready():
+            if time.monotonic() >= deadline:
+                log.warning("sim.replay_no_reader", path=self.nmea.path,
+                            waited_s=self.wait_reader_s)
+                return
+            await asyncio.sleep(0.01)
+
     async def _once(self) -> None:
+        if self.stats.loops == 0:
+            await self._wait_reader_ready()
         first, last = self.span()
         wall0 = time.monotonic()
         skipped = 0.0  # timeline seconds cut out of long idle gaps
@@ -229,6 +261,7 @@ class Replayer:
             if n >= self.yield_every:
                 n = 0
                 await asyncio.sleep(0)
+            self._t, self._t_wall = t, time.monotonic()
             if kind == "gnss":
                 if self.nmea is not None:
                     await self.nmea.write(data + b"\r\n")

@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from edge.config import Config
-from sim.drive import Drive, iter_timeline, load_drive, nmea_checksum_ok, parse_candump
+from sim.drive import Drive, iter_timeline, load_drive, nmea_checksum_ok
 
 EARTH_R = 6371008.8
 EVENT_STYLE: Mapping[str, tuple[str, str]] = {  # type -> (marker, colour)
@@ -68,29 +68,18 @@ def track_of(drive: Drive) -> list[TrackPoint]:
 
 
 def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
-    """(t, km/h) from the CAN speed signal of the config, when it has one."""
+    """(t, km/h) from the CAN speed signal of the config, when it has one: the same
+    reader and DBC loading as the daemon and ``edge replay`` (non-strict: real DBCs
+    such as opendbc's overlap signals), drive.toml's ``can_time_offset_s`` applied."""
     if drive.can is None or config.can.dbc is None or not config.can.speed_signal:
         return []
-    import cantools
+    from edge.core.canlog import iter_log_speed
+    from edge.core.canspeed import decoder_for
+    from edge.model import SpeedSample
 
-    db = cantools.database.load_file(str(config.can.dbc))
-    if not isinstance(db, cantools.database.can.Database):
-        return []
-    msg_name, sig = config.can.speed_signal.split(".", 1)
-    msg = db.get_message_by_name(msg_name)
-    out: list[tuple[float, float]] = []
-    for t, kind, line in iter_timeline(drive):
-        if kind != "can":
-            continue
-        fr = parse_candump(line)
-        if fr is None or fr.error or fr.arbitration_id != msg.frame_id:
-            continue
-        try:
-            decoded = cast(Mapping[str, Any], msg.decode(fr.data, decode_choices=False))
-            out.append((t, float(decoded[sig])))
-        except Exception:
-            continue
-    return out
+    off = drive.can_time_offset_s
+    return [(s.time + off, s.speed_kmh) for s in iter_log_speed(drive.can, decoder_for(config.can))
+            if isinstance(s, SpeedSample)]
 
 
 def events_for(drive: Path, config: Config) -> list[dict[str, Any]]:

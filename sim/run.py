@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -24,7 +25,7 @@ import structlog
 
 from edge.config import Config
 from edge.errors import CanError
-from sim.drive import load_drive
+from sim.drive import check_clocks, load_drive
 from sim.pty import PtySerial
 from sim.replay import BusCanSink, Replayer, VirtualCanSink
 
@@ -103,6 +104,7 @@ async def run_sim(
     drain_s: float = 2.0,
     open_timeout_s: float = 15.0,
     progress: TextIO | None = sys.stderr,
+    on_daemon: Callable[[Any], None] | None = None,
 ) -> int:
     """Replay ``drive`` into ptys and run the daemon on them; return the exit status.
 
@@ -124,7 +126,9 @@ async def run_sim(
 
     d = load_drive(drive)
     # as fast as possible: pure back-pressure; in time: a UART that overruns after 1 s
-    pty = PtySerial(write_timeout_s=None if rate is None else 1.0) if d.gnss is not None else None
+    # paced on the reader: the pty's buffer back-pressures the replay, whatever the rate
+    # (the replay falls behind its clock rather than drop a byte the daemon would read)
+    pty = PtySerial(write_timeout_s=None) if d.gnss is not None else None
     sink: Any = None
     can_iface: str | None = None
     bus_channel: str | None
@@ -160,6 +164,11 @@ async def run_sim(
     bar = Progress(progress, label=f"sim {d.name}") if progress is not None else None
     replayer = Replayer(d, nmea=pty, can=sink, rate=rate, max_gap_s=max_gap_s, loop=loop,
                         progress=bar, wait_reader_s=open_timeout_s)
+    if d.gnss is not None and d.can is not None:
+        clocks = check_clocks(d)
+        if not clocks.agree:
+            log.warning("sim.clocks_disagree", drive=str(d.path), offset_s=clocks.offset_s,
+                        reason=clocks.message(d))
     log.info("sim starting", drive=str(d.path), gnss=cfg.gnss.port, can=cfg.can.interface,
              channel=cfg.can.channel, rate=rate or "max")
 
@@ -173,7 +182,15 @@ async def run_sim(
         await replayer.run()
 
     async def main(stop: asyncio.Event) -> None:
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, clock=replayer.clock)
+
+        def gnss_open() -> bool:
+            return any(name == "gnss" and bool(src.health().get("connected"))
+                       for name, src in daemon.sources())
+
+        replayer.reader_ready = gnss_open
+        if on_daemon is not None:
+            on_daemon(daemon)  # tests read its sources' counters after the run
         daemon_task = asyncio.create_task(daemon.run(stop), name="sim-daemon")
         replay_task = asyncio.create_task(_replay_when_open(), name="sim-replay")
         stop_wait = asyncio.create_task(stop.wait(), name="sim-stop-wait")

@@ -54,6 +54,7 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
         "samples": stats.samples,
         "error_frames": stats.error_frames,
         "malformed": stats.malformed,
+        "comments": stats.comments,
         "wrong_length": d.wrong_length,
         "checksum_errors": d.checksum_errors,
         "checksum": d.checksum,
@@ -63,6 +64,9 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
     if stats.truncated:
         summary["truncated"] = stats.truncated
     print("edge decode can: " + json.dumps(summary), file=err)
+    problems = stats.problems()
+    if problems:
+        print(f"edge decode can: warning: {problems}", file=err)
     if stats.frames == 0:
         print(f"edge decode can: {path} holds no CAN frames", file=err)
         return 2

@@ -7,12 +7,13 @@ generator, so the same drive and config give byte-identical output.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import heapq
 import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -22,46 +23,69 @@ from edge.errors import EdgeError
 from edge.model import Envelope, Fix, Ignition, SpeedSample
 
 
-def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+def _fixes(path: Path, date: dt.date | None, reference: dt.date | None
+           ) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
     from edge.core.nmea import iter_fixes
 
     with path.open("rb") as fh:
-        for fix in iter_fixes(fh, date=date):  # type: ignore[arg-type]
+        # one clock per drive: rollover corrected only against the drive's other clock
+        for fix in iter_fixes(fh, date=date, reference_date=reference):
             if fix.time is None:
                 continue
             yield fix.time, 0, fix  # a capture's fixes carry mono = their GNSS time
 
 
-def _speeds(path: Path, cfg: Config, offset_s: float = 0.0
+def _speeds(path: Path, cfg: Config, offset_s: float = 0.0,
+            warn: Callable[[str], None] | None = None,
             ) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
     """CAN samples of the drive; ``offset_s`` (drive.toml ``can_time_offset_s``) moves
-    the log's timestamps onto GNSS time when the recorder's clock was off."""
-    from edge.core.canlog import iter_log_speed
+    the log's timestamps onto GNSS time when the recorder's clock was off. At the end,
+    ``warn`` hears of skipped lines, and of a log that gave no speed at all."""
+    from edge.core.canlog import LogStats, iter_log_speed
     from edge.core.canspeed import decoder_for
     from edge.core.obd import ObdSpeedDecoder
 
     decoder = ObdSpeedDecoder() if cfg.can.mode == "obd" else decoder_for(cfg.can)
-    for s in iter_log_speed(path, decoder):
-        t = s.time + offset_s
-        yield t, 1, dataclasses.replace(s, time=t, mono=t)
+    stats = LogStats()
+    try:
+        for s in iter_log_speed(path, decoder, stats):
+            t = s.time + offset_s
+            yield t, 1, dataclasses.replace(s, time=t, mono=t)
+    except ValueError as exc:  # an unreadable log: said, and the GNSS part goes on
+        if warn is not None:
+            warn(f"{path.name}: {exc}")
+        return
+    if warn is None:
+        return
+    problems = stats.problems()
+    if problems:
+        warn(f"{path.name}: {problems}")
+    if stats.samples == 0:
+        what = "OBD-II speed" if cfg.can.mode == "obd" else f"{cfg.can.speed_signal}"
+        warn(f"{path.name} gave no {what} samples ({stats.summary()})")
 
 
-def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
-                  ) -> Iterator[Envelope]:
+def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None,
+                  warn: Callable[[str], None] | None = None) -> Iterator[Envelope]:
     """Every envelope the daemon would publish for ``drive``, in publish order
     (health aside: it describes a live process, not the drive)."""
-    from sim.drive import load_drive
+    from sim.drive import check_clocks, load_drive, reference
 
     d = load_drive(drive)
+    ref, _ = reference(d)
+    if warn is not None and d.gnss is not None and d.can is not None:
+        clocks = check_clocks(d)
+        if not clocks.agree:
+            warn(clocks.message(d))
     from edge.app import load_zones_for
 
     engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()))
     streams = []
     if d.gnss is not None:
-        streams.append(_fixes(d.gnss, d.date))
+        streams.append(_fixes(d.gnss, d.date, ref))
     if d.can is not None and (cfg.can.mode == "obd" or (cfg.can.dbc is not None
                                                         and cfg.can.speed_signal)):
-        streams.append(_speeds(d.can, cfg, d.can_time_offset_s))
+        streams.append(_speeds(d.can, cfg, d.can_time_offset_s, warn))
     last = None
     for t, kind, item in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
         last = t
@@ -91,9 +115,17 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
     stats: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     fh: IO[str]
-    fh = sys.stdout if str(out) == "-" else out.open("w", encoding="utf-8")
     try:
-        for env in replay_events(drive, cfg, stats=stats):
+        fh = sys.stdout if str(out) == "-" else out.open("w", encoding="utf-8")
+    except OSError as exc:
+        print(f"edge replay: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+    def warn(message: str) -> None:
+        print(f"edge replay: warning: {message}", file=sys.stderr)
+
+    try:
+        for env in replay_events(drive, cfg, stats=stats, warn=warn):
             kinds[env.type] += 1
             fh.write(format_line(env.topic, env.to_bytes()))
     except (EdgeError, OSError) as exc:

@@ -5,6 +5,10 @@ fast path built like a kernel filter: the file is read in large blocks and only 
 whose ID text is one of the wanted IDs are ever looked at (``bytes.find`` on `` 0B4#``);
 every other frame costs one byte scan and a newline count, no object, no parse. Wanted
 lines are parsed strictly and handed to the decoder (its precompiled bit extraction).
+Every line is accounted for: ``#`` comment lines and blank lines are skipped and counted
+(``comments``, ``blank``), a line that does not start like a frame (garbage) is
+``malformed``, and so is a wanted frame line that does not parse (truncated). Only lines
+starting like a frame count in ``frames``.
 
 Any other format python-can reads (.asc, .blf, .trc, .csv, .mf4, a non-candump .log, ...)
 goes through ``can.LogReader`` with the same ID filter. Error frames and remote frames are
@@ -30,6 +34,8 @@ CAN_ERR_BUSOFF = 0x00000040
 BLOCK = 1 << 20
 
 _CANDUMP_RE = re.compile(rb"^\((\d+(?:\.\d*)?)\) (\S+) ([0-9A-Fa-f]{1,8})#")
+_BLANK_RE = re.compile(rb"^[ \t\r]*$", re.M)
+_NO_HASH_RE = re.compile(rb"^\([^\n#]*$", re.M)
 _LINE_RE = re.compile(
     rb"\((\d+(?:\.\d*)?)\) \S+ ([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#(#[0-9A-Fa-f])?([0-9A-Fa-f]*)\s*"
 )
@@ -41,6 +47,8 @@ class LogStats:
 
     format: str = ""
     frames: int = 0
+    comments: int = 0  # '#' lines (skipped)
+    blank: int = 0
     wanted: int = 0  # frames with a wanted ID
     samples: int = 0
     error_frames: int = 0
@@ -53,17 +61,33 @@ class LogStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def problems(self) -> str | None:
+        """One line on what was skipped as bad input, None when nothing was."""
+        parts = []
+        if self.malformed:
+            parts.append(f"{self.malformed} malformed or truncated line(s)"
+                         + (f" (last: {self.last_error})" if self.last_error else ""))
+        if self.truncated:
+            parts.append(f"reading stopped early: {self.truncated}")
+        return "; ".join(parts) or None
+
+    def summary(self) -> str:
+        return (f"{self.frames} frames, {self.wanted} with the signal's ID, {self.samples} "
+                f"samples, {self.malformed} malformed, {self.comments} comment lines, "
+                f"{self.error_frames} error frames")
+
 
 def is_candump(path: Path) -> bool:
-    """True when the file's first non-blank line is a candump -L frame line."""
+    """True when the file's first line that is neither blank nor a ``#`` comment is a
+    candump -L frame line."""
     try:
         with open(path, "rb") as fh:
-            for _ in range(16):
+            for _ in range(64):
                 line = fh.readline(4096)
                 if not line:
                     return False
                 line = line.strip()
-                if line:
+                if line and not line.startswith(b"#"):
                     return _CANDUMP_RE.match(line) is not None
     except OSError:
         return False
@@ -100,6 +124,34 @@ def _count_errors(block: bytes, stats: LogStats) -> None:
             pos = block.find(marker, pos + 2)
 
 
+def _account(block: bytes, stats: LogStats) -> None:
+    """Count a block's lines by kind with byte counts (no per-line work): frame lines
+    start with '(' and hold a '#'; a '(' line without one is truncated; '#' lines are
+    comments; anything else but blank lines is garbage. Exact regex counts only where
+    the cheap ones cannot be (comment lines in the block, runs of blank lines)."""
+    lines = block.count(b"\n")
+    first = block[:1]
+    framed = block.count(b"\n(") + (first == b"(")
+    comments = block.count(b"\n#") + (first == b"#")
+    if b"\n\n\n" in block or b"\r" in block or b" \n" in block:
+        blank = len(_BLANK_RE.findall(block)) - 1  # the end of the block matches too
+    else:
+        blank = block.count(b"\n\n") + (first == b"\n")
+    if comments:
+        truncated = len(_NO_HASH_RE.findall(block))
+    else:
+        truncated = max(0, framed - (block.count(b"#") - block.count(b"##")))
+    stats.frames += framed - truncated
+    stats.comments += comments
+    stats.blank += blank
+    bad = lines - framed - comments - blank + truncated
+    if bad > 0:
+        stats.malformed += bad
+        if stats.last_error is None:
+            stats.last_error = ("a truncated frame line" if truncated
+                                else "a line that is not a candump -L frame")
+
+
 def _candump_lines(
     path: Path, decoder: FrameDecoder, stats: LogStats
 ) -> Iterator[SpeedSample | Ignition]:
@@ -123,7 +175,7 @@ def _candump_lines(
                 if not block.strip():
                     break
                 block += b"\n"
-            stats.frames += block.count(b"\n") - block.count(b"\n\n")
+            _account(block, stats)
             if b" 2" in block or b" 3" in block:
                 _count_errors(block, stats)
             hits: list[int] = []
@@ -138,17 +190,21 @@ def _candump_lines(
                 start = block.rfind(b"\n", 0, pos) + 1
                 end = block.find(b"\n", pos)
                 line = block[start:end]
+                if line[:1] == b"#":
+                    continue  # the ID text inside a comment
                 stats.wanted += 1
                 m = match(line)
                 if m is None:
                     if line.rstrip().endswith((b"#R", b"#r")) or b"#R" in line:
                         stats.remote += 1
-                    else:
+                    elif line[:1] == b"(":  # counted as a frame: it was not one
+                        stats.frames -= 1
                         stats.malformed += 1
                         stats.last_error = f"malformed line: {line[:80]!r}"
                     continue
                 ts_text, id_text, _fd, payload = m.groups()
                 if len(payload) & 1:
+                    stats.frames -= 1
                     stats.malformed += 1
                     stats.last_error = f"odd payload length: {line[:80]!r}"
                     continue

@@ -21,7 +21,7 @@ Validity, checked in this order (the first failing rule is the ``reason``):
 =====================  =============================================================
 ``no_position``        no latitude/longitude in the epoch (empty fields stay None,
                        never 0,0); exactly 0,0 is ``null_island``
-``rmc_status``         RMC / GLL status is not ``A``
+``status_void``        RMC / GLL status is not ``A`` (``V``: void)
 ``faa_mode``           FAA mode indicator N (no fix), V (invalid), E (dead reckoning),
                        S (simulator) or M (manual input)
 ``gga_quality``        GGA quality 0 (none); ``dead_reckoning`` for 6, ``simulator`` 8
@@ -46,14 +46,19 @@ going back by more than 12 hours).
 
 GPS week-number rollover. The GPS week is a 10-bit counter (1024 weeks, ~19.6 years).
 A receiver whose firmware pins an old epoch reports a date exactly 1024 weeks in the
-past after a rollover (the last ones were 1999-08-22 and 2019-04-07). Heuristic:
+past after a rollover (the last ones were 1999-08-22 and 2019-04-07). A date alone
+cannot tell a rollover from history (a 2018 recording really is from 2018), so a
+correction needs a second clock, the ``reference_date``:
 
-1. a reported date before ``rollover_floor`` (default 2019-04-07, the last rollover:
-   no receiver in service today can really be before it) gets 1024 weeks added until
-   it is not. Pass ``rollover_floor=None`` to decode historic captures verbatim.
-2. if a trusted ``reference_date`` is known (the ``date`` argument, or the system
-   clock when it looks sane) and the reported date is more than 512 weeks before it,
-   1024 weeks are added while that brings it closer (this catches the 2038 rollover).
+1. with a reference (live: the host clock once it is plausible; a recording: its
+   other clock -- CAN log timestamps, ``drive.toml``), the reported date gets the
+   multiple of 1024 weeks (>= 0) that brings it nearest to the reference. A date that
+   already agrees with the reference is never moved, whatever its year.
+2. without a reference, ``rollover_floor`` (live only: the daemon passes 2019-04-07,
+   before which no receiver in service can really be) adds 1024 weeks until the date
+   is not before it. Replays and ``edge decode nmea`` pass no floor: without a second
+   clock the receiver's date is kept as it is.
+3. ``rollover=False`` keeps every date verbatim.
 
 Each correction is counted in ``stats['rollover_corrected']``.
 """
@@ -84,7 +89,6 @@ MAX_SENTENCE = 128  # bytes from '$' to the end of the checksum (NMEA says 82)
 MAX_UBX_PAYLOAD = 2048  # larger "frames" are taken for garbage (bounds the wait)
 GPS_ROLLOVER_2019 = dt.date(2019, 4, 7)
 WEEKS_1024 = dt.timedelta(weeks=1024)
-HALF_ROLLOVER = dt.timedelta(weeks=512)
 JUMP_SLACK_M = 20.0  # position noise allowed on top of max_jump_mps * dt
 KNOTS = 1852.0 / 3600.0
 EARTH_R = 6_371_008.8
@@ -308,15 +312,15 @@ def _ddmmyy(s: str) -> dt.date | None:
 
 
 def correct_week_rollover(
-    day: dt.date, *, floor: dt.date | None = GPS_ROLLOVER_2019,
-    reference: dt.date | None = None,
+    day: dt.date, *, floor: dt.date | None = None, reference: dt.date | None = None,
 ) -> dt.date:
-    """Undo a GPS week-number rollover (see the module docstring for the heuristic)."""
+    """Undo a GPS week-number rollover (see the module docstring): nearest to
+    ``reference`` when there is one, else not before ``floor``, else unchanged."""
+    if reference is not None:
+        k = round((reference - day) / WEEKS_1024)
+        return day + WEEKS_1024 * k if k > 0 else day
     if floor is not None:
         while day < floor:
-            day += WEEKS_1024
-    if reference is not None:
-        while day < reference - HALF_ROLLOVER:
             day += WEEKS_1024
     return day
 
@@ -373,15 +377,15 @@ class FixAssembler:
         max_jump_mps: float = 90.0,
         confirm_fixes: int = 3,
         reference_date: dt.date | None = None,
-        rollover_floor: dt.date | None = GPS_ROLLOVER_2019,
+        rollover_floor: dt.date | None = None,
+        rollover: bool = True,
     ) -> None:
         self.max_hdop = max_hdop
         self.max_jump_mps = max_jump_mps
         self.confirm_fixes = max(1, confirm_fixes)
-        if date is not None and rollover_floor is not None and date < rollover_floor:
-            rollover_floor = None  # a historic capture with its own date: trust it
         self.rollover_floor = rollover_floor
-        self.reference_date = reference_date or date
+        self.reference_date = reference_date or date  # a given date is a second clock
+        self.rollover = rollover
         # date bookkeeping: the date valid at time of day self._date_tod
         self._date: dt.date | None = date
         self._date_tod: float | None = None
@@ -452,10 +456,18 @@ class FixAssembler:
             st["parse_error"] += 1
             return []
 
-    def flush(self) -> list[Fix]:
+    def flush(self, *, complete_only: bool = False) -> list[Fix]:
+        """Emit the pending epoch. ``complete_only``: not when the receiver's cycle end
+        was learned and this epoch has not reached it (a capture cut mid-epoch: gpsd
+        drops it too); counted in ``incomplete_epochs``."""
         ep, self._epoch = self._epoch, None
         if ep is None:
             return []
+        if complete_only and self._cycle_end is not None:
+            key, count = self._cycle_end
+            if ep.types.get(key, 0) < count:
+                self.stats["incomplete_epochs"] = self.stats.get("incomplete_epochs", 0) + 1
+                return []
         return self._emit(ep)
 
     # -- merging -------------------------------------------------------------------
@@ -504,6 +516,20 @@ class FixAssembler:
                 ep = self._epoch = _Epoch(mono)
             if ep.tod is None:
                 ep.tod = tod
+            elif ep.lat is not None and ep.lon is not None:
+                here = self._pos(kind, d)
+                if here is not None and (round(here[0], 6) != round(ep.lat, 6)
+                                         or round(here[1], 6) != round(ep.lon, 6)):
+                    # Two positions for one instant (a receiver whose RMC repeats the
+                    # previous second's position, GGA and GLL from different filters):
+                    # two measurements, reported as two fixes as gpsd reports each --
+                    # the second is not after the first in time (time_not_advancing).
+                    self.stats["split_epochs"] = self.stats.get("split_epochs", 0) + 1
+                    self._epoch = None
+                    out += self._emit(ep)
+                    carried = ep.date
+                    ep = self._epoch = _Epoch(mono)
+                    ep.tod, ep.date = tod, carried
         else:
             ep = self._epoch
             if ep is None:
@@ -584,6 +610,13 @@ class FixAssembler:
                 ep.hdop = hdop
 
     @staticmethod
+    def _pos(kind: str, d: list[str]) -> tuple[float, float] | None:
+        i = {"RMC": 2, "GGA": 1, "GNS": 1, "GLL": 0}[kind]
+        lat = _coord(_field(d, i), _field(d, i + 1), 2, 90.0)
+        lon = _coord(_field(d, i + 2), _field(d, i + 3), 3, 180.0)
+        return None if lat is None or lon is None else (lat, lon)
+
+    @staticmethod
     def _position(ep: _Epoch, d: list[str], i: int) -> None:
         lat = _coord(_field(d, i), _field(d, i + 1), 2, 90.0)
         lon = _coord(_field(d, i + 2), _field(d, i + 3), 3, 180.0)
@@ -616,6 +649,8 @@ class FixAssembler:
             ep.alt = a
 
     def _rollover(self, date: dt.date) -> dt.date:
+        if not self.rollover:
+            return date
         fixed = correct_week_rollover(
             date, floor=self.rollover_floor, reference=self.reference_date)
         if fixed != date:
@@ -653,10 +688,13 @@ class FixAssembler:
             time = (dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC)
                     - _EPOCH).total_seconds() + ep.tod
         lat, lon = ep.lat, ep.lon
-        if ep.gsa_mode is not None:
-            mode = 0 if ep.gsa_mode == 1 else ep.gsa_mode
-        elif lat is None or ep.status == "V" or ep.quality == 0:
+        # mode is what the receiver says of its fix (gpsd's TPV mode): no fix when any
+        # sentence of the epoch says so, whatever GSA's (possibly stale) 2D/3D claim
+        if (lat is None or (ep.status is not None and ep.status != "A") or ep.quality == 0
+                or ep.faa in ("N", "V")):
             mode = 0
+        elif ep.gsa_mode is not None:
+            mode = 0 if ep.gsa_mode == 1 else ep.gsa_mode
         else:
             mode = 3 if ep.alt is not None else 2
         reason = self._judge(ep, time)
@@ -687,7 +725,7 @@ class FixAssembler:
         if ep.lat == 0.0 and ep.lon == 0.0:
             return "null_island"
         if ep.status is not None and ep.status != "A":
-            return "rmc_status"
+            return "status_void"
         if ep.faa is not None and ep.faa in _INVALID_FAA:
             return "faa_mode"
         q = ep.quality
@@ -761,8 +799,8 @@ class NmeaDecoder:
             out += push(sentence, mono)
         return out
 
-    def flush(self) -> list[Fix]:
-        return self.assembler.flush()
+    def flush(self, *, complete_only: bool = False) -> list[Fix]:
+        return self.assembler.flush(complete_only=complete_only)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -792,4 +830,4 @@ def iter_fixes(
             continue
         for sentence in feed(line):
             yield from push(sentence, 0.0)
-    yield from decoder.flush()
+    yield from decoder.flush(complete_only=True)

@@ -56,7 +56,8 @@ Frame = tuple[int, bytes, float, float]  # arbitration_id, data, bus time, monot
 class CanSource:
     """Speed samples from a CAN bus. ``run(emit)`` until cancelled; ``health()`` anytime."""
 
-    def __init__(self, config: CanConfig, *, decoder: FrameDecoder | None = None) -> None:
+    def __init__(self, config: CanConfig, *, decoder: FrameDecoder | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         if config.interface == "none":
             raise ConfigError("can.interface", "CAN is disabled ('none')")
         if config.interface == "slcan" and config.bitrate not in SLCAN_BITRATES:
@@ -65,6 +66,7 @@ class CanSource:
                 f"slcan adapters take {', '.join(str(b) for b in sorted(SLCAN_BITRATES))}",
             )
         self.config = config
+        self._clock = clock  # None: the bus timestamps; ``edge sim``: the drive's clock
         self._poller: ObdPoller | None = None
         self._decoder: FrameDecoder | None = None
         if config.mode == "obd":
@@ -269,7 +271,8 @@ class CanSource:
             self.counters["dropped"] += 1
             if self.counters["dropped"] == 1:
                 self._fault("queue_full", f"queue of {self.config.queue_max} full: dropping oldest")
-        q.append((msg.arbitration_id, bytes(msg.data), float(msg.timestamp), mono))
+        ts = float(msg.timestamp) if self._clock is None else self._clock()
+        q.append((msg.arbitration_id, bytes(msg.data), ts, mono))
         wake = self._wake
         if wake is not None:
             wake.set()

@@ -22,11 +22,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import serial
 import structlog
 
+from edge import BUILD_DATE
 from edge.config import GnssConfig
 from edge.core.nmea import GPS_ROLLOVER_2019, FixAssembler, NmeaDecoder
 from edge.errors import GnssError
@@ -42,25 +44,47 @@ _BAD_INPUT = ("bad_checksum", "parse_error", "unknown", "framer_garbage_bytes",
               "jumps_rejected", "rollover_corrected", "late_sentences")
 
 
-def _default_assembler(config: GnssConfig) -> FixAssembler:
+NTP_SYNCED_FLAG = Path("/run/systemd/timesync/synchronized")  # systemd-timesyncd's
+
+
+def host_clock_reference(now: float | None = None) -> tuple[dt.date | None, str]:
+    """The host clock's date when it is plausible (NTP-synchronised, or not before the
+    build date), with how that was decided; (None, why not) otherwise."""
+    day = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
+    if NTP_SYNCED_FLAG.exists():
+        return day, "host clock (NTP-synchronised)"
+    if day >= dt.date.fromisoformat(BUILD_DATE):
+        return day, f"host clock (not before the build date {BUILD_DATE})"
+    return None, f"host clock {day} is before the build date {BUILD_DATE}: not trusted"
+
+
+def _default_assembler(config: GnssConfig, clock: Callable[[], float] | None = None
+                       ) -> FixAssembler:
     date = dt.date.fromisoformat(config.date) if config.date else None
-    today = dt.datetime.now(dt.UTC).date()
-    # The system clock is a rollover reference only when it looks set (a Pi without an
-    # RTC boots in 1970 or at its last shutdown time).
-    reference = today if today >= GPS_ROLLOVER_2019 else None
+    if clock is None:
+        reference, why = host_clock_reference()
+    else:  # a clock handed in (``edge sim``: the replayed drive's) is the reference
+        reference = dt.datetime.fromtimestamp(clock(), dt.UTC).date()
+        why = "the clock given to the daemon"
+    log.debug("gnss.rollover_reference", reference=str(reference), source=why)
+    # Without a plausible host clock, a date before the last rollover (2019-04-07) is a
+    # receiver with the week-number bug: live, no receiver can be before it.
     return FixAssembler(date=date, max_hdop=config.max_hdop,
                         max_jump_mps=config.max_jump_mps,
-                        confirm_fixes=config.confirm_fixes, reference_date=reference)
+                        confirm_fixes=config.confirm_fixes, reference_date=reference,
+                        rollover_floor=GPS_ROLLOVER_2019)
 
 
 class GnssSource:
     """Read fixes from ``config.port`` until cancelled. ``health()`` is cheap."""
 
-    def __init__(self, config: GnssConfig, *, assembler: FixAssembler | None = None) -> None:
+    def __init__(self, config: GnssConfig, *, assembler: FixAssembler | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         if not config.port:
             raise GnssError("gnss.port is not set")
         self.config = config
-        self._decoder = NmeaDecoder(assembler or _default_assembler(config))
+        self._clock = clock or time.time  # the host's (``edge sim``: the drive's)
+        self._decoder = NmeaDecoder(assembler or _default_assembler(config, clock))
         self._connected = False
         self._failures = 0  # consecutive, for the backoff and the log level
         self._counters: dict[str, int] = dict.fromkeys(
@@ -171,7 +195,7 @@ class GnssSource:
                 self._last_fix_mono = now
                 if fix.valid and fix.time is not None:
                     self._last_valid_mono = now
-                    self._skew_s = time.time() - fix.time
+                    self._skew_s = self._clock() - fix.time
                 self._counters["fixes_emitted"] += 1
                 try:
                     emit(fix)

@@ -124,7 +124,8 @@ def test_error_remote_fd_extended_and_malformed_lines(tmp_path: Path, dbc: Path)
     stats = LogStats()
     got = list(iter_log_speed(log, dec, stats))
     assert [s.speed_kmh for s in got] == [10.0, 20.0]
-    assert stats.frames == 9 and stats.error_frames == 2 and stats.bus_off == 1
+    # the two unparsable lines are malformed, not frames
+    assert stats.frames == 7 and stats.error_frames == 2 and stats.bus_off == 1
     assert stats.remote == 1 and stats.malformed == 2
     assert dec.stats.wrong_length == 1
 
@@ -213,3 +214,33 @@ def test_decode_can_bad_input_exits_2(tmp_path: Path, dbc: Path) -> None:
     err = io.StringIO()
     assert decode_main(empty, dbc=dbc, signal="SPEED.SPEED", out=out, err=err) == 2
     assert out.getvalue() == ""
+
+
+def test_comments_blank_garbage_and_truncated_lines_are_counted(tmp_path: Path,
+                                                                 dbc: Path) -> None:
+    # The symptom: a log whose first line is a '#' comment gave 0 samples, silently;
+    # truncated lines were dropped without a count; garbage counted as frames.
+    good = [f"({T0 + i * 0.01:.6f}) can0 0B4#{speed_payload(i).hex().upper()}"
+            for i in range(10)]
+    lines = ["# recorded with candump -L on the highway", "", *good[:4],
+             "   ", "garbage that is no frame", good[4][:20],  # a truncated line
+             "# a comment with 0B4# in it", *good[4:]]
+    log = tmp_path / "can.log"
+    log.write_text("\n".join(lines) + "\n")
+    stats = LogStats()
+    got = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    assert stats.format == "candump"
+    assert [round(s.speed_kmh) for s in got] == list(range(10))
+    assert stats.frames == 10 and stats.samples == 10
+    assert stats.comments == 2 and stats.blank == 2
+    assert stats.malformed == 2  # the garbage line and the truncated one
+    problems = stats.problems()
+    assert problems is not None and "2 malformed" in problems
+    # the same through `edge decode can`: frames and malformed counted apart
+    out, err = io.StringIO(), io.StringIO()
+    assert decode_main(log, dbc=dbc, signal="SPEED.SPEED", out=out, err=err) == 0
+    assert len(out.getvalue().splitlines()) == 10
+    summary = json.loads(err.getvalue().splitlines()[0].split(": ", 1)[1])
+    assert summary["frames"] == 10 and summary["malformed"] == 2
+    assert summary["comments"] == 2
+    assert "warning: 2 malformed" in err.getvalue()

@@ -215,24 +215,52 @@ def test_dead_reckoning_gga_quality_alone() -> None:
     assert fixes[0].lat is not None  # kept for telemetry
 
 
-def test_week_rollover_capture_is_corrected() -> None:
-    fixes, stats = capture("week_rollover.nmea")
+def test_week_rollover_capture_is_corrected_against_a_reference() -> None:
+    fixes, stats = capture("week_rollover.nmea", reference_date=dt.date(2024, 5, 17))
     assert iso(fixes[0]) == "2024-05-17T12:34:56.000Z"
     assert stats["rollover_corrected"] == 3
-    # a historic capture can be read verbatim
-    raw, _ = capture("week_rollover.nmea", rollover_floor=None)
+    # without a second clock a date cannot be told from history: kept as sent
+    raw, raw_stats = capture("week_rollover.nmea")
     assert iso(raw[0]) == "2004-10-01T12:34:56.000Z"
+    assert raw_stats["rollover_corrected"] == 0
+    # live, without a plausible host clock: the floor of the last rollover
+    live, _ = capture("week_rollover.nmea", rollover_floor=GPS_ROLLOVER_2019)
+    assert iso(live[0]) == "2024-05-17T12:34:56.000Z"
+    # and --no-rollover: verbatim even with a reference
+    off, _ = capture("week_rollover.nmea", reference_date=dt.date(2024, 5, 17),
+                     rollover=False)
+    assert iso(off[0]) == "2004-10-01T12:34:56.000Z"
 
 
 def test_week_rollover_heuristic() -> None:
     week0 = dt.date(1999, 8, 22)  # GPS week 0 of the 1999 epoch, what some receivers say
-    assert correct_week_rollover(week0) == GPS_ROLLOVER_2019
+    assert correct_week_rollover(week0, floor=GPS_ROLLOVER_2019) == GPS_ROLLOVER_2019
+    assert correct_week_rollover(week0) == week0  # no second clock: history
+    assert correct_week_rollover(week0, reference=dt.date(2019, 4, 8)) == GPS_ROLLOVER_2019
     assert correct_week_rollover(dt.date(2024, 5, 17)) == dt.date(2024, 5, 17)
     # the 2038 rollover: only a trusted reference date can tell
     after = dt.date(2038, 12, 1)
     bugged = after - dt.timedelta(weeks=1024)
     assert correct_week_rollover(bugged) == bugged
     assert correct_week_rollover(bugged, reference=dt.date(2038, 11, 30)) == after
+
+
+def test_a_2018_date_that_agrees_with_its_reference_is_history_not_a_rollover() -> None:
+    # The symptom: $GNRMC,...,020818 decoded as 2038-03-18 ("579 rollovers corrected").
+    day = dt.date(2018, 8, 2)
+    for ref in (day, day + dt.timedelta(days=3), dt.date(2026, 11, 29)):
+        assert correct_week_rollover(day, reference=ref) == day
+        fixes, stats = run([rmc("161448.29", date="020818")], reference_date=ref)
+        assert iso(fixes[0]) == "2018-08-02T16:14:48.290Z"
+        assert stats["rollover_corrected"] == 0
+    # no reference at all (a replay without a second clock): kept too
+    fixes, _ = run([rmc("161448.29", date="020818")])
+    assert iso(fixes[0]) == "2018-08-02T16:14:48.290Z"
+    # a rollover-bugged receiver in a 2018 recording: its CAN clock sets it right
+    bugged = day - dt.timedelta(weeks=1024)
+    fixes, stats = run([rmc("161448.29", date=bugged.strftime("%d%m%y"))], reference_date=day)
+    assert iso(fixes[0]) == "2018-08-02T16:14:48.290Z"
+    assert stats["rollover_corrected"] == 1
 
 
 def test_a_date_argument_older_than_the_floor_is_trusted() -> None:
@@ -378,7 +406,7 @@ def test_late_sentence_after_a_wrongly_learned_end_is_dropped() -> None:
 @pytest.mark.parametrize(
     ("lines", "reason"),
     [
-        ([rmc("123456", status="V")], "rmc_status"),
+        ([rmc("123456", status="V")], "status_void"),
         ([rmc("123456", mode="N")], "faa_mode"),
         ([rmc("123456", mode="E")], "faa_mode"),
         ([rmc("123456", mode="V")], "faa_mode"),
@@ -457,8 +485,57 @@ def test_decode_nmea_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0]["time"] == "2024-05-17T12:34:56.000Z"
     assert rows[0]["mode"] == 3 and rows[0]["valid"] is True
     err = capsys.readouterr().err
-    assert err.count("\n") == 1
+    assert err.count("\n") == 2
+    assert "week-rollover reference: none" in err
     assert "104 sentences" in err and "8 fixes" in err and "8 valid" in err
+
+
+def _decode(path: Path, **kw: object) -> tuple[list[dict[str, object]], str, int]:
+    out = io.StringIO()
+    err = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stderr(err):
+        rc = decode_nmea.main(path, out=out, **{"date": None, **kw})  # type: ignore[arg-type]
+    return [json.loads(x) for x in out.getvalue().splitlines()], err.getvalue(), rc
+
+
+def test_decode_nmea_reference_and_no_rollover(tmp_path: Path) -> None:
+    bugged = (dt.date(2018, 8, 2) - dt.timedelta(weeks=1024)).strftime("%d%m%y")
+    f = tmp_path / "x.nmea"
+    f.write_bytes(rmc("161448.29", date="020818") + b"\r\n"
+                  + rmc("161449.29", date=bugged) + b"\r\n")
+    rows, err, rc = _decode(f, reference_date="2018-08-05")
+    assert rc == 0 and "reference: --reference-date 2018-08-05" in err
+    assert [r["time"] for r in rows] == ["2018-08-02T16:14:48.290Z", "2018-08-02T16:14:49.290Z"]
+    assert "1 week rollovers corrected" in err
+    rows, err, _ = _decode(f, reference_date="2018-08-05", rollover=False)
+    assert "--no-rollover" in err and rows[1]["time"].startswith("1998-12-17")
+    rows, err, _ = _decode(f)
+    assert "reference: none" in err and rows[0]["time"] == "2018-08-02T16:14:48.290Z"
+    _, err, rc = _decode(f, reference_date="5 Aug")
+    assert rc == 2 and "--reference-date must be YYYY-MM-DD" in err
+
+
+def test_decode_nmea_takes_the_drive_can_clock_as_reference(tmp_path: Path) -> None:
+    # one clock per drive: a 2018 recording whose receiver lost 1024 weeks, and its CAN log
+    bugged = (dt.date(2018, 8, 2) - dt.timedelta(weeks=1024)).strftime("%d%m%y")
+    (tmp_path / "gnss.nmea").write_bytes(rmc("161448.29", date=bugged) + b"\r\n")
+    t = dt.datetime(2018, 8, 2, 16, 14, 48, tzinfo=dt.UTC).timestamp()
+    (tmp_path / "can.log").write_text(f"# a comment first\n({t:.6f}) can0 0B4#0000000000000000\n")
+    rows, err, _ = _decode(tmp_path / "gnss.nmea")
+    assert "reference: CAN log clock can.log (2018-08-02)" in err
+    assert rows[0]["time"] == "2018-08-02T16:14:48.290Z"
+
+
+def test_decode_nmea_invalid_reasons(tmp_path: Path) -> None:
+    f = tmp_path / "x.nmea"
+    lines = [gga("123455"), rmc("123456", status="V"), gga("123457", hdop="12.5")]
+    f.write_bytes(b"".join(x + b"\r\n" for x in lines))
+    rows, err, _ = _decode(f)
+    assert [r.get("invalid_reason") for r in rows] == ["no_date", "status_void", "hdop"]
+    assert all(("invalid_reason" in r) == (not r["valid"]) for r in rows)
+    assert "invalid_reason: hdop 1, no_date 1, status_void 1" in err
 
 
 def test_decode_nmea_reads_the_drive_date() -> None:
