@@ -27,6 +27,7 @@ from typing import Any
 from edge.config import RulesConfig
 from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import GeofenceTracker, hysteresis_for
+from edge.core.limits import Limit, LimitClaim
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
 from edge.core.trip import TripTracker
@@ -123,10 +124,11 @@ class Rules:
         inside, near = self._loc.locate(lat, lon, h, geo.watched)
         zones = self.zones.zones
 
-        # speed limit from the zones the car is in (used by on_speed)
+        # the speed limit where the car is (used by on_speed); a change ends an episode
         if inside != self._inside_list:
             self._inside_list = inside
-            self.speed.set_zone_limits(self._zone_limits(inside))
+            for at, b in self.speed.set_limit(t, self._limit_at(inside)):
+                out.append(self._emit("overspeed", at, b, "gnss"))
 
         # geofences
         if prev is not None and not gap and not geo.in_gap:
@@ -156,13 +158,15 @@ class Rules:
                     out.append(self._emit("poi", t, body, "gnss"))
         return out
 
-    def _zone_limits(self, inside: list[int]) -> list[tuple[float, str]]:
-        out = []
+    def _limit_at(self, inside: list[int]) -> Limit:
+        """The applicable limit: the zones the car is in claim theirs (``maxspeed``,
+        "none" included); ``edge.core.limits.decide_limit`` decides."""
+        claims = []
         for i in inside:
             z = self.zones.zones[i]
-            if z.maxspeed_kmh is not None and z.kind != "poi":
-                out.append((z.maxspeed_kmh, z.id))
-        return out
+            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
+                claims.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
+        return self.speed.decide(claims)
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
@@ -254,9 +258,11 @@ class Rules:
         self._inside_list = list(inside_now or ())
         self._zones_error = None
         self._reloads += 1
+        out = [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
         if self._fix is not None:
-            self.speed.set_zone_limits(self._zone_limits(inside_now or []))
-        return [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
+            for at, b in self.speed.set_limit(t, self._limit_at(inside_now or [])):
+                out.append(self._emit("overspeed", at, b, "gnss"))
+        return out
 
     def reload_file(self, path: Path) -> list[Event]:
         """Load ``path`` and swap to it; an invalid file keeps the old zones and

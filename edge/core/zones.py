@@ -11,7 +11,8 @@ becomes one ``Zone``; its ``properties`` say what it is:
                 feature has an ``offer``, else ``"fence"``. Fences produce geofence
                 events (and their ``maxspeed`` applies); ``"speed"`` zones only carry
                 a ``maxspeed``; POIs produce offers.
-``maxspeed``    km/h as OSM tags it: ``50``, ``"50"``, ``"30 mph"``, ``"none"`` (no limit)
+``maxspeed``    km/h as OSM tags it: ``50``, ``"50"``, ``"30 mph"``, ``"none"`` (no limit
+                here: wins over the default; see ``edge.core.limits``)
 ``dwell_s``     fences: emit ``dwell`` once after this long inside
 ``radius_m``    with a Point geometry: a circle (required for POIs)
 ``width_m``     with a LineString geometry: a corridor this wide (centre line ± width/2)
@@ -91,6 +92,7 @@ class Zone:
     geom: Shape  # metres in ``frame``
     bounds: tuple[float, float, float, float]  # lon/lat box; lon may pass ±180
     maxspeed_kmh: float | None = None
+    no_limit: bool = False  # maxspeed "none": no limit applies here (wins over the default)
     dwell_s: float | None = None
     radius_m: float | None = None
     width_m: float | None = None
@@ -332,8 +334,9 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         maxspeed = parse_maxspeed(props["maxspeed"]) if props.get("maxspeed") is not None else None
     except ValueError as exc:
         raise ZonesError(str(exc)) from None
-    if kind == "speed" and maxspeed is None:
-        raise ZonesError("a 'speed' zone needs a maxspeed")
+    no_limit = props.get("maxspeed") is not None and maxspeed is None
+    if kind == "speed" and maxspeed is None and not no_limit:
+        raise ZonesError("a 'speed' zone needs a maxspeed (a number, '30 mph' or 'none')")
     dwell = _number(props, "dwell_s", positive=False)
     radius = _number(props, "radius_m", positive=True)
     width = _number(props, "width_m", positive=True)
@@ -408,7 +411,7 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
     ).hexdigest()
     return Zone(
         index=index, id=fid, name=name, kind=kind, shape=shape, frame=frame, geom=g,
-        bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
+        bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed, no_limit=no_limit,
         dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, coords=fast,
         digest=digest,
     )

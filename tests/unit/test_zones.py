@@ -240,3 +240,11 @@ def test_locator_across_the_antimeridian_agrees_with_exact_answers() -> None:
         exact = sorted(zz.index for zz in z.zones if zz.signed_distance_m(lat, lon) <= 0)
         assert sorted(inside) == exact
         assert sorted(zz.index for zz in z.at(lat, lon)) == exact
+
+
+def test_maxspeed_none_is_accepted_on_speed_zones_and_fences() -> None:
+    z = zones(circle("autobahn", 0, 0, 100, kind="speed", maxspeed="none"),
+              circle("track", 500, 0, 100, maxspeed="none"),
+              circle("plain", 1000, 0, 100))
+    assert [(x.id, x.maxspeed_kmh, x.no_limit) for x in z.zones] == [
+        ("autobahn", None, True), ("track", None, True), ("plain", None, False)]
