@@ -22,14 +22,12 @@ from edge.errors import EdgeError
 from edge.model import Envelope, Fix, Ignition, SpeedSample
 
 
-def _fixes(path: Path, date: object) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+def _fixes(path: Path, date: object) -> list[Fix]:
     from edge.core.nmea import iter_fixes
 
     with path.open("rb") as fh:
-        for fix in iter_fixes(fh, date=date):  # type: ignore[arg-type]
-            if fix.time is None:
-                continue
-            yield fix.time, 0, fix  # a capture's fixes carry mono = their GNSS time
+        # a capture's fixes carry mono = their GNSS time
+        return [f for f in iter_fixes(fh, date=date) if f.time is not None]  # type: ignore[arg-type]
 
 
 def _speeds(path: Path, cfg: Config, offset_s: float = 0.0
@@ -46,19 +44,24 @@ def _speeds(path: Path, cfg: Config, offset_s: float = 0.0
         yield t, 1, dataclasses.replace(s, time=t, mono=t)
 
 
-def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
-                  ) -> Iterator[Envelope]:
+def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None,
+                  bulk: bool = True) -> Iterator[Envelope]:
     """Every envelope the daemon would publish for ``drive``, in publish order
-    (health aside: it describes a live process, not the drive)."""
+    (health aside: it describes a live process, not the drive). ``bulk``: the zone
+    geometry of all fixes is computed at once up front (``edge.core.drivegeo``); the
+    events are the same as fix by fix (``bulk=False``, the live daemon's way)."""
     from sim.drive import load_drive
 
     d = load_drive(drive)
     from edge.app import load_zones_for
 
     engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()))
-    streams = []
+    streams: list[Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]] = []
     if d.gnss is not None:
-        streams.append(_fixes(d.gnss, d.date))
+        fixes = _fixes(d.gnss, d.date)
+        if bulk:
+            engine.use_drive_geometry(fixes)
+        streams.append((f.time, 0, f) for f in fixes if f.time is not None)
     if d.can is not None and (cfg.can.mode == "obd" or (cfg.can.dbc is not None
                                                         and cfg.can.speed_signal)):
         streams.append(_speeds(d.can, cfg, d.can_time_offset_s))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import RulesConfig
+from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import GeofenceTracker, hysteresis_for
 from edge.core.limits import Limit, LimitClaim
@@ -59,6 +60,7 @@ class Rules:
         self.cfg = config
         self.zones = zones if zones is not None else empty_zones()
         self._loc = ZoneLocator(self.zones)
+        self._drive: DriveGeometry | None = None  # answers computed for a whole drive
         self.geofence = GeofenceTracker(config.geofence, self.zones)
         self.speed = OverspeedTracker(config.speed)
         self.poi = PoiTracker(config.poi)
@@ -121,7 +123,8 @@ class Rules:
         self._fix = (t, lat, lon)
         h = hysteresis_for(self.cfg.geofence, fix.hdop)
         self._h = h
-        inside, near = self._loc.locate(lat, lon, h, geo.watched)
+        got = self._drive.locate(lat, lon, h) if self._drive is not None else None
+        inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
         zones = self.zones.zones
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
@@ -179,6 +182,10 @@ class Rules:
         seg = math.sqrt(dx * dx + dy * dy) * M_PER_DEG
         if seg <= 2.0 * h or seg > MAX_CROSS_MPS * dt:
             return []  # jitter, or a jump (not a drive through a fence)
+        skip = self._prev_inside | set(inside)
+        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
+        if hits is not None:
+            return [i for i in sorted(hits) if i not in skip and not self.geofence.is_busy(i)]
         cands = self._loc.nearby(lat2, lon2, seg)
         if cands is None:
             d = seg / 111_000.0 * 2 + 1e-4
@@ -189,7 +196,6 @@ class Rules:
             cands = sorted(self.zones.query_box(lo_lon - d, min(lat1, lat2) - d,
                                                 hi_lon + d, max(lat1, lat2) + d))
         zones = self.zones.zones
-        skip = self._prev_inside | set(inside)
         out = []
         for i in cands:
             z = zones[i]
@@ -241,6 +247,17 @@ class Rules:
 
     # ------------------------------------------------------------------ zones
 
+    @property
+    def drive_geometry(self) -> DriveGeometry | None:
+        return self._drive
+
+    def use_drive_geometry(self, geometry: DriveGeometry | None) -> None:
+        """Geometry answers precomputed for the drive about to be fed (replay, report):
+        the same events as without, fewer geometry calls. Dropped on a zones reload."""
+        if geometry is not None and geometry.zones is not self.zones:
+            raise ValueError("drive geometry computed for other zones")
+        self._drive = geometry
+
     def reload(self, zones: Zones) -> list[Event]:
         """Swap to a new zone set atomically. States of fence ids present in both carry
         over; a new fence the car is in now is reported ``inside``."""
@@ -254,6 +271,7 @@ class Rules:
         self.poi.carry_over({z.id for z in zones.pois})
         self.zones = zones
         self._loc = loc
+        self._drive = None
         self._prev_inside = set(inside_now or ())
         self._inside_list = list(inside_now or ())
         self._zones_error = None
