@@ -23,16 +23,14 @@ from edge.errors import EdgeError
 from edge.model import Envelope, Fix, Ignition, SpeedSample
 
 
-def _fixes(path: Path, date: dt.date | None, reference: dt.date | None
-           ) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+def _fixes(path: Path, date: dt.date | None, reference: dt.date | None) -> list[Fix]:
     from edge.core.nmea import iter_fixes
 
     with path.open("rb") as fh:
-        # one clock per drive: rollover corrected only against the drive's other clock
-        for fix in iter_fixes(fh, date=date, reference_date=reference):
-            if fix.time is None:
-                continue
-            yield fix.time, 0, fix  # a capture's fixes carry mono = their GNSS time
+        # one clock per drive: rollover corrected only against the drive's other clock;
+        # a capture's fixes carry mono = their GNSS time
+        return [f for f in iter_fixes(fh, date=date, reference_date=reference)
+                if f.time is not None]
 
 
 def _speeds(path: Path, cfg: Config, offset_s: float = 0.0,
@@ -66,9 +64,12 @@ def _speeds(path: Path, cfg: Config, offset_s: float = 0.0,
 
 
 def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None,
-                  warn: Callable[[str], None] | None = None) -> Iterator[Envelope]:
+                  warn: Callable[[str], None] | None = None,
+                  bulk: bool = True) -> Iterator[Envelope]:
     """Every envelope the daemon would publish for ``drive``, in publish order
-    (health aside: it describes a live process, not the drive)."""
+    (health aside: it describes a live process, not the drive). ``bulk``: the zone
+    geometry of all fixes is computed at once up front (``edge.core.drivegeo``); the
+    events are the same as fix by fix (``bulk=False``, the live daemon's way)."""
     from sim.drive import check_clocks, load_drive, reference
 
     d = load_drive(drive)
@@ -80,9 +81,12 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
     from edge.app import load_zones_for
 
     engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()))
-    streams = []
+    streams: list[Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]] = []
     if d.gnss is not None:
-        streams.append(_fixes(d.gnss, d.date, ref))
+        fixes = _fixes(d.gnss, d.date, ref)
+        if bulk:
+            engine.use_drive_geometry(fixes)
+        streams.append((f.time, 0, f) for f in fixes if f.time is not None)
     if d.can is not None and (cfg.can.mode == "obd" or (cfg.can.dbc is not None
                                                         and cfg.can.speed_signal)):
         streams.append(_speeds(d.can, cfg, d.can_time_offset_s, warn))

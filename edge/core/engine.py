@@ -107,7 +107,9 @@ class Engine:
         closing = [dataclasses.replace(e, clock="system",
                                        body={**e.body, "reason": "clock_step"})
                    for e in self.rules.close(self._last_time)]
+        drive = self.rules.drive_geometry
         self.rules = Rules(self.config.rules, self.rules.zones)
+        self.rules.use_drive_geometry(drive)
         self.telemetry = TelemetrySampler(interval_s=self.telemetry.interval_s)
         self._last_time = None
         return closing
@@ -119,6 +121,17 @@ class Engine:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
         return self._wrap(self.rules.close(time))
+
+    def use_drive_geometry(self, fixes: list[Fix]) -> None:
+        """Answer the geometry of these fixes (a whole drive about to be fed) in bulk."""
+        if not self.rules.zones.zones:
+            return
+        from edge.core.drivegeo import DriveGeometry
+        from edge.core.geofence import hysteresis_for
+
+        gcfg = self.config.rules.geofence
+        self.rules.use_drive_geometry(DriveGeometry(
+            self.rules.zones, fixes, lambda hdop: hysteresis_for(gcfg, hdop)))
 
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import RulesConfig
+from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import GeofenceTracker, hysteresis_for
+from edge.core.limits import Limit, LimitClaim
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
 from edge.core.trip import TripTracker
@@ -58,6 +60,7 @@ class Rules:
         self.cfg = config
         self.zones = zones if zones is not None else empty_zones()
         self._loc = ZoneLocator(self.zones)
+        self._drive: DriveGeometry | None = None  # answers computed for a whole drive
         self.geofence = GeofenceTracker(config.geofence, self.zones)
         self.speed = OverspeedTracker(config.speed)
         self.poi = PoiTracker(config.poi)
@@ -120,13 +123,15 @@ class Rules:
         self._fix = (t, lat, lon)
         h = hysteresis_for(self.cfg.geofence, fix.hdop)
         self._h = h
-        inside, near = self._loc.locate(lat, lon, h, geo.watched)
+        got = self._drive.locate(lat, lon, h) if self._drive is not None else None
+        inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
         zones = self.zones.zones
 
-        # speed limit from the zones the car is in (used by on_speed)
+        # the speed limit where the car is (used by on_speed); a change ends an episode
         if inside != self._inside_list:
             self._inside_list = inside
-            self.speed.set_zone_limits(self._zone_limits(inside))
+            for at, b in self.speed.set_limit(t, self._limit_at(inside)):
+                out.append(self._emit("overspeed", at, b, "gnss"))
 
         # geofences
         if prev is not None and not gap and not geo.in_gap:
@@ -156,13 +161,15 @@ class Rules:
                     out.append(self._emit("poi", t, body, "gnss"))
         return out
 
-    def _zone_limits(self, inside: list[int]) -> list[tuple[float, str]]:
-        out = []
+    def _limit_at(self, inside: list[int]) -> Limit:
+        """The applicable limit: the zones the car is in claim theirs (``maxspeed``,
+        "none" included); ``edge.core.limits.decide_limit`` decides."""
+        claims = []
         for i in inside:
             z = self.zones.zones[i]
-            if z.maxspeed_kmh is not None and z.kind != "poi":
-                out.append((z.maxspeed_kmh, z.id))
-        return out
+            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
+                claims.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
+        return self.speed.decide(claims)
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
@@ -175,6 +182,10 @@ class Rules:
         seg = math.sqrt(dx * dx + dy * dy) * M_PER_DEG
         if seg <= 2.0 * h or seg > MAX_CROSS_MPS * dt:
             return []  # jitter, or a jump (not a drive through a fence)
+        skip = self._prev_inside | set(inside)
+        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
+        if hits is not None:
+            return [i for i in sorted(hits) if i not in skip and not self.geofence.is_busy(i)]
         cands = self._loc.nearby(lat2, lon2, seg)
         if cands is None:
             d = seg / 111_000.0 * 2 + 1e-4
@@ -185,7 +196,6 @@ class Rules:
             cands = sorted(self.zones.query_box(lo_lon - d, min(lat1, lat2) - d,
                                                 hi_lon + d, max(lat1, lat2) + d))
         zones = self.zones.zones
-        skip = self._prev_inside | set(inside)
         out = []
         for i in cands:
             z = zones[i]
@@ -237,6 +247,17 @@ class Rules:
 
     # ------------------------------------------------------------------ zones
 
+    @property
+    def drive_geometry(self) -> DriveGeometry | None:
+        return self._drive
+
+    def use_drive_geometry(self, geometry: DriveGeometry | None) -> None:
+        """Geometry answers precomputed for the drive about to be fed (replay, report):
+        the same events as without, fewer geometry calls. Dropped on a zones reload."""
+        if geometry is not None and geometry.zones is not self.zones:
+            raise ValueError("drive geometry computed for other zones")
+        self._drive = geometry
+
     def reload(self, zones: Zones) -> list[Event]:
         """Swap to a new zone set atomically. States of fence ids present in both carry
         over; a new fence the car is in now is reported ``inside``."""
@@ -250,13 +271,16 @@ class Rules:
         self.poi.carry_over({z.id for z in zones.pois})
         self.zones = zones
         self._loc = loc
+        self._drive = None
         self._prev_inside = set(inside_now or ())
         self._inside_list = list(inside_now or ())
         self._zones_error = None
         self._reloads += 1
+        out = [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
         if self._fix is not None:
-            self.speed.set_zone_limits(self._zone_limits(inside_now or []))
-        return [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
+            for at, b in self.speed.set_limit(t, self._limit_at(inside_now or [])):
+                out.append(self._emit("overspeed", at, b, "gnss"))
+        return out
 
     def reload_file(self, path: Path) -> list[Event]:
         """Load ``path`` and swap to it; an invalid file keeps the old zones and

@@ -1,15 +1,20 @@
 """Overspeed episodes: a start after ``min_duration_s`` above the threshold, one end.
 
-``threshold = limit x (1 + tolerance_pct/100) + tolerance_kmh``. The limit is the
-lowest of the configured default and the ``maxspeed`` of every zone the car is in
-(``limit_policy = "lowest"``); ``"zone"`` lets a zone's limit replace the default even
-when it is higher; ``"default"`` ignores zones. An episode starts when every sample
-for ``min_duration_s`` (sample time) was above the threshold, so a short flicker
-starts nothing; it ends once every sample for ``end_after_s`` was at least
-``recovery_kmh`` below the threshold (``reason: "recovered"``), when no sample came
-for ``gap_s`` (``reason: "unknown"``), when no limit applies any more
-(``"no_limit"``), or when the drive/daemon ends (``"closed"``). ``duration_s`` runs
-from the first sample above to the first sample of the recovery (or the gap).
+``threshold = limit x (1 + tolerance_pct/100) + tolerance_kmh``. The limit and its
+source are decided in one place, ``edge.core.limits.decide_limit`` (the default, the
+policy and the zones' ``maxspeed`` claims), and handed over with ``set_limit``. An
+episode starts when every sample for ``min_duration_s`` (sample time) was above the
+threshold, so a short flicker starts nothing; it ends once every sample for
+``end_after_s`` was at least ``recovery_kmh`` below the threshold (``reason:
+"recovered"``), when no sample came for ``gap_s`` (``reason: "unknown"``), or when the
+drive/daemon ends (``"closed"``). ``duration_s`` runs from the first sample above to
+the first sample of the recovery (or the gap).
+
+An episode is measured against one limit, the one its events report. When the
+applicable limit changes during an episode (the car left the 30 zone), the episode ends
+at that moment with ``reason: "limit_changed"`` (``"no_limit"`` when no limit applies
+any more), and when the last speed is above the new threshold a new episode starts at
+once against the new limit: it has been over continuously, so it is not debounced again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.config import SpeedRuleConfig
+from edge.core.limits import Limit, LimitClaim, decide_limit
 
 
 def r1(v: float) -> float:
@@ -48,20 +54,58 @@ class OverspeedTracker:
     def active(self) -> bool:
         return self._ep is not None
 
-    def set_zone_limits(self, limits: list[tuple[float, str]]) -> None:
-        """(maxspeed km/h, zone id) of the zones the car is in now."""
-        default = self.cfg.limit_kmh
-        policy = self.cfg.limit_policy
-        best: tuple[float, str] | None = min(limits) if limits and policy != "default" else None
-        if best is not None and (policy == "zone" or default is None or best[0] < default):
-            self.limit, self.source = best[0], f"zone:{best[1]}"
-        else:
-            self.limit, self.source = default, "default"
+    def decide(self, claims: list[LimitClaim]) -> Limit:
+        """The limit that applies given the claims of every source at the car's place."""
+        return decide_limit(self.cfg.limit_kmh, self.cfg.limit_policy, claims)
+
+    def set_limit(self, t: float, limit: Limit) -> list[tuple[float, dict[str, object]]]:
+        """The applicable limit from ``t`` on. An open episode measured against another
+        limit ends at ``t`` (``limit_changed``/``no_limit``); a new one starts at ``t``
+        when the last speed is above the new threshold."""
+        if limit.kmh == self.limit and limit.source == self.source:
+            return []
+        old_thr = self.threshold()
+        self.limit, self.source = limit.kmh, limit.source
+        thr = self.threshold()
+        v = self._last_v
+        fresh = self._last_t is not None and t - self._last_t <= self.cfg.gap_s
+        out: list[tuple[float, dict[str, object]]] = []
+        ep = self._ep
+        if ep is not None:
+            if limit.kmh == ep.limit:
+                return out  # the same limit from another source: the episode goes on
+            until = ep.below_since if ep.below_since is not None else t
+            out.append(self._end(t, v, "no_limit" if thr is None else "limit_changed", until))
+            if thr is not None and fresh and v > thr:
+                self._above_since = t
+                self._peak = v
+                out.append(self._start(t, v))
+            return out
+        if self._above_since is not None and (thr is None or (
+                old_thr is not None and thr > old_thr)):
+            # a higher limit: the run above the old one does not count for it
+            self._above_since = t if thr is not None and fresh and v > thr else None
+            self._peak = v
+        return out
 
     def threshold(self) -> float | None:
         if self.limit is None:
             return None
         return self.limit * (1.0 + self.cfg.tolerance_pct / 100.0) + self.cfg.tolerance_kmh
+
+    def _start(self, t: float, v: float) -> tuple[float, dict[str, object]]:
+        assert self.limit is not None and self._above_since is not None
+        self._ep = _Episode(start=self._above_since, limit=self.limit,
+                            source=self.source, peak=self._peak)
+        self.episodes += 1
+        return t, {
+            "phase": "start",
+            "speed_kmh": r1(v),
+            "limit_kmh": r1(self.limit),
+            "limit_source": self.source,
+            "peak_kmh": r1(self._peak),
+            "duration_s": round(t - self._above_since, 2),
+        }
 
     def _end(
         self, t: float, speed: float, reason: str, until: float
@@ -93,18 +137,7 @@ class OverspeedTracker:
                     self._peak = v
                 self._peak = max(self._peak, v)
                 if t - self._above_since >= self.cfg.min_duration_s:
-                    assert self.limit is not None
-                    self._ep = _Episode(start=self._above_since, limit=self.limit,
-                                        source=self.source, peak=self._peak)
-                    self.episodes += 1
-                    out.append((t, {
-                        "phase": "start",
-                        "speed_kmh": r1(v),
-                        "limit_kmh": r1(self.limit),
-                        "limit_source": self.source,
-                        "peak_kmh": r1(self._peak),
-                        "duration_s": round(t - self._above_since, 2),
-                    }))
+                    out.append(self._start(t, v))
             else:
                 self._above_since = None
             return out

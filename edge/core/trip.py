@@ -94,12 +94,12 @@ class TripTracker:
             dt = t - last[0]
             if 0 < dt <= self.gap_s:
                 s.distance_m += (v + last[1]) / 2.0 / 3.6 * dt
-        self._harsh(t, v, s)
         if s is not None:
             s.max_kmh = max(s.max_kmh, v)
         if self._ignition is not None:
             if self._trip is None and self._ignition:
                 out.append(self._start(t, v, _Stats(start=t, max_kmh=v)))
+            self._harsh(t, v, self._stats())
             return out
         moving = v >= self.cfg.start_kmh
         if self._trip is None:
@@ -108,9 +108,13 @@ class TripTracker:
                     self._cand = _Stats(start=t, max_kmh=v)
                 if t - self._cand.start >= self.cfg.start_s:
                     out.append(self._start(t, v, self._cand))
-            else:
+            # the launch that starts a trip counts: the window ending at the first
+            # moving sample belongs to the candidate created for it
+            self._harsh(t, v, self._stats())
+            if not moving:
                 self._cand = None
             return out
+        self._harsh(t, v, s)
         trip = self._trip
         if moving:
             if trip.stop_since is not None:

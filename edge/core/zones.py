@@ -11,7 +11,8 @@ becomes one ``Zone``; its ``properties`` say what it is:
                 feature has an ``offer``, else ``"fence"``. Fences produce geofence
                 events (and their ``maxspeed`` applies); ``"speed"`` zones only carry
                 a ``maxspeed``; POIs produce offers.
-``maxspeed``    km/h as OSM tags it: ``50``, ``"50"``, ``"30 mph"``, ``"none"`` (no limit)
+``maxspeed``    km/h as OSM tags it: ``50``, ``"50"``, ``"30 mph"``, ``"none"`` (no limit
+                here: wins over the default; see ``edge.core.limits``)
 ``dwell_s``     fences: emit ``dwell`` once after this long inside
 ``radius_m``    with a Point geometry: a circle (required for POIs)
 ``width_m``     with a LineString geometry: a corridor this wide (centre line ± width/2)
@@ -21,9 +22,16 @@ becomes one ``Zone``; its ``properties`` say what it is:
 Geometry is kept in metres, each zone in its own local frame (``edge.core.geo``), so
 circles, corridors and hysteresis are exact in metres and a fence that crosses the
 antimeridian (either split as RFC 7946 asks, or drawn with longitudes past ±180) works.
-One packed R-tree (``edge.core.spatial.BoxTree``) over every zone's lon/lat bounding
-box (with a ±360° copy for boxes that cross the antimeridian) finds candidates; the
-shapes answer in plain Python (``edge.core.spatial``): no shapely or numpy at runtime.
+The shapes are shapely geometries in that frame, prepared once: polygons (a
+MultiPolygon's parts unioned, validity judged by GEOS and its reason reported), and for
+circles and corridors the centre point / centre line with the exact distance minus the
+radius / half width (a buffer would cut the round edge into chords). One
+``shapely.STRtree`` over every zone's lon/lat bounding box (with a ±360° copy for boxes
+that cross the antimeridian) finds candidates. shapely (and numpy) are imported only
+when a zones file with zones is parsed: a daemon without zones never loads them.
+
+``ZoneLocator`` answers "which zones is the car in / near" fix by fix (the live path);
+``edge.core.drivegeo`` answers it for a whole known drive at once (replay, report).
 """
 
 from __future__ import annotations
@@ -39,7 +47,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from edge.core.geo import M_PER_DEG, MIN_COS, LocalFrame, wrap_lon
-from edge.core.spatial import BoxTree, Circle, Corridor, Polygon, polygon_problem, ring_area
 from edge.errors import ZonesError
 
 ZoneKind = Literal["fence", "speed", "poi"]
@@ -47,8 +54,6 @@ ZoneShape = Literal["polygon", "circle", "corridor"]
 KINDS: tuple[str, ...] = ("fence", "speed", "poi")
 MPH_KMH = 1.609344
 _SAFETY = 1.05
-FAST_VERTICES = 48  # up to this many vertices, a shape is scanned whole (no edge grid)
-Shape = Circle | Corridor | Polygon
 KNOT_KMH = 1.852
 _MAXSPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$", re.I)
 
@@ -80,7 +85,9 @@ def parse_maxspeed(value: Any) -> float | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Zone:
-    """One feature of the zones file, with its geometry in metres in ``frame``."""
+    """One feature of the zones file, its geometry a shapely geometry in metres in
+    ``frame``: a (Multi)Polygon, or the centre (Point) of a circle or the centre line
+    (LineString) of a corridor, ``pad`` metres wide on each side."""
 
     index: int
     id: str
@@ -88,16 +95,16 @@ class Zone:
     kind: ZoneKind
     shape: ZoneShape
     frame: LocalFrame
-    geom: Shape  # metres in ``frame``
+    geom: Any  # shapely geometry, metres in ``frame`` (polygons prepared)
+    pad: float = 0.0  # circle radius / corridor half width; 0 for polygons
+    edge: Any = None  # polygons: their boundary (distances from inside)
     bounds: tuple[float, float, float, float]  # lon/lat box; lon may pass ±180
     maxspeed_kmh: float | None = None
+    no_limit: bool = False  # maxspeed "none": no limit applies here (wins over the default)
     dwell_s: float | None = None
     radius_m: float | None = None
     width_m: float | None = None
     offer: Any = None
-    # small shapes are measured by scanning all their edges: polygon rings (even-odd)
-    # or the corridor's centre line, in metres; () -> ``geom`` answers (edge grid)
-    coords: tuple[tuple[tuple[float, float], ...], ...] = ()
     digest: str = ""  # hash of the feature: equal digests mean an unchanged zone
 
     def signed_distance_m(self, lat: float, lon: float) -> float:
@@ -106,76 +113,44 @@ class Zone:
         return self.signed_distance_xy(x, y)
 
     def signed_distance_xy(self, x: float, y: float) -> float:
+        import shapely
+
         if self.shape == "circle":
-            assert self.radius_m is not None
-            return math.hypot(x, y) - self.radius_m
-        if self.coords:
-            if self.shape == "corridor":
-                assert self.width_m is not None
-                return _polyline_distance(self.coords[0], x, y) - self.width_m / 2.0
-            return _rings_signed_distance(self.coords, x, y)
-        return self.geom.signed_distance(x, y)
+            # exact, and the same operations as the bulk path (IEEE sqrt)
+            return math.sqrt(x * x + y * y) - self.pad
+        if self.shape == "corridor":
+            return float(shapely.distance(self.geom, shapely.Point(x, y))) - self.pad
+        if shapely.intersects_xy(self.geom, x, y):
+            return -float(shapely.distance(self.edge, shapely.Point(x, y)))
+        return float(shapely.distance(self.geom, shapely.Point(x, y)))
+
+    def signed_distances_xy(self, xs: Any, ys: Any) -> Any:
+        """``signed_distance_xy`` for arrays of points (numpy), value for value equal."""
+        import numpy as np
+        import shapely
+
+        if self.shape == "circle":
+            return np.sqrt(xs * xs + ys * ys) - self.pad
+        pts = shapely.points(xs, ys)
+        if self.shape == "corridor":
+            return shapely.distance(self.geom, pts) - self.pad
+        inside = shapely.intersects_xy(self.geom, xs, ys)
+        return np.where(inside, -shapely.distance(self.edge, pts),
+                        shapely.distance(self.geom, pts))
+
+    def xy_arrays(self, lats: Any, lons: Any) -> tuple[Any, Any]:
+        """``frame.xy`` for arrays of points: the same operations, the same floats."""
+        f = self.frame
+        return ((lons - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx, (lats - f.lat0) * f.ky
 
     def segment_hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
-        """Whether the straight segment between two points passes through the zone."""
-        a = self.frame.xy(lat1, lon1)
-        b = self.frame.xy(lat2, lon2)
-        if self.shape == "circle":
-            assert self.radius_m is not None
-            return _segment_point_distance(a, b) <= self.radius_m
-        return self.geom.intersects_segment(a[0], a[1], b[0], b[1])
+        """Whether the straight segment between two points touches the zone."""
+        import shapely
 
-
-def _rings_signed_distance(
-    rings: tuple[tuple[tuple[float, float], ...], ...], x: float, y: float
-) -> float:
-    """Signed distance to the boundary of polygons given as closed rings (even-odd)."""
-    inside = False
-    best = math.inf
-    for ring in rings:
-        x1, y1 = ring[0]
-        for x2, y2 in ring[1:]:
-            if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
-                inside = not inside
-            dx, dy = x2 - x1, y2 - y1
-            d2 = dx * dx + dy * dy
-            px, py = x - x1, y - y1
-            u = (px * dx + py * dy) / d2 if d2 > 0 else 0.0
-            if u < 0.0:
-                u = 0.0
-            elif u > 1.0:
-                u = 1.0
-            ex, ey = px - u * dx, py - u * dy
-            e2 = ex * ex + ey * ey
-            if e2 < best:
-                best = e2
-            x1, y1 = x2, y2
-    d = math.sqrt(best)
-    return -d if inside else d
-
-
-def _polyline_distance(line: tuple[tuple[float, float], ...], x: float, y: float) -> float:
-    best = math.inf
-    x1, y1 = line[0]
-    for x2, y2 in line[1:]:
-        dx, dy = x2 - x1, y2 - y1
-        d2 = dx * dx + dy * dy
-        px, py = x - x1, y - y1
-        u = (px * dx + py * dy) / d2 if d2 > 0 else 0.0
-        u = min(1.0, max(0.0, u))
-        ex, ey = px - u * dx, py - u * dy
-        best = min(best, ex * ex + ey * ey)
-        x1, y1 = x2, y2
-    return math.sqrt(best)
-
-
-def _segment_point_distance(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """Distance from the origin to the segment a-b."""
-    ax, ay = a
-    dx, dy = b[0] - ax, b[1] - ay
-    d2 = dx * dx + dy * dy
-    t = 0.0 if d2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / d2))
-    return math.hypot(ax + t * dx, ay + t * dy)
+        seg = shapely.LineString([self.frame.xy(lat1, lon1), self.frame.xy(lat2, lon2)])
+        if self.pad:
+            return bool(shapely.dwithin(self.geom, seg, self.pad))
+        return bool(shapely.intersects(self.geom, seg))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,8 +158,8 @@ class Zones:
     """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
 
     zones: tuple[Zone, ...]
-    tree: BoxTree  # lon/lat boxes (antimeridian-crossing ones also shifted by ±360°)
-    tree_zone: tuple[int, ...]  # tree item -> zone index (antimeridian boxes appear twice)
+    tree: Any  # shapely.STRtree of lon/lat boxes (also at ±360° across 180°); None: empty
+    tree_zone: Any  # numpy: tree item -> zone index (antimeridian boxes appear twice)
     by_id: Mapping[str, Zone]
     source: str = "<zones>"
 
@@ -204,23 +179,24 @@ class Zones:
 
     def query_box(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> set[int]:
         """Indices of zones whose bounding box meets the lon/lat box (lon in any turn)."""
+        if self.tree is None:
+            return set()
+        import shapely
+
         boxes = [(min_lon, min_lat, max_lon, max_lat)]
         if max_lon > 180.0:
             boxes.append((min_lon - 360.0, min_lat, max_lon - 360.0, max_lat))
         if min_lon < -180.0:
             boxes.append((min_lon + 360.0, min_lat, max_lon + 360.0, max_lat))
         out: set[int] = set()
-        tz = self.tree_zone
         for b in boxes:
-            for item in self.tree.query(*b):
-                out.add(tz[item])
+            out.update(self.tree_zone[self.tree.query(shapely.box(*b))].tolist())
         return out
 
     def at(self, lat: float, lon: float) -> list[Zone]:
         """Zones that contain the point (one-off lookup; the rules use ``ZoneLocator``)."""
-        hits = self.tree.query(lon, lat, lon, lat)
-        out = {self.tree_zone[i] for i in hits}
-        return [self.zones[i] for i in sorted(out)
+        idx = self.query_box(lon, lat, lon, lat)
+        return [self.zones[i] for i in sorted(idx)
                 if self.zones[i].signed_distance_m(lat, lon) <= 0]
 
 
@@ -272,6 +248,12 @@ def parse_zones(data: Mapping[str, Any], *, source: str = "<zones>") -> Zones:
 
 
 def _build(zones: list[Zone], source: str) -> Zones:
+    if not zones:  # no zones: shapely is not even imported
+        return Zones(zones=(), tree=None, tree_zone=None, by_id=MappingProxyType({}),
+                     source=source)
+    import numpy as np
+    import shapely
+
     boxes: list[tuple[float, float, float, float]] = []
     tree_zone: list[int] = []
     for z in zones:
@@ -282,10 +264,11 @@ def _build(zones: list[Zone], source: str) -> Zones:
                 continue
             boxes.append((a, y0, b, y1))
             tree_zone.append(z.index)
+    arr = np.asarray(boxes, dtype=float)
     return Zones(
         zones=tuple(zones),
-        tree=BoxTree(boxes),
-        tree_zone=tuple(tree_zone),
+        tree=shapely.STRtree(shapely.box(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])),
+        tree_zone=np.asarray(tree_zone, dtype=np.intp),
         by_id=MappingProxyType({z.id: z for z in zones}),
         source=source,
     )
@@ -332,8 +315,9 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         maxspeed = parse_maxspeed(props["maxspeed"]) if props.get("maxspeed") is not None else None
     except ValueError as exc:
         raise ZonesError(str(exc)) from None
-    if kind == "speed" and maxspeed is None:
-        raise ZonesError("a 'speed' zone needs a maxspeed")
+    no_limit = props.get("maxspeed") is not None and maxspeed is None
+    if kind == "speed" and maxspeed is None and not no_limit:
+        raise ZonesError("a 'speed' zone needs a maxspeed (a number, '30 mph' or 'none')")
     dwell = _number(props, "dwell_s", positive=False)
     radius = _number(props, "radius_m", positive=True)
     width = _number(props, "width_m", positive=True)
@@ -346,15 +330,19 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
     coords = geom.get("coordinates")
     if kind == "poi" and gtype != "Point":
         raise ZonesError(f"a POI must be a Point with radius_m, got {gtype!r}")
+    import shapely
+
     shape: ZoneShape
-    fast: tuple[tuple[tuple[float, float], ...], ...] = ()
+    pad = 0.0
+    edge = None
     if gtype == "Point":
         if radius is None:
             raise ZonesError("a Point needs radius_m (a circle)")
         shape = "circle"
         lon, lat = _position(coords)
         frame = LocalFrame.at(lat, lon)
-        g: Shape = Circle(radius)
+        g: Any = shapely.Point(0.0, 0.0)
+        pad = radius
     elif gtype == "LineString":
         if width is None:
             raise ZonesError("a LineString needs width_m (a corridor)")
@@ -363,10 +351,8 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
         if len(pts) < 2:
             raise ZonesError("a LineString needs at least 2 positions")
         frame = _frame_for(pts)
-        line = tuple(frame.xy(lat, lon) for lon, lat in pts)
-        g = Corridor(line, width / 2.0)
-        if len(pts) <= FAST_VERTICES:
-            fast = (line,)
+        g = shapely.LineString([frame.xy(lat, lon) for lon, lat in pts])
+        pad = width / 2.0
     elif gtype in ("Polygon", "MultiPolygon"):
         shape = "polygon"
         polys = [coords] if gtype == "Polygon" else _list(coords, "coordinates")
@@ -374,44 +360,60 @@ def _parse_feature(feat: Any, index: int, fid: str | None) -> Zone:
                  for p in polys]
         if not rings or any(not p for p in rings):
             raise ZonesError(f"{gtype} has no rings")
-        frame = _frame_for([pt for p in rings for r in p for pt in r])
-        parts: list[list[tuple[tuple[float, float], ...]]] = []
         for p in rings:
             for r in p:
                 if len(r) < 4 or r[0] != r[-1]:
                     raise ZonesError("a ring needs at least 4 positions and must be closed")
-            xy = [tuple(frame.xy(lat, lon) for lon, lat in r) for r in p]
-            problem = polygon_problem(xy)
-            if problem is not None:
-                raise ZonesError(f"invalid polygon: {problem}")
-            parts.append(xy)
-        area = sum(abs(ring_area(p[0])) - sum(abs(ring_area(h)) for h in p[1:]) for p in parts)
-        if not area > 0:
-            raise ZonesError("polygon has no area")
-        g = Polygon(parts)
-        rings_m = [r for p in parts for r in p]
-        # even-odd over all rings is the union only when the parts are apart
-        if sum(len(r) for r in rings_m) <= FAST_VERTICES and (
-                len(parts) == 1 or g.parts_apart):
-            fast = tuple(rings_m)
+        frame = _frame_for([pt for p in rings for r in p for pt in r])
+        g = _polygon(rings, frame)
+        edge = shapely.boundary(g)
     else:
         raise ZonesError(
             f"geometry type {gtype!r} not supported (Polygon, MultiPolygon, "
             "Point + radius_m, LineString + width_m)"
         )
-    x0, y0, x1, y1 = g.bounds
-    lat_a, lon_a = frame.latlon(x0, y0)
-    lat_b, lon_b = frame.latlon(x1, y1)
+    shapely.prepare(g)
+    x0, y0, x1, y1 = (float(v) for v in shapely.bounds(g))
+    lat_a, lon_a = frame.latlon(x0 - pad, y0 - pad)
+    lat_b, lon_b = frame.latlon(x1 + pad, y1 + pad)
     offer = props.get("offer")
     digest = hashlib.sha1(
         json.dumps({"g": geom, "p": props}, sort_keys=True, default=str).encode()
     ).hexdigest()
     return Zone(
         index=index, id=fid, name=name, kind=kind, shape=shape, frame=frame, geom=g,
-        bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
-        dwell_s=dwell, radius_m=radius, width_m=width, offer=offer, coords=fast,
+        pad=pad, edge=edge, bounds=(lon_a, lat_a, lon_b, lat_b), maxspeed_kmh=maxspeed,
+        no_limit=no_limit, dwell_s=dwell, radius_m=radius, width_m=width, offer=offer,
         digest=digest,
     )
+
+
+def _polygon(rings: list[list[list[tuple[float, float]]]], frame: LocalFrame) -> Any:
+    """The (multi)polygon in metres in ``frame``, validated part by part with GEOS; the
+    parts of a MultiPolygon are unioned (parts may share edges or overlap)."""
+    import shapely
+
+    parts = []
+    for p in rings:
+        # judged in lon/lat (longitudes unwrapped around the frame), so the reason's
+        # coordinates are ones the author recognises
+        ll = shapely.Polygon(
+            [(frame.lon0 + wrap_lon(lon - frame.lon0), lat) for lon, lat in p[0]],
+            [[(frame.lon0 + wrap_lon(lon - frame.lon0), lat) for lon, lat in r] for r in p[1:]])
+        reason = shapely.is_valid_reason(ll)
+        xy = shapely.Polygon([frame.xy(lat, lon) for lon, lat in p[0]],
+                             [[frame.xy(lat, lon) for lon, lat in r] for r in p[1:]])
+        if reason == "Valid Geometry":
+            reason = shapely.is_valid_reason(xy)  # rounding can differ in metres
+        if reason != "Valid Geometry":
+            raise ZonesError(f"invalid polygon: {reason} (shapely.is_valid_reason)")
+        if not xy.area > 0:
+            raise ZonesError("polygon has no area")
+        parts.append(xy)
+    if len(parts) == 1:
+        return parts[0]
+    multi = shapely.MultiPolygon(parts)
+    return multi if shapely.is_valid(multi) else shapely.union_all(parts)
 
 
 def _list(v: Any, what: str) -> list[Any]:

@@ -201,3 +201,101 @@ def test_overspeed_table(name: str, samples: list, over_cfg: dict,
     events = feed(rules, samples)
     assert [(b["phase"], b.get("reason")) for b in over(events)] == expected
     assert [e.time for e in events] == sorted(e.time for e in events)
+
+
+# ---------------------------------------------------------------- limit semantics
+
+AUTOBAHN = circle("autobahn", 5000, 0, 400, kind="speed", maxspeed="none")
+ROADWORKS = circle("roadworks", 5000, 0, 100, kind="speed", maxspeed=80)
+NONE_FENCE = circle("track", 8000, 0, 300, maxspeed="none")
+
+
+@pytest.mark.parametrize("policy", ["lowest", "zone"])
+@pytest.mark.parametrize(("x", "source"), [(5200, "zone:autobahn"), (8000, "zone:track")])
+def test_maxspeed_none_means_no_limit_and_wins_over_the_default(
+        policy: str, x: float, source: str) -> None:
+    rules = Rules(config(speed={"limit_policy": policy, "limit_kmh": 60.0,
+                                "min_duration_s": 1.0}), zones(AUTOBAHN, ROADWORKS, NONE_FENCE))
+    rules.on_fix(fix(0, x, 0))
+    assert rules.health()["overspeed"]["limit_kmh"] is None
+    assert rules.health()["overspeed"]["limit_source"] == source
+    assert over(feed(rules, ramp(1, 30, 200, 10))) == []
+
+
+def test_a_limit_inside_a_none_zone_still_applies() -> None:
+    rules = Rules(config(speed={"limit_kmh": 60.0, "min_duration_s": 1.0}),
+                  zones(AUTOBAHN, ROADWORKS))
+    rules.on_fix(fix(0, 5000, 0))
+    assert rules.health()["overspeed"]["limit_kmh"] == 80.0  # the roadworks, not the default
+    assert rules.health()["overspeed"]["limit_source"] == "zone:roadworks"
+
+
+def test_default_policy_ignores_a_none_zone() -> None:
+    rules = Rules(config(speed={"limit_policy": "default", "limit_kmh": 60.0}),
+                  zones(AUTOBAHN))
+    rules.on_fix(fix(0, 5200, 0))
+    assert rules.health()["overspeed"]["limit_kmh"] == 60.0
+
+
+SCHOOL_MPH = circle("school-30mph", 0, 0, 150, maxspeed="30 mph")
+
+
+def test_leaving_the_zone_mid_episode_ends_it_as_decided() -> None:
+    # the episode is decided against the zone's 48.3 km/h; outside, the default 60 applies
+    # and 51.4 km/h is not over it: the end says limit_changed at the zone's limit
+    rules = Rules(config(speed={"limit_kmh": 60.0, "min_duration_s": 1.0}),
+                  zones(SCHOOL_MPH))
+    events = feed(rules, [fix(0, 0, 0)] + ramp(0.1, 5, 60, 10))
+    (start,) = over(events)
+    assert (start["limit_kmh"], start["limit_source"]) == (48.3, "zone:school-30mph")
+    events = feed(rules, ramp(5, 10, 51.4, 10) + [fix(10, 300, 0)] + ramp(10, 30, 51.4, 10))
+    (end,) = [e for e in events if e.kind == "overspeed"]
+    assert end.time == pytest.approx(T0 + 10)
+    assert dict(end.body) == {"phase": "end", "speed_kmh": 51.4, "limit_kmh": 48.3,
+                              "limit_source": "zone:school-30mph", "peak_kmh": 60.0,
+                              "duration_s": pytest.approx(9.9), "reason": "limit_changed"}
+
+
+def test_a_limit_change_while_still_over_starts_a_new_episode_at_once() -> None:
+    rules = Rules(config(speed={"limit_kmh": 50.0, "min_duration_s": 3.0}),
+                  zones(SCHOOL))
+    events = feed(rules, [fix(0, 1000, 0)] + ramp(0.1, 10, 70, 10) + [fix(10, 0, 0)]
+                  + ramp(10, 15, 70, 10) + [fix(15, 1000, 0)] + ramp(15, 20, 70, 10)
+                  + ramp(20, 30, 20, 10))
+    got = [(b["phase"], b["limit_kmh"], b["limit_source"], b.get("reason")) for b in over(events)]
+    assert got == [("start", 50.0, "default", None),
+                   ("end", 50.0, "default", "limit_changed"),
+                   ("start", 30.0, "zone:school", None),  # entering the school at 70
+                   ("end", 30.0, "zone:school", "limit_changed"),
+                   ("start", 50.0, "default", None),
+                   ("end", 50.0, "default", "recovered")]
+    ts = [e.time - T0 for e in events if e.kind == "overspeed"]
+    assert ts[1:5] == pytest.approx([10, 10, 15, 15])
+
+
+def test_entering_a_none_zone_mid_episode_ends_it_with_no_limit() -> None:
+    rules = Rules(config(speed={"limit_kmh": 60.0, "min_duration_s": 1.0}), zones(AUTOBAHN))
+    events = feed(rules, [fix(0, 4000, 0)] + ramp(0.1, 5, 130, 10) + [fix(5, 5000, 0)]
+                  + ramp(5, 60, 180, 10))
+    assert [(b["phase"], b.get("reason")) for b in over(events)] == [
+        ("start", None), ("end", "no_limit")]
+
+
+def test_two_zones_with_the_same_limit_keep_one_episode() -> None:
+    rules = Rules(config(speed={"limit_kmh": 100.0, "min_duration_s": 1.0}),
+                  zones(circle("a", 0, 0, 150, kind="speed", maxspeed=30),
+                        circle("b", 250, 0, 150, kind="speed", maxspeed=30)))
+    events = feed(rules, [fix(0, 0, 0)] + ramp(0.1, 5, 50, 10) + [fix(5, 120, 0)]
+                  + ramp(5, 8, 50, 10) + [fix(8, 250, 0)] + ramp(8, 20, 10, 10))
+    got = [(b["phase"], b["limit_source"], b.get("reason")) for b in over(events)]
+    assert got == [("start", "zone:a", None), ("end", "zone:a", "recovered")]
+
+
+def test_a_run_above_a_lower_limit_does_not_count_toward_a_higher_one() -> None:
+    rules = Rules(config(speed={"limit_kmh": 35.0, "min_duration_s": 3.0}), zones(SCHOOL))
+    # 40 km/h: over the school's 30 from t=0, over the default 35 only once out (t=2)
+    events = feed(rules, [fix(0, 0, 0)] + ramp(0, 2, 40, 10) + [fix(2, 400, 0)]
+                  + ramp(2, 10, 40, 10))
+    (start,) = [e for e in events if e.kind == "overspeed"]
+    assert start.time == pytest.approx(T0 + 5)
+    assert (start.body["limit_kmh"], start.body["duration_s"]) == (35.0, 3.0)

@@ -130,3 +130,23 @@ def test_trip_events_are_monotone_with_overspeed() -> None:
     assert [e.kind for e in events] == ["overspeed", "trip", "overspeed", "trip"] or \
         [e.kind for e in events] == ["trip", "overspeed", "overspeed", "trip"]
     assert [e.time for e in events] == sorted(e.time for e in events)
+
+
+@pytest.mark.parametrize("hz", [1.0, 10.0, 100.0])
+def test_the_launch_that_starts_a_trip_is_counted(hz: float) -> None:
+    # 0 -> 60 km/h in 3 s (20 km/h/s), cruise, stop at a light, the same launch again
+    rules = Rules(config())
+    events = feed(rules, profile([(0, 0), (10, 0), (13, 60), (60, 60), (70, 0), (90, 0),
+                                  (93, 60), (140, 60), (150, 0), (600, 0)], hz=hz))
+    (_, end) = trips(events)
+    assert end["harsh_accel"] == 2
+    assert end["harsh_brake"] == 0  # -6 km/h/s
+
+
+def test_a_hard_launch_that_ends_before_a_trip_counts_nowhere() -> None:
+    rules = Rules(config())
+    # a 2 s hop (no trip: start_s is 5 s), then a gentle trip
+    events = feed(rules, profile([(0, 0), (1, 20), (2, 0), (20, 0), (40, 40), (100, 40),
+                                  (120, 0), (500, 0)], hz=1.0))
+    (_, end) = trips(events)
+    assert end["harsh_accel"] == 0
