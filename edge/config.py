@@ -138,6 +138,10 @@ class OutboxConfig:
     trip_ttl_h: float | None = None
     telemetry_ttl_h: float | None = None
     health_ttl_h: float | None = 24.0
+    # space held beside the outbox for alerts only (released to them on a full disk)
+    reserve_mb: float = 0.25
+    # below this free space: WAL checkpointed every commit, lower lanes stop growing
+    min_free_mb: float = 8.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,6 +309,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("outbox.max_mb", "must be positive")
     if cfg.outbox.sync_interval_s < 0:
         raise ConfigError("outbox.sync_interval_s", "must not be negative")
+    for name in ("reserve_mb", "min_free_mb"):
+        if getattr(cfg.outbox, name) < 0:
+            raise ConfigError(f"outbox.{name}", "must not be negative")
     for name in ("trip_max_mb", "telemetry_max_mb", "health_max_mb",
                  "trip_ttl_h", "telemetry_ttl_h", "health_ttl_h"):
         value = getattr(cfg.outbox, name)

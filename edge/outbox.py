@@ -1,13 +1,17 @@
 """The durable outbox: an SQLite (WAL) queue between the core and the uplink.
 
 Synchronous API — async code calls it through ``asyncio.to_thread`` — over one
-connection guarded by a lock.
+connection guarded by a lock. Other processes (``edge outbox stats | purge``) may open
+the same database at the same time: nothing is cached across transactions.
 
 * Lanes by priority (``edge.model.Lane``): alerts drain first and are evicted last.
   FIFO within a lane.
 * At-least-once: ``claim`` marks rows in flight, ``ack`` deletes them only after the
   uplink confirmed; ``release`` returns them to ready. Rows in flight when the process
-  died are ready again on the next open.
+  died are ready again on the next open. Settling acts only on rows still in flight and
+  counts what it really deleted, so a row is never settled twice (a purge or an
+  eviction may have taken it meanwhile). ``id`` is UNIQUE: a re-put of the same
+  envelope is ignored (``INSERT OR IGNORE``).
 * Durability: a batch holding an alert or a trip edge commits with
   ``synchronous=FULL`` (the WAL is fsync'd before ``put`` returns). Telemetry and health
   commit with ``synchronous=NORMAL`` (group commit, no fsync) except that a commit made
@@ -16,20 +20,36 @@ connection guarded by a lock.
   the WAL covers every earlier frame). ``alert_sync="normal"`` trades the alert
   guarantee away for speed.
 * Bounds, all enforced inside the writing transaction:
-  ``max_bytes`` caps the payload bytes stored — over it, the oldest ready rows of the
-  least important lane go first (health, telemetry, trip, then alerts);
+  ``max_bytes`` caps the payload bytes stored — over it, the oldest rows of the least
+  important lane go first (telemetry, health, trips, then alerts: ``EVICT_ORDER``);
   ``lane_max_bytes`` caps one lane; ``ttl_s`` expires a lane's rows older than that
   (by the wall clock at insertion). Every drop is counted (``evicted_<lane>``,
-  ``expired_<lane>``, ``rejected``, ``purged``) in ``stats()`` and survives restarts.
-* Opening is O(1) in the backlog: row and byte counts per lane are kept in the
-  ``lanes`` table, updated in the same transaction as the rows, so a start with a
-  million queued rows does not scan them (only the first open of a database written
-  by an older version counts once).
+  ``expired_<lane>``, ``dropped_full_<lane>``, ``rejected``, ``purged``) in ``stats()``
+  and survives restarts.
+* Totals: row and byte counts per lane live in the ``lanes`` table, kept by triggers
+  on ``messages`` (so every writer, in any process, keeps them right) and read inside
+  the writing transaction. Opening is O(1) in the backlog.
+* Disk pressure (``edge.outbox.Disk``): the outbox holds a reserve file beside the
+  database (``reserve_bytes``) that is released only to alerts and trip edges. Below
+  ``min_free_bytes`` of free space the WAL is checkpointed after every commit and the
+  lower lanes stop growing (each put of telemetry/health evicts as many bytes of older
+  lower-lane rows). When SQLite reports the disk full, the put first makes room by
+  evicting lower lanes; if that is not enough its lower-lane rows are dropped (counted
+  per lane) and its alerts get the reserve. Only when even that fails does ``put``
+  raise (the daemon then holds the alerts in memory and retries).
+* Schema version in ``PRAGMA user_version`` (``SCHEMA_VERSION``); an older database is
+  migrated in one transaction on open (version 0, before versioning: duplicate ids are
+  folded, the UNIQUE index, the triggers and the ``state`` table are added, the lane
+  totals recounted). A newer one is refused with a clear error.
+* ``state``: small named JSON documents written in the same transaction as the
+  envelopes they belong to (``put(..., state=...)``): the rules' state across restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sqlite3
 import threading
 import time
@@ -38,18 +58,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from edge.errors import OutboxError
+from edge.logconf import Once
 from edge.model import Envelope, Lane
 
 if TYPE_CHECKING:
     from edge.config import OutboxConfig
 
+log = structlog.get_logger()
+
 READY = 0
 INFLIGHT = 1
 MB = 1024 * 1024
+SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+# least important first: what goes when space runs out
+EVICT_ORDER = (Lane.TELEMETRY, Lane.HEALTH, Lane.TRIP, Lane.ALERT)
+LOWER = (Lane.TELEMETRY, Lane.HEALTH)  # lanes that never get the reserve
+
+# version 0: the schema before versioning (kept so a fresh database and a migrated one
+# end up the same)
+_V0 = [
+    """CREATE TABLE IF NOT EXISTS messages (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     id       TEXT    NOT NULL,
     lane     INTEGER NOT NULL,
@@ -58,21 +90,121 @@ CREATE TABLE IF NOT EXISTS messages (
     created  REAL    NOT NULL,
     state    INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_ready ON messages (state, lane, seq);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS lanes (
+)""",
+    "CREATE INDEX IF NOT EXISTS messages_ready ON messages (state, lane, seq)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS lanes (
     lane  INTEGER PRIMARY KEY,
     rows  INTEGER NOT NULL,
     bytes INTEGER NOT NULL
-);
-"""
+)""",
+]
+
+# version 1: UNIQUE id, totals kept by triggers, rule state
+_V1 = [
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages (id)",
+    """CREATE TABLE IF NOT EXISTS state (
+    key     TEXT PRIMARY KEY,
+    value   TEXT NOT NULL,
+    updated REAL NOT NULL
+)""",
+    """CREATE TRIGGER IF NOT EXISTS lanes_insert AFTER INSERT ON messages BEGIN
+    UPDATE lanes SET rows = rows + 1, bytes = bytes + LENGTH(NEW.payload)
+    WHERE lane = NEW.lane;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS lanes_delete AFTER DELETE ON messages BEGIN
+    UPDATE lanes SET rows = rows - 1, bytes = bytes - LENGTH(OLD.payload)
+    WHERE lane = OLD.lane;
+END""",
+]
 
 # how often (at most) put() looks for rows past their TTL
 EXPIRE_EVERY_S = 30.0
+# how often (at most) the free space of the outbox's file system is looked at outside
+# put (every put looks: one statvfs, about a microsecond)
+DISK_EVERY_S = 1.0
+# how often (at most) a reserve that was released is taken back
+RESERVE_RETRY_S = 5.0
+# a put that hit the disk-full wall makes room for this many times its own bytes
+SQUEEZE_FACTOR = 2
+SQUEEZE_MIN = 16 * 1024
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL (ENOSPC or max_page_count), however SQLite words it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) == sqlite3.SQLITE_FULL:
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc)
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space (for an unprivileged writer) on the file system holding ``path``."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return int(st.f_bavail * st.f_frsize)
+
+
+class Reserve:
+    """A file of ``target`` bytes beside the database: space the outbox holds for alerts.
+
+    ``release()`` gives it back to the file system (for an alert that hit a full disk);
+    ``acquire()`` takes back what the file system can spare. Written with real blocks
+    (``posix_fallocate``, else zeros), so it is space, not a sparse promise."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, path: Path, target: int) -> None:
+        self.path = path
+        self.target = max(0, int(target))
+        self.releases = 0
+
+    @property
+    def held(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def acquire(self, spare: int = 0) -> int:
+        """Grow towards ``target``, leaving ``spare`` bytes free; returns bytes held."""
+        held = self.held
+        if held >= self.target:
+            return held
+        free = free_bytes(self.path.parent) or 0
+        want = min(self.target, held + max(0, free - spare))
+        want -= want % 4096
+        if want <= held:
+            return held
+        try:
+            with open(self.path, "ab") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, want)
+                except OSError:
+                    f.seek(0, os.SEEK_END)
+                    left = want - f.tell()
+                    while left > 0:
+                        n = min(self.CHUNK, left)
+                        f.write(b"\0" * n)
+                        left -= n
+                    f.flush()
+        except OSError:
+            pass  # took what there was
+        return self.held
+
+    def release(self) -> int:
+        """Give the space back; returns how many bytes were freed."""
+        held = self.held
+        if held:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, 0)
+            self.releases += 1
+        return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +217,6 @@ class Row:
     attempts: int
 
 
-class _Tally:
-    """Per-lane (rows, bytes) deltas of one transaction, applied after COMMIT."""
-
-    __slots__ = ("bytes", "rows")
-
-    def __init__(self) -> None:
-        self.rows = dict.fromkeys(Lane, 0)
-        self.bytes = dict.fromkeys(Lane, 0)
-
-    def add(self, lane: Lane, rows: int, nbytes: int) -> None:
-        self.rows[lane] += rows
-        self.bytes[lane] += nbytes
-
-
 class Outbox:
     def __init__(
         self,
@@ -109,53 +227,133 @@ class Outbox:
         lane_max_bytes: Mapping[Lane, int] | None = None,
         ttl_s: Mapping[Lane, float] | None = None,
         sync_interval_s: float = 5.0,
+        reserve_bytes: int = 0,
+        min_free_bytes: int = 0,
         clock: Callable[[], float] = time.time,
         recover: bool = True,
     ) -> None:
         """``recover=False`` is for tools that open the outbox beside a running daemon
-        (``edge outbox stats``): rows in flight are that daemon's, not leftovers."""
+        (``edge outbox stats``): rows in flight are that daemon's, not leftovers; such a
+        tool holds no reserve either."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.alert_sync = alert_sync
         self.lane_max_bytes = {Lane(k): int(v) for k, v in (lane_max_bytes or {}).items()}
         self.ttl_s = {Lane(k): float(v) for k, v in (ttl_s or {}).items()}
         self.sync_interval_s = sync_interval_s
+        self.min_free_bytes = int(min_free_bytes)
         self._clock = clock
         self._lock = threading.Lock()
         self._last_fsync = -1e18
         self._next_expire = -1e18
+        self._next_disk = -1e18
+        self._next_reserve = -1e18
         self.recovered = 0
-        self._rows = dict.fromkeys(Lane, 0)
-        self._lane_bytes = dict.fromkeys(Lane, 0)
+        self.migrated_from: int | None = None
+        self.pressure = False
+        self.free: int | None = None
+        self.full_events = 0
+        # drops that could not be written yet (the disk was full): folded into the
+        # next transaction that commits
+        self._unsaved: dict[str, int] = {}
+        self.batch_dropped = 0  # rows of the last put's own batch that had no room
+        self._once = Once()
+        self.reserve = Reserve(self.path.with_name(self.path.name + ".reserve"),
+                               reserve_bytes if recover else 0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # keep the WAL small: it is checkpointed every ~1 MiB and truncated back to
-            # 1 MiB afterwards, so a small disk is not eaten by the log alone
-            self._db.execute("PRAGMA wal_autocheckpoint=256")
-            self._db.execute("PRAGMA journal_size_limit=1048576")
-            # a 1 MiB page cache (SQLite's default is 2 MiB): the queue is read in
-            # index order, a big cache buys nothing on a gateway that counts megabytes
-            self._db.execute("PRAGMA cache_size=-1024")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                if recover:
-                    cur = self._db.execute(
-                        "UPDATE messages SET state = ? WHERE state = ?", (READY, INFLIGHT)
-                    )
-                    self.recovered = cur.rowcount
-                self._load_lanes_locked()
-                self._db.execute("COMMIT")
+                self._open(recover)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.close()
                 raise
         except (sqlite3.Error, OSError) as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        # the schema's pages out of the WAL at once: a small disk starts with a short WAL
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._check_disk(force=True)
+        if self.reserve.target:
+            self.reserve.acquire()
+
+    def _open(self, recover: bool) -> None:
+        db = self._db
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        new = pages == 0
+        if new:
+            # a new database: freed pages can go back to the file system
+            # (incremental_vacuum under disk pressure); its schema is written straight
+            # into the file (rollback journal) before WAL mode, so a small disk does not
+            # need room for the schema twice (WAL and database) to start
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        else:
+            db.execute("PRAGMA journal_mode=WAL")
+        self._wal_limits(pressure=False)
+        # a 1 MiB page cache (SQLite's default is 2 MiB): the queue is read in index
+        # order, a big cache buys nothing on a gateway that counts megabytes
+        db.execute("PRAGMA cache_size=-1024")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"outbox {self.path} has schema version {version}, this edge knows"
+                    f" {SCHEMA_VERSION}: written by a newer version")
+            if version < SCHEMA_VERSION:
+                self._migrate_locked(version)
+            if recover:
+                cur = db.execute("UPDATE messages SET state = ? WHERE state = ?",
+                                 (READY, INFLIGHT))
+                self.recovered = cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if new:
+            db.execute("PRAGMA journal_mode=WAL")
+
+    def _migrate_locked(self, version: int) -> None:
+        db = self._db
+        for stmt in _V0:
+            db.execute(stmt)
+        if version < 1:
+            # ids were not unique before: keep the first of each, count the rest
+            cur = db.execute("DELETE FROM messages WHERE seq NOT IN"
+                             " (SELECT MIN(seq) FROM messages GROUP BY id)")
+            if cur.rowcount > 0:
+                self._bump_locked("deduplicated", cur.rowcount)
+            for stmt in _V1:
+                db.execute(stmt)
+            # totals from a full count once: from now on the triggers keep them
+            db.execute("DELETE FROM lanes")
+            counted = {
+                lane: (n, b)
+                for lane, n, b in db.execute(
+                    "SELECT lane, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)"
+                    " FROM messages GROUP BY lane")
+            }
+            db.executemany(
+                "INSERT INTO lanes (lane, rows, bytes) VALUES (?, ?, ?)",
+                [(int(lane), *counted.get(int(lane), (0, 0))) for lane in Lane],
+            )
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.migrated_from = version
+
+    def _wal_limits(self, *, pressure: bool) -> None:
+        """Normally the WAL is checkpointed every ~1 MiB and truncated back to 1 MiB;
+        under disk pressure after every commit (the next writer rewinds it and reuses
+        its space) and truncated to 64 KiB."""
+        if pressure:
+            self._db.execute("PRAGMA wal_autocheckpoint=1")
+            self._db.execute("PRAGMA journal_size_limit=65536")
+        else:
+            self._db.execute("PRAGMA wal_autocheckpoint=256")
+            self._db.execute("PRAGMA journal_size_limit=1048576")
 
     @classmethod
     def from_config(cls, cfg: OutboxConfig, **kwargs: Any) -> Outbox:
@@ -177,75 +375,108 @@ class Outbox:
             lane_max_bytes={k: int(v * MB) for k, v in quotas.items() if v is not None},
             ttl_s={k: v * 3600.0 for k, v in ttls.items() if v is not None},
             sync_interval_s=cfg.sync_interval_s,
+            reserve_bytes=int(cfg.reserve_mb * MB),
+            min_free_bytes=int(cfg.min_free_mb * MB),
             **kwargs,
         )
 
-    def _load_lanes_locked(self) -> None:
-        got = self._db.execute("SELECT lane, rows, bytes FROM lanes").fetchall()
-        if len(got) != len(Lane):
-            # first open (or a database from before the lanes table): count once
-            counted = {
-                lane: (n, b)
-                for lane, n, b in self._db.execute(
-                    "SELECT lane, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)"
-                    " FROM messages GROUP BY lane"
-                )
-            }
-            self._db.executemany(
-                "INSERT OR REPLACE INTO lanes (lane, rows, bytes) VALUES (?, ?, ?)",
-                [(int(lane), *counted.get(int(lane), (0, 0))) for lane in Lane],
-            )
-            got = self._db.execute("SELECT lane, rows, bytes FROM lanes").fetchall()
-        for lane, n, b in got:
-            self._rows[Lane(lane)] = int(n)
-            self._lane_bytes[Lane(lane)] = int(b)
+    # ------------------------------------------------------------------ disk
 
-    @property
-    def _bytes(self) -> int:
-        return sum(self._lane_bytes.values())
+    def _check_disk(self, *, force: bool = False) -> None:
+        mono = time.monotonic()
+        if not force and mono < self._next_disk:
+            return
+        self._next_disk = mono + DISK_EVERY_S
+        self.free = free_bytes(self.path.parent)
+        pressure = self.free is not None and self.free < self.min_free_bytes
+        if pressure != self.pressure:
+            self.pressure = pressure
+            if pressure:
+                log.warning("outbox: disk space low, telemetry and health stop growing",
+                            path=str(self.path), free_bytes=self.free,
+                            min_free_bytes=self.min_free_bytes)
+            else:
+                log.info("outbox: disk space ok again", path=str(self.path),
+                         free_bytes=self.free)
+            with contextlib.suppress(sqlite3.Error):
+                self._wal_limits(pressure=pressure)
+
+    def _retake_reserve(self) -> None:
+        """Take back a released reserve once the file system has the space again (after
+        the backlog drained and freed pages went back to it)."""
+        r = self.reserve
+        if not r.target or r.held >= r.target:
+            return
+        mono = time.monotonic()
+        if mono < self._next_reserve:
+            return
+        self._next_reserve = mono + RESERVE_RETRY_S
+        if self.pressure:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA incremental_vacuum")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        r.acquire()
+
+    def _lane_totals_locked(self) -> dict[Lane, tuple[int, int]]:
+        return {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(
+            "SELECT lane, rows, bytes FROM lanes")}
 
     # ------------------------------------------------------------------ transactions
 
-    def _write(self, what: str, body: Callable[[_Tally], Any], *, sync: str = "NORMAL") -> Any:
-        """Run ``body`` in one IMMEDIATE transaction; counts follow only on COMMIT."""
-        with self._lock:
-            tally = _Tally()
+    def _write(self, what: str, body: Callable[[], Any], *, sync: str = "NORMAL") -> Any:
+        """Run ``body`` in one IMMEDIATE transaction (the caller holds the lock)."""
+        try:
+            self._db.execute(f"PRAGMA synchronous={sync}")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(f"PRAGMA synchronous={sync}")
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = body(tally)
-                    self._db.executemany(
-                        "UPDATE lanes SET rows = rows + ?, bytes = bytes + ? WHERE lane = ?",
-                        [
-                            (tally.rows[lane], tally.bytes[lane], int(lane))
-                            for lane in Lane
-                            if tally.rows[lane] or tally.bytes[lane]
-                        ],
-                    )
+                result = body()
+                if self._unsaved:
+                    unsaved, self._unsaved = self._unsaved, {}
+                    try:
+                        for name, n in unsaved.items():
+                            self._bump_locked(name, n)
+                    except BaseException:
+                        self._unsaved = _merged(self._unsaved, unsaved)
+                        raise
+                    try:
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._unsaved = _merged(self._unsaved, unsaved)
+                        raise
+                else:
                     self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-                    # SQLITE_FULL: the WAL may hold most of the space. Checkpoint it back
-                    # into the main file and truncate it, so the next try (the caller
-                    # retries with backoff) has room once anything was freed.
+            except BaseException:
+                if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                raise OutboxError(f"outbox {what} failed: {exc}") from exc
-            for lane in Lane:
-                self._rows[lane] += tally.rows[lane]
-                self._lane_bytes[lane] += tally.bytes[lane]
-            return result
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                self.full_events += 1
+                # the WAL may hold most of the space: copy it back into the database
+                # file so the next writer rewinds it and reuses its space
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            raise OutboxError(f"outbox {what} failed: {exc}") from exc
+        return result
+
+    def _locked_write(self, what: str, body: Callable[[], Any], *,
+                      sync: str = "NORMAL") -> Any:
+        with self._lock:
+            return self._write(what, body, sync=sync)
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, envelopes: Sequence[Envelope]) -> int:
-        """Store envelopes durably; returns how many older rows were dropped to fit."""
-        if not envelopes:
+    def put(self, envelopes: Sequence[Envelope],
+            state: Mapping[str, Any] | None = None) -> int:
+        """Store envelopes durably (and ``state`` documents, in the same transaction);
+        returns how many rows were dropped to fit (older rows evicted or expired, and
+        rows of this batch that a full disk had no room for).
+
+        Raises ``OutboxError`` only when not even the alerts of the batch could be
+        stored (the disk is full beyond what evicting every lower-lane row and the
+        reserve freed, or it fails otherwise)."""
+        if not envelopes and not state:
             return 0
         now = self._clock()
         rows = [(e.id, int(e.lane), e.topic, e.to_bytes(), now) for e in envelopes]
@@ -254,49 +485,140 @@ class Outbox:
         full = (important and self.alert_sync == "full") or (
             mono - self._last_fsync >= self.sync_interval_s
         )
-        expire = now >= self._next_expire and bool(self.ttl_s)
+        sync = "FULL" if full else "NORMAL"
+        docs = [(k, json.dumps(v, separators=(",", ":")), now)
+                for k, v in (state or {}).items()]
+        with self._lock:
+            self.batch_dropped = 0
+            self._check_disk(force=True)
+            expire = now >= self._next_expire and bool(self.ttl_s)
+            try:
+                dropped = int(self._write(
+                    "write", lambda: self._put_locked(rows, docs, now, expire,
+                                                      rotate=self.pressure), sync=sync))
+            except OutboxError as exc:
+                if not _is_full(exc.__cause__ or exc):
+                    raise
+                dropped = self._put_full_locked(rows, docs, now, sync)
+            if full:
+                self._last_fsync = mono
+            if expire:
+                self._next_expire = now + EXPIRE_EVERY_S
+            if self.reserve.target:
+                self._retake_reserve()
+            return dropped
 
-        def body(t: _Tally) -> int:
-            self._db.executemany(
-                "INSERT INTO messages (id, lane, topic, payload, created)"
+    def _put_full_locked(self, rows: list[tuple[str, int, str, bytes, float]],
+                         docs: list[tuple[str, str, float]], now: float, sync: str) -> int:
+        """The disk is full: make room from the lower lanes; then drop this batch's
+        lower-lane rows; then release the reserve to the alerts."""
+        need = sum(len(r[3]) for r in rows) * SQUEEZE_FACTOR + SQUEEZE_MIN
+        try:
+            return int(self._write("write", lambda: self._put_locked(
+                rows, docs, now, False, squeeze=need), sync=sync))
+        except OutboxError as exc:
+            if not _is_full(exc.__cause__ or exc):
+                raise
+        keep = [r for r in rows if Lane(r[1]) not in LOWER]
+        lost = [r for r in rows if Lane(r[1]) in LOWER]
+        for r in lost:
+            name = f"dropped_full_{Lane(r[1]).name.lower()}"
+            self._unsaved[name] = self._unsaved.get(name, 0) + 1
+        for lane in {Lane(r[1]) for r in lost}:
+            self._once(log, f"full:{lane.name}", "outbox: disk full, dropping new rows",
+                       lane=lane.name.lower(), path=str(self.path), free_bytes=self.free)
+        self.batch_dropped = len(lost)
+        if not keep and not docs:
+            return len(lost)
+        if keep and self.reserve.held:
+            log.warning("outbox: disk full, reserve released to alerts",
+                        path=str(self.path), reserve_bytes=self.reserve.held)
+            # the reserve's space lets the WAL be copied back into the database file
+            # and truncated (the WAL holds many versions of the same pages: the
+            # database file grows by less than the WAL shrinks), then the alerts go in
+            self.reserve.release()
+            self._next_reserve = time.monotonic() + RESERVE_RETRY_S
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            return len(lost) + int(self._write("write", lambda: self._put_locked(
+                keep, docs, now, False, squeeze=need), sync=sync))
+        except OutboxError:
+            # not stored: these are not drops, the caller still holds them
+            for r in lost:
+                name = f"dropped_full_{Lane(r[1]).name.lower()}"
+                self._unsaved[name] -= 1
+            self.batch_dropped = 0
+            raise
+
+    def _put_locked(self, rows: list[tuple[str, int, str, bytes, float]],
+                    docs: list[tuple[str, str, float]], now: float, expire: bool, *,
+                    rotate: bool = False, squeeze: int = 0) -> int:
+        dropped = 0
+        if squeeze:
+            # room first: the pages freed are reused by the rows inserted after
+            dropped += self._evict_lower_locked(squeeze)
+        if rows:
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO messages (id, lane, topic, payload, created)"
                 " VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            for _, lane, _, payload, _ in rows:
-                t.add(Lane(lane), 1, len(payload))
-            dropped = self._expire_locked(now, t) if expire else 0
-            self._bump_locked("accepted", len(rows))
-            return dropped + self._evict_locked(t)
-
-        dropped = int(self._write("write", body, sync="FULL" if full else "NORMAL"))
-        if full:
-            self._last_fsync = mono
+            inserted = max(0, cur.rowcount)
+            self._bump_locked("accepted", inserted)
+            if inserted < len(rows):
+                self._bump_locked("duplicates_ignored", len(rows) - inserted)
+        if docs:
+            self._db.executemany(
+                "INSERT INTO state (key, value, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated = excluded.updated",
+                docs,
+            )
         if expire:
-            self._next_expire = now + EXPIRE_EVERY_S
-        return dropped
+            dropped += self._expire_locked(now)
+        if rotate:
+            # low on space: the lower lanes do not grow, each put of theirs replaces
+            # as many bytes of their oldest rows
+            lower = sum(len(r[3]) for r in rows if Lane(r[1]) in LOWER)
+            if lower:
+                dropped += self._evict_lower_locked(lower, spare={r[0] for r in rows})
+        return dropped + self._evict_locked()
+
+    def _evict_lower_locked(self, nbytes: int, spare: set[str] | None = None) -> int:
+        """Evict ``nbytes`` of the oldest telemetry, then health rows."""
+        evicted = 0
+        for lane in LOWER:
+            if nbytes <= 0:
+                break
+            n, freed = self._evict_lane_locked(lane, nbytes, spare)
+            evicted += n
+            nbytes -= freed
+        return evicted
 
     def expire(self) -> int:
         """Drop rows past their lane's TTL now; returns how many."""
         if not self.ttl_s:
             return 0
         now = self._clock()
-        return int(self._write("expire", lambda t: self._expire_locked(now, t)))
+        return int(self._locked_write("expire", lambda: self._expire_locked(now)))
 
-    def _expire_locked(self, now: float, t: _Tally) -> int:
+    def _expire_locked(self, now: float) -> int:
         total = 0
         for lane, ttl in self.ttl_s.items():
             cutoff = now - ttl
             n = 0
             while True:
                 head = self._db.execute(
-                    "SELECT seq, LENGTH(payload), created FROM messages"
+                    "SELECT seq, created FROM messages"
                     " WHERE state = ? AND lane = ? ORDER BY seq LIMIT 500",
                     (READY, int(lane)),
                 ).fetchall()
-                old = [(s, b) for s, b, c in head if c < cutoff]
+                old = [s for s, c in head if c < cutoff]
                 if not old:
                     break
-                self._delete_locked(lane, old, t)
+                self._db.executemany("DELETE FROM messages WHERE seq = ?",
+                                     [(s,) for s in old])
                 n += len(old)
                 if len(old) < len(head):
                     break
@@ -305,51 +627,76 @@ class Outbox:
                 total += n
         return total
 
-    def _evict_locked(self, t: _Tally) -> int:
+    def _evict_locked(self) -> int:
         evicted = 0
+        totals = self._lane_totals_locked()
         # per-lane quotas first, then the global cap, least important lane first
         for lane, quota in self.lane_max_bytes.items():
-            over = self._lane_bytes[lane] + t.bytes[lane] - quota
-            evicted += self._evict_lane_locked(lane, over, t)
-        for lane in sorted(Lane, reverse=True):
-            over = self._bytes + sum(t.bytes.values()) - self.max_bytes
+            over = totals.get(lane, (0, 0))[1] - quota
+            if over > 0:
+                evicted += self._evict_lane_locked(lane, over)[0]
+        over = sum(b for _, b in self._lane_totals_locked().values()) - self.max_bytes
+        for lane in EVICT_ORDER:
             if over <= 0:
                 break
-            evicted += self._evict_lane_locked(lane, over, t)
+            n, freed = self._evict_lane_locked(lane, over)
+            evicted += n
+            over -= freed
         return evicted
 
-    def _evict_lane_locked(self, lane: Lane, over: int, t: _Tally) -> int:
-        n = 0
-        while over > 0:
-            victims = self._db.execute(
-                "SELECT seq, LENGTH(payload) FROM messages"
-                " WHERE state = ? AND lane = ? ORDER BY seq LIMIT 256",
-                (READY, int(lane)),
-            ).fetchall()
-            if not victims:
-                break
-            take = []
-            for seq, size in victims:
-                take.append((seq, size))
-                over -= size
-                if over <= 0:
+    def _evict_lane_locked(self, lane: Lane, over: int,
+                           spare: set[str] | None = None) -> tuple[int, int]:
+        """Delete the oldest rows of ``lane`` (ready ones first, then rows in flight)
+        until ``over`` bytes are gone; ``spare``: ids not to take. Returns (rows, bytes)."""
+        n = freed = 0
+        for state in (READY, INFLIGHT):
+            while over > 0:
+                victims = self._db.execute(
+                    "SELECT seq, id, LENGTH(payload) FROM messages"
+                    " WHERE state = ? AND lane = ? ORDER BY seq LIMIT 256",
+                    (state, int(lane)),
+                ).fetchall()
+                take = []
+                for seq, mid, size in victims:
+                    if spare and mid in spare:
+                        continue
+                    take.append(seq)
+                    over -= size
+                    freed += size
+                    if over <= 0:
+                        break
+                if not take:
                     break
-            self._delete_locked(lane, take, t)
-            n += len(take)
+                self._db.executemany("DELETE FROM messages WHERE seq = ?",
+                                     [(s,) for s in take])
+                n += len(take)
         if n:
             self._bump_locked(f"evicted_{lane.name.lower()}", n)
-        return n
-
-    def _delete_locked(self, lane: Lane, victims: list[tuple[int, int]], t: _Tally) -> None:
-        self._db.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s, _ in victims])
-        t.add(lane, -len(victims), -sum(b for _, b in victims))
+        return n, freed
 
     def _bump_locked(self, name: str, n: int) -> None:
+        if n == 0:
+            return
         self._db.execute(
             "INSERT INTO counters (name, value) VALUES (?, ?)"
             " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             (name, n),
         )
+
+    # ------------------------------------------------------------------ rule state
+
+    def load_state(self) -> dict[str, Any]:
+        """Every ``state`` document as it was last committed."""
+        with self._lock:
+            try:
+                got = self._db.execute("SELECT key, value FROM state").fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox state read failed: {exc}") from exc
+        out: dict[str, Any] = {}
+        for key, value in got:
+            with contextlib.suppress(ValueError):
+                out[str(key)] = json.loads(value)
+        return out
 
     # ------------------------------------------------------------------ draining
 
@@ -369,10 +716,10 @@ class Outbox:
             params += chosen
         params.append(limit)
 
-        def body(t: _Tally) -> list[Any]:
+        def body() -> list[Any]:
             return self._db.execute(CLAIM_SQL.format(lane_filter=lane_filter), params).fetchall()
 
-        got = self._write("claim", body)
+        got = self._locked_write("claim", body)
         rows = [Row(s, i, Lane(ln), tp, bytes(p), a) for s, i, ln, tp, p, a in got]
         rows.sort(key=lambda r: (r.lane, r.seq))
         return rows
@@ -397,83 +744,101 @@ class Outbox:
         released: Sequence[int] = (),
     ) -> None:
         """``ack``, ``reject`` and ``release`` of many rows in one transaction (one
-        commit): the forwarder settles the outcomes of a burst of publishes at once."""
+        commit): the forwarder settles the outcomes of a burst of publishes at once.
+        What is counted is what was really deleted: a row gone meanwhile (purged,
+        evicted, acked before) is not counted again; only rows in flight are released."""
         if not (acked or rejected or released):
             return
 
-        def body(t: _Tally) -> None:
+        def body() -> None:
             if acked:
-                self._delete_seqs_locked(acked, t)
-                self._bump_locked("delivered", len(acked))
+                self._bump_locked("delivered", self._delete_seqs_locked(acked))
             if rejected:
-                self._delete_seqs_locked(rejected, t)
-                self._bump_locked("rejected", len(rejected))
+                self._bump_locked("rejected", self._delete_seqs_locked(rejected))
             if released:
                 self._db.executemany(
-                    "UPDATE messages SET state = ? WHERE seq = ?", [(READY, s) for s in released]
+                    "UPDATE messages SET state = ? WHERE seq = ? AND state = ?",
+                    [(READY, s, INFLIGHT) for s in released],
                 )
 
         what = "delivered" if acked else "rejected" if rejected else "release"
-        self._write(what, body)
+        with self._lock:
+            self._write(what, body)
+            if self.pressure and (acked or rejected) and self.reserve.target:
+                self._retake_reserve()
 
-    def _delete_seqs_locked(self, seqs: Sequence[int], t: _Tally) -> None:
+    def _delete_seqs_locked(self, seqs: Sequence[int]) -> int:
+        n = 0
         for i in range(0, len(seqs), 500):
             chunk = list(seqs[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            for lane, n, size in self._db.execute(
-                f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING lane, 1, LENGTH(payload)",
-                chunk,
-            ).fetchall():
-                t.add(Lane(lane), -n, -int(size))
+            cur = self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
+            n += cur.rowcount
+        return n
 
     # ------------------------------------------------------------------ inspection
 
+    def disk(self) -> dict[str, Any]:
+        """Free space, pressure and the reserve, for health and ``edge status``."""
+        self._check_disk()
+        return disk_report(self.path, free=self.free, pressure=self.pressure,
+                           min_free_bytes=self.min_free_bytes,
+                           reserve_target=self.reserve.target,
+                           reserve_held=self.reserve.held,
+                           reserve_releases=self.reserve.releases,
+                           full_events=self.full_events)
+
     def stats(self) -> dict[str, Any]:
-        """Counts per lane, bytes, drops; cheap (no scan of the backlog)."""
+        """Counts per lane, bytes, drops; cheap (no scan of the backlog). One read
+        transaction: totals and counters agree with each other."""
         with self._lock:
             try:
-                inflight = dict(
-                    self._db.execute(
-                        "SELECT lane, COUNT(*) FROM messages WHERE state = ? GROUP BY lane",
-                        (INFLIGHT,),
-                    ).fetchall()
-                )
-                counters = dict(self._db.execute("SELECT name, value FROM counters"))
-                heads = [
-                    self._db.execute(
-                        "SELECT created FROM messages WHERE state = ? AND lane = ?"
-                        " ORDER BY seq LIMIT 1",
-                        (READY, int(lane)),
-                    ).fetchone()
-                    for lane in Lane
-                ]
+                self._db.execute("BEGIN")
+                try:
+                    totals = self._lane_totals_locked()
+                    inflight = dict(
+                        self._db.execute(
+                            "SELECT lane, COUNT(*) FROM messages WHERE state = ? GROUP BY lane",
+                            (INFLIGHT,),
+                        ).fetchall()
+                    )
+                    counters = dict(self._db.execute("SELECT name, value FROM counters"))
+                    heads = [
+                        self._db.execute(
+                            "SELECT created FROM messages WHERE state = ? AND lane = ?"
+                            " ORDER BY seq LIMIT 1",
+                            (READY, int(lane)),
+                        ).fetchone()
+                        for lane in Lane
+                    ]
+                finally:
+                    self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox stats failed: {exc}") from exc
-            lanes: dict[str, dict[str, int]] = {}
-            for lane in Lane:
-                fl = int(inflight.get(int(lane), 0))
-                lanes[lane.name.lower()] = {
-                    "ready": self._rows[lane] - fl,
-                    "inflight": fl,
-                    "bytes": self._lane_bytes[lane],
-                }
-            total_bytes = self._bytes
+            counters = _merged(counters, self._unsaved)
+        lanes: dict[str, dict[str, int]] = {}
+        for lane in Lane:
+            n, b = totals.get(lane, (0, 0))
+            fl = int(inflight.get(int(lane), 0))
+            lanes[lane.name.lower()] = {"ready": n - fl, "inflight": fl, "bytes": b}
         created = [h[0] for h in heads if h is not None]
         oldest = min(created) if created else None
         dropped = sum(
             v for k, v in counters.items()
-            if k.startswith(("evicted_", "expired_")) or k in ("rejected", "purged")
+            if k.startswith(("evicted_", "expired_", "dropped_full_"))
+            or k in ("rejected", "purged")
         )
         return {
             "path": str(self.path),
-            "pending": sum(self._rows.values()),
-            "bytes": total_bytes,
+            "pending": sum(n for n, _ in totals.values()),
+            "bytes": sum(b for _, b in totals.values()),
             "max_bytes": self.max_bytes,
             "lanes": lanes,
             "oldest_age_s": None if oldest is None else round(self._clock() - oldest, 3),
             "counters": counters,
             "dropped": dropped,
             "recovered_inflight": self.recovered,
+            "disk": self.disk(),
         }
 
     def iter_rows(self, lanes: Iterable[Lane] | None = None) -> list[Row]:
@@ -488,18 +853,19 @@ class Outbox:
         return [Row(s, i, Lane(ln), t, bytes(p), a) for s, i, ln, t, p, a in got]
 
     def purge(self, lanes: Iterable[Lane] | None = None) -> int:
+        """Delete every row of ``lanes`` (all lanes by default); safe beside a running
+        daemon: the totals follow by trigger, its in-flight rows settle as gone."""
         chosen = sorted(int(x) for x in (lanes if lanes is not None else Lane))
 
-        def body(t: _Tally) -> int:
+        def body() -> int:
             n = 0
             for lane in chosen:
                 cur = self._db.execute("DELETE FROM messages WHERE lane = ?", (lane,))
                 n += cur.rowcount
-                t.add(Lane(lane), -self._rows[Lane(lane)], -self._lane_bytes[Lane(lane)])
             self._bump_locked("purged", n)
             return n
 
-        return int(self._write("purge", body))
+        return int(self._locked_write("purge", body))
 
     def recover_inflight(self) -> int:
         """Rows left in flight by a drain that could not settle them (a failed final
@@ -514,16 +880,19 @@ class Outbox:
         return int(cur.rowcount)
 
     def integrity_ok(self) -> bool:
+        """SQLite's integrity check passes and the lane totals equal a fresh count."""
         with self._lock:
             (res,) = self._db.execute("PRAGMA integrity_check").fetchone()
-            counted = self._db.execute(
-                "SELECT lane, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)"
-                " FROM messages GROUP BY lane"
-            ).fetchall()
-        consistent = all(
-            self._rows[Lane(lane)] == n and self._lane_bytes[Lane(lane)] == b
-            for lane, n, b in counted
-        ) and sum(self._rows.values()) == sum(n for _, n, _ in counted)
+            self._db.execute("BEGIN")
+            try:
+                counted = {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(
+                    "SELECT lane, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)"
+                    " FROM messages GROUP BY lane")}
+                totals = self._lane_totals_locked()
+            finally:
+                self._db.execute("COMMIT")
+        consistent = all(totals.get(lane, (0, 0)) == counted.get(lane, (0, 0))
+                         for lane in Lane)
         return bool(res == "ok") and consistent
 
     def close(self) -> None:
@@ -533,6 +902,31 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db.close()
+
+
+def disk_report(path: Path, *, free: int | None = None, pressure: bool | None = None,
+                min_free_bytes: int = 0, reserve_target: int = 0, reserve_held: int = 0,
+                reserve_releases: int = 0, full_events: int = 0) -> dict[str, Any]:
+    if free is None:
+        free = free_bytes(Path(path).parent)
+    if pressure is None:
+        pressure = free is not None and free < min_free_bytes
+    return {
+        "free_bytes": free,
+        "min_free_bytes": min_free_bytes,
+        "pressure": pressure,
+        "reserve_bytes": reserve_held,
+        "reserve_target_bytes": reserve_target,
+        "reserve_releases": reserve_releases,
+        "full_events": full_events,
+    }
+
+
+def _merged(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return {k: v for k, v in out.items() if v}
 
 
 CLAIM_SQL = (

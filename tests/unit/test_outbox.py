@@ -53,22 +53,30 @@ def test_inflight_rows_come_back_after_a_crash(tmp_path: Path) -> None:
     ob2.close()
 
 
-def test_cap_evicts_health_and_telemetry_first_alerts_last(tmp_path: Path) -> None:
+def test_cap_evicts_telemetry_then_health_then_trips_alerts_last(tmp_path: Path) -> None:
     one = len(env(0, size=1000).to_bytes())
     ob = Outbox(tmp_path / "o.db", max_bytes=one * 10)
-    ob.put([env(i, Lane.ALERT, 1000) for i in range(4)])
+    ob.put([env(i, Lane.ALERT, 1000) for i in range(3)] + [env(0, Lane.TRIP, 1000)])
     ob.put([env(i, Lane.HEALTH, 1000) for i in range(3)])
     ob.put([env(i, Lane.TELEMETRY, 1000) for i in range(3)])
     ob.put([env(i, Lane.TELEMETRY, 1000) for i in range(10, 14)])
     st = ob.stats()
     assert st["bytes"] <= one * 10
-    assert st["lanes"]["alert"]["ready"] == 4
-    assert st["lanes"]["health"]["ready"] == 0
-    assert st["counters"]["evicted_health"] == 3
-    assert st["counters"]["evicted_telemetry"] == 1
+    assert st["lanes"]["alert"]["ready"] == 3 and st["lanes"]["health"]["ready"] == 3
+    assert st["counters"]["evicted_telemetry"] == 4
+    assert "evicted_health" not in st["counters"]
     # the oldest telemetry went first
-    tele = [r.id for r in ob.claim(20) if r.lane == Lane.TELEMETRY]
-    assert "id-TELEMETRY-0" not in tele and "id-TELEMETRY-13" in tele
+    assert [r.id for r in ob.iter_rows([Lane.TELEMETRY])] == [
+        f"id-TELEMETRY-{i}" for i in (11, 12, 13)]
+    # then health, oldest first, once no telemetry is left; then the trip
+    ob.put([env(i, Lane.ALERT, 1000) for i in range(3, 7)])
+    st = ob.stats()
+    assert st["counters"]["evicted_telemetry"] == 7 and st["counters"]["evicted_health"] == 1
+    assert [r.id for r in ob.iter_rows([Lane.HEALTH])] == ["id-HEALTH-1", "id-HEALTH-2"]
+    ob.put([env(i, Lane.ALERT, 1000) for i in range(7, 10)])
+    st = ob.stats()
+    assert st["counters"]["evicted_health"] == 3 and st["counters"]["evicted_trip"] == 1
+    assert "evicted_alert" not in st["counters"] and st["lanes"]["alert"]["ready"] == 10
     ob.close()
     # counters survive a restart
     assert Outbox(tmp_path / "o.db").stats()["counters"]["evicted_health"] == 3

@@ -132,16 +132,35 @@ def test_a_million_rows_open_and_claim_an_alert_fast(tmp_path: Path) -> None:
     assert opened < 0.5 and first_alert < 1.0, (opened, first_alert)
 
 
-def test_full_disk_raises_outbox_error_then_recovers(tmp_path: Path) -> None:
-    """SQLite on a full volume, simulated with PRAGMA max_page_count (the daemon-level
-    test on a real 1 MiB tmpfs is tests/system/test_store_forward.py)."""
+def test_full_database_rotates_telemetry_and_keeps_every_alert(tmp_path: Path) -> None:
+    """SQLite on a full volume, simulated with PRAGMA max_page_count (SQLITE_FULL; the
+    real thing on a tmpfs is below and in tests/chaos): telemetry makes room by evicting
+    older telemetry, alerts by evicting telemetry; nothing raises while lower lanes
+    hold rows."""
+    ob = Outbox(tmp_path / "o.db", max_bytes=1 << 40)
+    ob._db.execute("PRAGMA max_page_count = 60")
+    for i in range(200):
+        ob.put([env(i, Lane.TELEMETRY, 4000)])
+        if i % 10 == 0:
+            ob.put([env(i, Lane.ALERT, 500)])
+    st = ob.stats()
+    assert ob.integrity_ok()
+    assert st["lanes"]["alert"]["ready"] == 20
+    assert st["counters"]["evicted_telemetry"] > 100
+    assert st["disk"]["full_events"] > 0
+    # the newest telemetry is what stayed
+    assert ob.iter_rows([Lane.TELEMETRY])[-1].id == "id-TELEMETRY-199"
+    ob.close()
+
+
+def test_full_database_of_alerts_raises_then_recovers(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=1 << 40)
     ob._db.execute("PRAGMA max_page_count = 40")
     with pytest.raises(OutboxError, match="write failed"):
         for i in range(200):
-            ob.put([env(i, Lane.TELEMETRY, 4000)])
+            ob.put([env(i, Lane.ALERT, 4000)])
     before = ob.stats()
-    assert ob.integrity_ok()  # the failed transaction left no trace in the counters
+    assert ob.integrity_ok()  # the failed transaction left no trace in the totals
     rows = ob.claim(1000)
     ob.ack([r.seq for r in rows])  # deleting frees pages: writes work again
     ob.put([env(999, Lane.ALERT)])
@@ -175,7 +194,7 @@ def test_backoff_is_capped_jittered_and_resets() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_tmpfs_mount_available_for_the_system_test(tmp_path: Path) -> None:
+def test_full_tmpfs_rotates_telemetry_and_takes_every_alert(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
@@ -183,10 +202,19 @@ def test_tmpfs_mount_available_for_the_system_test(tmp_path: Path) -> None:
     if r.returncode != 0:
         pytest.skip(f"mount not permitted here: {r.stderr.decode().strip()}")
     try:
-        ob = Outbox(mnt / "o.db", max_bytes=1 << 40)
-        with pytest.raises(OutboxError):
-            for i in range(200):
-                ob.put([env(i, Lane.TELEMETRY, 4000)])
+        ob = Outbox(mnt / "o.db", max_bytes=1 << 40, reserve_bytes=64 * 1024,
+                    min_free_bytes=256 * 1024)
+        assert ob.stats()["disk"]["reserve_bytes"] == 64 * 1024
+        for i in range(200):
+            ob.put([env(i, Lane.TELEMETRY, 4000)])
+        for i in range(20):  # the disk is full of telemetry: alerts still go in
+            ob.put([env(i, Lane.ALERT, 2000)])
+        st = ob.stats()
+        assert st["lanes"]["alert"]["ready"] == 20, st
+        assert st["counters"].get("evicted_telemetry", 0) + st["counters"].get(
+            "dropped_full_telemetry", 0) > 0
+        assert st["disk"]["pressure"] is True
+        assert ob.integrity_ok()
         ob.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
