@@ -24,8 +24,10 @@ if [ -s "$WH/MISSING.txt" ]; then
 else
     "$PY" -m venv "$VENV"
 fi
+# the wheelhouse holds exactly one vehicle-edge wheel: the component version (a deployment
+# may bump it without a new package, e.g. GDK's NEXT_PATCH) is not the package's
 "$VENV/bin/python" -m pip install --no-index --find-links "$WH" --no-cache-dir --disable-pip-version-check \
-    "vehicle-edge==$VERSION"
+    vehicle-edge
 touch "$VENV/.complete"
 rm -rf "$WH"
 # keep the previous version for a rollback, remove older ones

@@ -53,9 +53,25 @@ def cmd_sim(args: argparse.Namespace) -> int:
         usage = f"--rate must be > 0 (got {args.rate})"
     elif args.max_gap is not None and not args.max_gap >= 0:
         usage = f"--max-gap must be >= 0 seconds (got {args.max_gap})"
+    elif args.serve is None and args.config is None:
+        usage = "--config is required (without --serve)"
+    elif args.serve is not None and (args.config is not None or args.can != "auto"
+                                     or args.can_channel is not None):
+        usage = "--serve runs no daemon: no --config, --can or --can-channel"
     if usage is not None:
         print(f"edge sim: {usage}", file=sys.stderr)
         return EXIT_USAGE
+    if args.serve is not None:
+        _logging(None)
+        from sim.drive import DriveError
+        from sim.serve import run_serve
+
+        try:
+            return run_serve(args.drive, args.serve, rate=None if args.max else args.rate,
+                             loop=args.loop, max_gap_s=args.max_gap)
+        except (DriveError, OSError) as exc:
+            print(f"edge sim: {exc}", file=sys.stderr)
+            return 2
     cfg = _load(args.config)
     _logging(cfg)
     from edge.app import _run
@@ -153,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "a fake USB slcan adapter on a pty) and run the unmodified daemon on "
                        "them, as on a laptop. Only the config's gnss.port and can "
                        "interface/channel are rewritten.")
-    s.add_argument("drive", type=Path, help="drive directory (gnss.nmea, can.log, drive.toml)")
-    s.add_argument("--config", "-c", type=Path, required=True)
+    s.add_argument("drive", type=Path, help="drive directory (gnss.nmea, can.log, drive.toml)"
+                   "; with --serve also a bundled drive's name (city, faults)")
+    s.add_argument("--config", "-c", type=Path, help="the daemon's config (not with --serve)")
+    s.add_argument("--serve", type=Path, metavar="DIR",
+                   help="run no daemon: serve the drive at stable paths for one running "
+                   "elsewhere (DIR/gnss pty, DIR/can slcan adapter, the DBC, and "
+                   "DIR/bench.json: the daemon config merge pointing at them)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, default=1.0,
                    help="time warp factor (default 1x; 10 = ten times faster)")

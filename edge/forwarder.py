@@ -26,8 +26,9 @@ rows it carries):
 * Outcomes: PUBACK < 0x80 -> ``ack`` (rows leave); ``PublishRejected`` -> ``reject``
   (dropped and counted, never retried); ``PublishFailed`` (this publish failed on a
   working connection: nucleus lite offline) -> the unit goes back to the head of the
-  stage and every worker holds off for a capped, jittered backoff (reset by the next
-  success; counted in ``publish_failures``, logged once) -- no reconnect; any other
+  stage and every worker holds off for a capped, jittered backoff, then one publish
+  probes until one succeeds (the backoff resets; counted in ``publish_failures``,
+  logged once) -- no reconnect; any other
   ``UplinkError`` -> the connection is given up (rows back to ready, same place). A
   row leaves the outbox only after its PUBACK. Acks and rejects are queued and settled
   in batches by one task, one transaction per batch (flushed
@@ -147,6 +148,7 @@ class Forwarder:
         self._retry = retry or Backoff(base_s=0.5, cap_s=60.0)
         self._on_publish_error = on_publish_error
         self._hold_until = 0.0  # after a PublishFailed, no publish before this (monotonic)
+        self._probe = asyncio.Lock()  # while publishes fail, one at a time tries
         self._max_payload = MAX_PAYLOAD
         for k in ("published", "publish_batches", "rejected", "bytes_sent",
                   "publish_failures"):
@@ -349,6 +351,15 @@ class Forwarder:
             if hold > 0:  # publishes are failing: wait out the backoff, then retry
                 staged.appendleft(unit)
                 await asyncio.sleep(hold)
+                continue
+            if self._retry.attempts:  # still failing: one publish probes, the rest wait
+                if self._probe.locked():
+                    staged.appendleft(unit)
+                    async with self._probe:
+                        pass
+                    continue
+                async with self._probe:
+                    await self._send(uplink, unit)
                 continue
             bulk = unit.lane not in URGENT
             if bulk:

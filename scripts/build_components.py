@@ -393,7 +393,7 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
                 arch_name = art.removeprefix("wheelhouse-").removesuffix(".zip")
                 if arch_name in zips:
                     shutil.copy2(zips[arch_name], adir / art)
-            elif art in ("install-venv.sh", "sim-config.py"):
+            elif art == "install-venv.sh":
                 shutil.copy2(COMPONENTS / art, adir / art)
             elif art == "zones.geojson":
                 shutil.copy2(zones, adir / art)

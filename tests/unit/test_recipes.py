@@ -396,13 +396,14 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
     env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/none", "PATH": os.environ["PATH"]}
     r = subprocess.run(
         ["sh", str(ROOT / "components" / "install-venv.sh"), str(art), str(work), "x86_64",
-         "9.9.9"], capture_output=True, text=True, env=env, timeout=300,
+         "9.9.10"], capture_output=True, text=True, env=env, timeout=300,
     )
     assert r.returncode == 0, r.stderr + r.stdout
-    out = subprocess.run([str(work / "venv-9.9.9" / "bin" / "edge")], capture_output=True,
+    # the venv is named by the component version, which need not be the package's
+    out = subprocess.run([str(work / "venv-9.9.10" / "bin" / "edge")], capture_output=True,
                          text=True, timeout=30)
     assert out.stdout.strip() == "ok"
-    assert not (work / "wheelhouse-9.9.9-x86_64").exists()
+    assert not (work / "wheelhouse-9.9.10-x86_64").exists()
 
 
 def test_build_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -445,61 +446,19 @@ def test_iot_policy_scoped_to_thing() -> None:
 # --------------------------------------------------------------------------- simulator
 
 
-def test_simulator_publishes_through_greengrass_as_this_thing_only(
-    rendered: dict[str, Any],
-) -> None:
+
+def test_simulator_feeds_the_daemon_through_stable_paths(rendered: dict[str, Any]) -> None:
+    """The Simulator serves the drive at /run/vehicle-edge/ and runs no daemon of its own:
+    no IPC permissions at all (the deployed Daemon is what publishes)."""
     sim = rendered["com.vehicleedge.Simulator"]
     dc = sim["ComponentConfiguration"]["DefaultConfiguration"]
-    assert dc["drive"] == "city" and dc["rate"] == 1.0
-    # exactly one permission: PublishToIoTCore on this thing's topics; no pubsub, no config
-    assert dc["accessControl"] == {
-        "aws.greengrass.ipc.mqttproxy": {
-            "com.vehicleedge.Simulator:mqttproxy:1": {
-                "policyDescription": dc["accessControl"]["aws.greengrass.ipc.mqttproxy"][
-                    "com.vehicleedge.Simulator:mqttproxy:1"]["policyDescription"],
-                "operations": ["aws.greengrass#PublishToIoTCore"],
-                "resources": ["vehicles/{iot:thingName}/*"],
-            }
-        }
-    }
-    out = Path(rendered["_out"]["dir"])
-    arts = out / "artifacts" / "com.vehicleedge.Simulator" / VERSION
-    assert (arts / "sim-config.py").read_bytes() == (ROOT / "components" / "sim-config.py"
-                                                      ).read_bytes()
+    assert dc == {"drive": "city", "rate": 1.0}
     for m in sim["Manifests"]:
         run = m["Lifecycle"]["run"]["Script"]
-        assert '{artifacts:path}/sim-config.py "{configuration:/drive}" "{iot:thingName}"' in run
-        assert "edge sim \"$D\" --config {work:path}/sim.toml" in run
-        assert "--rate {configuration:/rate}" in run
-        assert "sim-config.py" in {a["Uri"].rsplit("/", 1)[-1] for a in m["Artifacts"]}
-
-
-def test_sim_config_helper_writes_a_greengrass_config_for_the_drive(tmp_path: Path) -> None:
-    """What the Simulator's run step executes, run for real on the bundled city drive."""
-    from edge.config import load_config
-
-    out = tmp_path / "work" / "sim.toml"
-    r = subprocess.run([sys.executable, str(ROOT / "components" / "sim-config.py"), "city",
-                        "bench-gw-1", str(out)], capture_output=True, text=True, timeout=60,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    drive = Path(r.stdout.strip())
-    assert drive == ROOT / "sim" / "drives" / "city"
-    cfg = load_config(out)  # a valid TOML config that `edge sim --config` accepts
-    assert cfg.thing == "bench-gw-1" and cfg.uplink.kind == "greengrass"
-    assert cfg.outbox.path == out.parent / "sim-outbox.db"
-    assert cfg.log.format == "json"
-    # the vehicle comes from the drive's own config, its paths made absolute
-    assert cfg.rules.zones is not None and cfg.rules.zones.is_absolute()
-    assert cfg.rules.zones.resolve() == (drive / "zones.geojson").resolve()
-    assert cfg.can.dbc is not None and cfg.can.dbc.is_file()
-    assert cfg.rules.speed.limit_kmh == 50
-    for bad in ("../../etc", "no-such-drive", ""):
-        r = subprocess.run([sys.executable, str(ROOT / "components" / "sim-config.py"), bad,
-                            "bench-gw-1", str(tmp_path / "x.toml")], capture_output=True,
-                           text=True, timeout=60)
-        assert r.returncode == 2 and "sim-config:" in r.stderr, bad
-        assert not (tmp_path / "x.toml").exists()
+        assert '/bin/edge sim "{configuration:/drive}" --serve /run/vehicle-edge' in run
+        assert '--rate "{configuration:/rate}" --loop' in run
+        assert "install -d" in run and "/run/vehicle-edge" in run
+        assert "--config" not in run and "edge run" not in run
 
 
 # --------------------------------------------------------------------------- GDK projects
