@@ -112,15 +112,41 @@ def _load_zones(path: Path | None) -> list[Mapping[str, Any]]:
     return [f for f in doc.get("features", []) if isinstance(f, Mapping)]
 
 
-def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float]],
+def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]],
               default: float | None) -> float | None:
     from shapely.geometry import Point
 
     p = Point(lon, lat)
-    limits = [lim for geom, lim in speed_zones if geom.covers(p)]
+    limits = [lim for geom, lim, _ in speed_zones if geom.covers(p)]
     if limits:
         return min(limits)
     return default
+
+
+def _limit_source(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]]) -> str:
+    from shapely.geometry import Point
+
+    p = Point(lon, lat)
+    inside = sorted((lim, name) for geom, lim, name in speed_zones if geom.covers(p))
+    return inside[0][1] if inside else "default"
+
+
+def _first_coordinate(zones: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    for f in zones:
+        coords: Any = (f.get("geometry") or {}).get("coordinates")
+        while isinstance(coords, list) and coords and isinstance(coords[0], list):
+            coords = coords[0]
+        if isinstance(coords, list) and len(coords) >= 2:
+            return float(coords[0]), float(coords[1])
+    return None
+
+
+def _span_m(track: Sequence[TrackPoint], frame: _Frame) -> float:
+    if len(track) < 2:
+        return 1000.0
+    pts = [frame.xy(p.lon, p.lat) for p in track]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return max(50.0, max(xs) - min(xs), max(ys) - min(ys))
 
 
 def _label(ev: Mapping[str, Any]) -> str:
@@ -149,9 +175,22 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     zones = _load_zones(config.rules.zones)
     if track:
         frame = _Frame(track[0].lat, track[0].lon)
-    else:
-        frame = _Frame(48.0, 11.0)
-    t0 = track[0].t if track else (can_speed[0][0] if can_speed else 0.0)
+    else:  # a CAN-only drive: the map is the zones, around their first point
+        first = _first_coordinate(zones)
+        frame = _Frame(first[1], first[0]) if first else _Frame(0.0, 0.0)
+    # times from the drive's start, whichever stream starts it
+    starts = [x for x in (track[0].t if track else None,
+                          can_speed[0][0] if can_speed else None) if x is not None]
+    t0 = min(starts) if starts else 0.0
+    placed: list[tuple[float, float]] = []  # label anchors (m), to keep labels apart
+    span_m = _span_m(track, frame)
+
+    def label_offset(x: float, y: float) -> float:
+        """Extra vertical offset (points) for a label near ones already placed."""
+        near = sum(1 for px, py in placed
+                   if abs(px - x) < 0.08 * span_m and abs(py - y) < 0.03 * span_m)
+        placed.append((x, y))
+        return -12.0 * near
 
     fig = plt.figure(figsize=(14, 10), dpi=100)
     grid = fig.add_gridspec(2, 1, height_ratios=(2.2, 1.0), hspace=0.25)
@@ -159,7 +198,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs = fig.add_subplot(grid[1])
 
     # zones
-    speed_zones: list[tuple[Any, float]] = []
+    speed_zones: list[tuple[Any, float, str]] = []
     for f in zones:
         props = f.get("properties") or {}
         geom = f.get("geometry") or {}
@@ -170,7 +209,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
             if geom.get("type") in ("Polygon", "MultiPolygon"):
                 shp = shape(geom)
                 if isinstance(maxspeed, int | float):
-                    speed_zones.append((shp, float(maxspeed)))
+                    speed_zones.append((shp, float(maxspeed), f"zone {name} {maxspeed:g} km/h"))
                 polys = [shp] if shp.geom_type == "Polygon" else list(shp.geoms)
                 colour = "#9467bd" if kind == "speed" else "#1f77b4"
                 for poly in polys:
@@ -181,14 +220,17 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                 label = name
                 if maxspeed is not None and str(maxspeed) not in name:
                     label += f" ({maxspeed} km/h)"
-                ax.annotate(label, (cx, cy), color=colour, ha="center", fontsize=9)
+                ax.annotate(label, (cx, cy), xytext=(0, label_offset(cx, cy)),
+                            textcoords="offset points", color=colour, ha="center", fontsize=9)
             elif geom.get("type") == "Point":
                 x, y = frame.xy(*geom["coordinates"][:2])
                 r = float(props.get("radius_m", 25.0))
                 ax.add_patch(Circle((x, y), r, facecolor="#ff7f0e", alpha=0.15,
                                     edgecolor="#ff7f0e", lw=1.5))
                 ax.plot([x], [y], marker="P", color="#ff7f0e", ms=9)
-                ax.annotate(name, (x, y + r + 5), color="#ff7f0e", ha="center", fontsize=9)
+                ax.annotate(name, (x, y + r + 5), xytext=(0, label_offset(x, y + r + 5)),
+                            textcoords="offset points", color="#ff7f0e", ha="center",
+                            fontsize=9)
             elif geom.get("type") == "LineString":
                 xs, ys = zip(*(frame.xy(*c[:2]) for c in geom["coordinates"]), strict=True)
                 ax.plot(xs, ys, color="#9467bd", lw=4, alpha=0.3)
@@ -213,10 +255,13 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         marker, colour = EVENT_STYLE[str(ev["type"])]
         x, y = frame.xy(float(lon), float(lat))
         ax.plot([x], [y], marker=marker, color=colour, ms=11, mec="black", mew=0.8, zorder=5)
-        ax.annotate(_label(ev), (x, y), xytext=(7, -12), textcoords="offset points",
-                    fontsize=8, color=colour, zorder=6)
-    ax.set_aspect("equal", adjustable="datalim")
+        ax.annotate(_label(ev), (x, y), xytext=(7, -12 + label_offset(x, y)),
+                    textcoords="offset points", fontsize=8, color=colour, zorder=6)
+    if not track:
+        ax.text(0.5, 0.5, "no GNSS track in this drive (CAN only)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=12, color="grey")
     ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="box")  # local metres, the same scale both ways
     ax.set_xlabel("east (m)")
     ax.set_ylabel("north (m)")
     ax.grid(True, alpha=0.3)
@@ -238,7 +283,10 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         axs.fill_between(ts, lim_vals, [v + tol + lim * config.rules.speed.tolerance_pct / 100
                                         for v, lim in zip(lim_vals, lim_vals, strict=True)],
                          step="post", color="#ffbf00", alpha=0.25, label="tolerance")
-        axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2, label="limit")
+        names = sorted({_limit_source(p.lon, p.lat, speed_zones) for p in track})
+        axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2,
+                 label="limit applied: " + ", ".join(
+                     f"default {default:g} km/h" if n == "default" else n for n in names))
         axs.plot(ts, [p.speed_kmh for p in track], color="#1f77b4", lw=1, label="GNSS speed")
     if can_speed:
         axs.plot([t - t0 for t, _ in can_speed], [v for _, v in can_speed], color="black",
@@ -262,8 +310,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs.set_ylim(bottom=0)
     axs.grid(True, alpha=0.3)
     axs.legend(loc="upper right", fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    fig.savefig(out, format="png")  # the caller checked the folder exists
     plt.close(fig)
     return out
 

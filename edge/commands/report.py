@@ -14,6 +14,12 @@ from edge.errors import ConfigError, EdgeError
 
 
 def main(drive: Path, *, config: Path, out: Path) -> int:
+    from edge.commands import out_folder_error
+
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"edge report: cannot write {out}: {why}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(config)
     except ConfigError as exc:

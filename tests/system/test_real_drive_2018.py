@@ -140,3 +140,26 @@ def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path) -> None:
             if isinstance(x, dict) and x.get("type") in ("trip", "overspeed", "geofence", "poi"):
                 events.append(x)
     check_one_timeline(events)
+
+
+def test_report_draws_it_with_the_opendbc_dbc(tmp_path: Path) -> None:
+    # the report crashed on opendbc's overlapping PCS_HUD signals (strict cantools load)
+    out = tmp_path / "report.png"
+    r = edge("report", str(DRIVE), "--config", str(CONFIG), "--out", str(out))
+    assert "Traceback" not in r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    from edge.config import load_config
+    from sim.drive import load_drive
+    from sim.report import can_speed_of
+
+    speeds = can_speed_of(load_drive(DRIVE), load_config(CONFIG))
+    assert len(speeds) > 2500 and all(5 < v < 20 for _, v in speeds)
+
+
+@pytest.mark.parametrize("cmd", ["replay", "report"])
+def test_out_into_a_missing_folder_is_a_clear_error(tmp_path: Path, cmd: str) -> None:
+    missing = tmp_path / "missing" / ("x.jsonl" if cmd == "replay" else "x.png")
+    r = edge(cmd, str(DRIVE), "--config", str(CONFIG), "--out", str(missing), check=False)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "does not exist" in r.stderr
+    assert not missing.parent.exists()  # no silent mkdir

@@ -40,7 +40,7 @@ def test_render_with_hand_made_events(tmp_path: Path) -> None:
         {"type": "telemetry", "ts": 0},  # not an event: ignored
         {"type": "poi", "poi": "cafe", "ts": int(mid.t * 1000)},  # no position: time only
     ]
-    out = render(drive, cfg, events, tmp_path / "r" / "city.png")
+    out = render(drive, cfg, events, tmp_path / "city.png")
     w, h = png_size(out)
     assert (w, h) == (1400, 1000)
     assert 30_000 < out.stat().st_size < 2_000_000
