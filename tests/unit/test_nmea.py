@@ -587,3 +587,4 @@ def test_one_instant_two_positions_far_apart_are_two_fixes_near_ones_one() -> No
 def test_gga_from_no_satellite_is_no_fix() -> None:
     fixes, stats = run([gga("123456", sats="00")], date=DAY)
     assert fixes[0].mode == 0 and fixes[0].reason == "no_satellites"
+    assert stats["invalid_no_satellites"] == 1
