@@ -156,9 +156,42 @@ def _label(ev: Mapping[str, Any]) -> str:
     return " ".join(str(x) for x in (kind, what, name) if x)
 
 
+def separate_labels(fig: Any, ax: Any, *, step_pt: float = 11.0, tries: int = 12) -> int:
+    """Move the map's text labels down, one line at a time, until none overlaps a label
+    placed before it (measured on the rendered figure). Returns how many moved."""
+    from matplotlib.text import Annotation
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    moved = 0
+    for a in [t for t in ax.texts if isinstance(t, Annotation)]:
+        bb = a.get_window_extent(renderer)
+        n = 0
+        while any(bb.overlaps(p) for p in placed) and n < tries:
+            x, y = a.xyann
+            a.xyann = (x, y - step_pt)
+            bb = a.get_window_extent(renderer)
+            n += 1
+        moved += n > 0
+        placed.append(bb)
+    return moved
+
+
+def labels_overlap(fig: Any, ax: Any) -> int:
+    """How many pairs of the map's labels overlap (for tests)."""
+    from matplotlib.text import Annotation
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if isinstance(t, Annotation)]
+    return sum(1 for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b))
+
+
 def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], out: Path, *,
-           title: str | None = None) -> Path:
-    """Write the report PNG to ``out`` and return it."""
+           title: str | None = None, keep: list[Any] | None = None) -> Path:
+    """Write the report PNG to ``out`` and return it. ``keep``: gets (figure, map axes,
+    speed axes) appended and the figure stays open (tests look at the axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,18 +215,9 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     starts = [x for x in (track[0].t if track else None,
                           can_speed[0][0] if can_speed else None) if x is not None]
     t0 = min(starts) if starts else 0.0
-    placed: list[tuple[float, float]] = []  # label anchors (m), to keep labels apart
-    span_m = _span_m(track, frame)
-
-    def label_offset(x: float, y: float) -> float:
-        """Extra vertical offset (points) for a label near ones already placed."""
-        near = sum(1 for px, py in placed
-                   if abs(px - x) < 0.08 * span_m and abs(py - y) < 0.03 * span_m)
-        placed.append((x, y))
-        return -12.0 * near
 
     fig = plt.figure(figsize=(14, 10), dpi=100)
-    grid = fig.add_gridspec(2, 1, height_ratios=(2.2, 1.0), hspace=0.25)
+    grid = fig.add_gridspec(2, 1, height_ratios=(2.2, 1.0), hspace=0.25, bottom=0.12)
     ax = fig.add_subplot(grid[0])
     axs = fig.add_subplot(grid[1])
 
@@ -209,7 +233,8 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
             if geom.get("type") in ("Polygon", "MultiPolygon"):
                 shp = shape(geom)
                 if isinstance(maxspeed, int | float):
-                    speed_zones.append((shp, float(maxspeed), f"zone {name} {maxspeed:g} km/h"))
+                    speed_zones.append((shp, float(maxspeed), f"zone {name}" + (
+                        "" if f"{maxspeed:g}" in name else f" {maxspeed:g} km/h")))
                 polys = [shp] if shp.geom_type == "Polygon" else list(shp.geoms)
                 colour = "#9467bd" if kind == "speed" else "#1f77b4"
                 for poly in polys:
@@ -218,19 +243,18 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                                             edgecolor=colour, lw=1.5))
                 cx, cy = frame.xy(shp.centroid.x, shp.centroid.y)
                 label = name
-                if maxspeed is not None and str(maxspeed) not in name:
+                if maxspeed is not None and f"{maxspeed:g}" not in name:
                     label += f" ({maxspeed} km/h)"
-                ax.annotate(label, (cx, cy), xytext=(0, label_offset(cx, cy)),
-                            textcoords="offset points", color=colour, ha="center", fontsize=9)
+                ax.annotate(label, (cx, cy), xytext=(0, 0), textcoords="offset points",
+                            color=colour, ha="center", fontsize=9)
             elif geom.get("type") == "Point":
                 x, y = frame.xy(*geom["coordinates"][:2])
                 r = float(props.get("radius_m", 25.0))
                 ax.add_patch(Circle((x, y), r, facecolor="#ff7f0e", alpha=0.15,
                                     edgecolor="#ff7f0e", lw=1.5))
                 ax.plot([x], [y], marker="P", color="#ff7f0e", ms=9)
-                ax.annotate(name, (x, y + r + 5), xytext=(0, label_offset(x, y + r + 5)),
-                            textcoords="offset points", color="#ff7f0e", ha="center",
-                            fontsize=9)
+                ax.annotate(name, (x, y + r + 5), xytext=(0, 0), textcoords="offset points",
+                            color="#ff7f0e", ha="center", fontsize=9)
             elif geom.get("type") == "LineString":
                 xs, ys = zip(*(frame.xy(*c[:2]) for c in geom["coordinates"]), strict=True)
                 ax.plot(xs, ys, color="#9467bd", lw=4, alpha=0.3)
@@ -255,11 +279,12 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         marker, colour = EVENT_STYLE[str(ev["type"])]
         x, y = frame.xy(float(lon), float(lat))
         ax.plot([x], [y], marker=marker, color=colour, ms=11, mec="black", mew=0.8, zorder=5)
-        ax.annotate(_label(ev), (x, y), xytext=(7, -12 + label_offset(x, y)),
-                    textcoords="offset points", fontsize=8, color=colour, zorder=6)
+        ax.annotate(_label(ev), (x, y), xytext=(7, -12), textcoords="offset points",
+                    fontsize=8, color=colour, zorder=6)
     if not track:
-        ax.text(0.5, 0.5, "no GNSS track in this drive (CAN only)", transform=ax.transAxes,
-                ha="center", va="center", fontsize=12, color="grey")
+        ax.text(0.5, 0.97, "no GNSS track in this drive (CAN only): zones shown",
+                transform=ax.transAxes, ha="center", va="top", fontsize=11, color="grey",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="box")  # local metres, the same scale both ways
     ax.set_xlabel("east (m)")
@@ -309,9 +334,21 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs.set_ylabel("km/h")
     axs.set_ylim(bottom=0)
     axs.grid(True, alpha=0.3)
-    axs.legend(loc="upper right", fontsize=8)
+    default_limit = config.rules.speed.limit_kmh
+    if can_speed and not track and default_limit is not None:
+        # no position: the rules apply the default limit all along
+        default = default_limit
+        ts_can = [t - t0 for t, _ in can_speed]
+        axs.plot([ts_can[0], ts_can[-1]], [default, default], color="#d62728", lw=1.2,
+                 label=f"limit applied: default {default:g} km/h (no position)")
+        axs.set_ylim(0, max(axs.get_ylim()[1], default * 1.1))
+    axs.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
+    separate_labels(fig, ax)
     fig.savefig(out, format="png")  # the caller checked the folder exists
-    plt.close(fig)
+    if keep is not None:
+        keep.append((fig, ax, axs))
+    else:
+        plt.close(fig)
     return out
 
 
