@@ -163,3 +163,17 @@ def test_out_into_a_missing_folder_is_a_clear_error(tmp_path: Path, cmd: str) ->
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "does not exist" in r.stderr
     assert not missing.parent.exists()  # no silent mkdir
+
+
+def test_decode_can_and_check_config_take_the_real_dbc_and_the_commented_log() -> None:
+    # decode can said "holds no CAN frames" for a log whose first line is a comment
+    r = edge("decode", "can", str(DRIVE / "can.log"), "--dbc",
+             str(CACHE / "opendbc-0.3.1" / "toyota_nodsu_pt_generated.dbc"),
+             "--signal", "SPEED.SPEED")
+    summary = json.loads(r.stderr.splitlines()[0].split(": ", 1)[1])
+    assert summary["format"] == "candump" and summary["comments"] == 1
+    assert summary["malformed"] == 0 and summary["samples"] > 2500
+    assert summary["checksum"] == "toyota" and summary["checksum_errors"] == 0
+    assert len(r.stdout.splitlines()) == summary["samples"]
+    r = edge("check-config", str(CONFIG))
+    assert ": ok" in r.stdout
