@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,14 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
             if isinstance(s, SpeedSample)]
 
 
-def events_for(drive: Path, config: Config) -> list[dict[str, Any]]:
-    """The alert and trip events the engine decides for ``drive``, as payload dicts."""
+def events_for(drive: Path, config: Config,
+               warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The alert and trip events the engine decides for ``drive``, as payload dicts
+    (``warn`` hears what ``edge replay`` warns of: clocks that disagree, skipped lines)."""
     from edge.commands.replay import replay_events
 
     out = []
-    for env in replay_events(drive, config):
+    for env in replay_events(drive, config, warn=warn):
         if env.type in EVENT_STYLE:
             out.append(dict(env.payload()))
     return out
@@ -361,8 +363,9 @@ def iter_event_dicts(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 
 def main(drive: Path, *, config: Config, out: Path,
-         events: Iterable[Mapping[str, Any]] | None = None) -> int:
+         events: Iterable[Mapping[str, Any]] | None = None,
+         warn: Callable[[str], None] | None = None) -> int:
     d = load_drive(drive)
-    evs = list(events) if events is not None else events_for(drive, config)
+    evs = list(events) if events is not None else events_for(drive, config, warn)
     render(d, config, evs, out)
     return 0

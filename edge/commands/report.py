@@ -35,7 +35,8 @@ def main(drive: Path, *, config: Path, out: Path) -> int:
     from sim.report import main as report_main
 
     try:
-        rc = report_main(drive, config=cfg, out=out)
+        rc = report_main(drive, config=cfg, out=out,
+                         warn=lambda m: print(f"edge report: warning: {m}", file=sys.stderr))
     except (DriveError, EdgeError) as exc:
         print(f"edge report: {drive}: {exc}", file=sys.stderr)
         return 2
