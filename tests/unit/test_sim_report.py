@@ -143,3 +143,40 @@ def test_can_only_and_gnss_only_drives_are_drawn_sensibly(tmp_path: Path) -> Non
     _, ax, axs = _render(gnss_only, city / "config.toml", tmp_path, [])
     x0, x1 = axs.get_xlim()  # type: ignore[attr-defined]
     assert -50 < x0 <= 0 and x1 < 5000  # seconds from the start, not 6e8
+
+
+def test_labels_of_nested_fences_do_not_collide(tmp_path: Path) -> None:
+    # The symptom: "Fence with a hole" and "Mid fence" (inside the hole) share a centroid
+    import json
+
+    from sim.report import labels_overlap
+
+    lat, lon = track_of(load_drive(DRIVES / "city"))[0].lat, track_of(
+        load_drive(DRIVES / "city"))[0].lon
+
+    def square(d: float) -> list[list[float]]:
+        return [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d],
+                [lon - d, lat - d]]
+
+    zones = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"id": "holed", "name": "Fence with a hole",
+                                           "kind": "fence"},
+         "geometry": {"type": "Polygon", "coordinates": [square(0.004), square(0.002)]}},
+        {"type": "Feature", "properties": {"id": "mid", "name": "Mid fence", "kind": "fence"},
+         "geometry": {"type": "Polygon", "coordinates": [square(0.001)]}},
+    ]}
+    (tmp_path / "zones.geojson").write_text(json.dumps(zones))
+    text = (DRIVES / "city" / "config.toml").read_text()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text.replace('zones = "zones.geojson"',
+                                f'zones = "{tmp_path / "zones.geojson"}"').replace(
+        '"../../dbc/demo.dbc"', f'"{DRIVES.parent / "dbc" / "demo.dbc"}"'))
+    keep: list[tuple[object, object, object]] = []
+    render(load_drive(DRIVES / "city"), load_config(cfg), [], tmp_path / "r.png", keep=keep)
+    fig, ax, _ = keep[0]
+    names = [t.get_text() for t in ax.texts]  # type: ignore[attr-defined]
+    assert "Fence with a hole" in names and "Mid fence" in names
+    assert labels_overlap(fig, ax) == 0
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # type: ignore[arg-type]
