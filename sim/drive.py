@@ -41,6 +41,7 @@ from typing import Any
 
 import structlog
 
+from edge.core.canlog import LogStats, iter_candump_lines
 from edge.core.nmea import correct_week_rollover
 from edge.errors import EdgeError
 
@@ -397,28 +398,22 @@ def parse_candump(line: bytes) -> CandumpFrame | None:
 def iter_can(drive: Drive, *, warn: bool = True) -> Iterator[TimelineItem]:
     """CAN frames of the drive as candump -L lines, with their (offset-corrected) times.
 
-    Comment (``#``) and blank lines are skipped; a line that is not a frame (truncated,
-    garbage) is counted and skipped, and at the end one warning gives the count."""
+    candump logs go through ``edge.core.canlog.iter_candump_lines`` (the reader the
+    replay and ``edge decode can`` use): comment and blank lines skipped, a line that is
+    not a frame (truncated, garbage) counted and skipped, one warning with the count."""
     if drive.can is None:
         return
     off = drive.can_time_offset_s
     if drive.can.name == "can.log" or drive.can.suffix == ".candump":
-        bad = 0
-        for line in _read_lines(drive.can):
-            m = _CANDUMP.match(line)
-            if not m:
-                bad += 1
-                if bad == 1 and warn:
-                    log.warning("drive_can_bad_line", file=str(drive.can), line=line[:80],
-                                reason="not a candump -L line")
-                continue
-            ts = float(m.group(1)) + off
+        stats = LogStats()
+        for ts, line in iter_candump_lines(drive.can, stats):
             if off:
+                ts += off
                 line = b"(%.6f)" % ts + line[line.index(b")") + 1 :]
             yield ts, "can", line
-        if bad and warn:
-            log.warning("drive_can_bad_lines", file=str(drive.can), lines=bad,
-                        reason="lines that are not candump -L frames were skipped")
+        if warn and stats.problems():
+            log.warning("drive_can_bad_lines", file=str(drive.can), lines=stats.malformed,
+                        reason=stats.problems())
         return
     import can  # lazily: only for non-candump formats
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,14 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
             if isinstance(s, SpeedSample)]
 
 
-def events_for(drive: Path, config: Config) -> list[dict[str, Any]]:
-    """The alert and trip events the engine decides for ``drive``, as payload dicts."""
+def events_for(drive: Path, config: Config,
+               warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The alert and trip events the engine decides for ``drive``, as payload dicts
+    (``warn`` hears what ``edge replay`` warns of: clocks that disagree, skipped lines)."""
     from edge.commands.replay import replay_events
 
     out = []
-    for env in replay_events(drive, config):
+    for env in replay_events(drive, config, warn=warn):
         if env.type in EVENT_STYLE:
             out.append(dict(env.payload()))
     return out
@@ -112,15 +114,41 @@ def _load_zones(path: Path | None) -> list[Mapping[str, Any]]:
     return [f for f in doc.get("features", []) if isinstance(f, Mapping)]
 
 
-def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float]],
+def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]],
               default: float | None) -> float | None:
     from shapely.geometry import Point
 
     p = Point(lon, lat)
-    limits = [lim for geom, lim in speed_zones if geom.covers(p)]
+    limits = [lim for geom, lim, _ in speed_zones if geom.covers(p)]
     if limits:
         return min(limits)
     return default
+
+
+def _limit_source(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]]) -> str:
+    from shapely.geometry import Point
+
+    p = Point(lon, lat)
+    inside = sorted((lim, name) for geom, lim, name in speed_zones if geom.covers(p))
+    return inside[0][1] if inside else "default"
+
+
+def _first_coordinate(zones: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    for f in zones:
+        coords: Any = (f.get("geometry") or {}).get("coordinates")
+        while isinstance(coords, list) and coords and isinstance(coords[0], list):
+            coords = coords[0]
+        if isinstance(coords, list) and len(coords) >= 2:
+            return float(coords[0]), float(coords[1])
+    return None
+
+
+def _span_m(track: Sequence[TrackPoint], frame: _Frame) -> float:
+    if len(track) < 2:
+        return 1000.0
+    pts = [frame.xy(p.lon, p.lat) for p in track]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return max(50.0, max(xs) - min(xs), max(ys) - min(ys))
 
 
 def _label(ev: Mapping[str, Any]) -> str:
@@ -130,9 +158,42 @@ def _label(ev: Mapping[str, Any]) -> str:
     return " ".join(str(x) for x in (kind, what, name) if x)
 
 
+def separate_labels(fig: Any, ax: Any, *, step_pt: float = 11.0, tries: int = 12) -> int:
+    """Move the map's text labels down, one line at a time, until none overlaps a label
+    placed before it (measured on the rendered figure). Returns how many moved."""
+    from matplotlib.text import Annotation
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    moved = 0
+    for a in [t for t in ax.texts if isinstance(t, Annotation)]:
+        bb = a.get_window_extent(renderer)
+        n = 0
+        while any(bb.overlaps(p) for p in placed) and n < tries:
+            x, y = a.xyann
+            a.xyann = (x, y - step_pt)
+            bb = a.get_window_extent(renderer)
+            n += 1
+        moved += n > 0
+        placed.append(bb)
+    return moved
+
+
+def labels_overlap(fig: Any, ax: Any) -> int:
+    """How many pairs of the map's labels overlap (for tests)."""
+    from matplotlib.text import Annotation
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if isinstance(t, Annotation)]
+    return sum(1 for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b))
+
+
 def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], out: Path, *,
-           title: str | None = None) -> Path:
-    """Write the report PNG to ``out`` and return it."""
+           title: str | None = None, keep: list[Any] | None = None) -> Path:
+    """Write the report PNG to ``out`` and return it. ``keep``: gets (figure, map axes,
+    speed axes) appended and the figure stays open (tests look at the axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,17 +210,21 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     zones = _load_zones(config.rules.zones)
     if track:
         frame = _Frame(track[0].lat, track[0].lon)
-    else:
-        frame = _Frame(48.0, 11.0)
-    t0 = track[0].t if track else (can_speed[0][0] if can_speed else 0.0)
+    else:  # a CAN-only drive: the map is the zones, around their first point
+        first = _first_coordinate(zones)
+        frame = _Frame(first[1], first[0]) if first else _Frame(0.0, 0.0)
+    # times from the drive's start, whichever stream starts it
+    starts = [x for x in (track[0].t if track else None,
+                          can_speed[0][0] if can_speed else None) if x is not None]
+    t0 = min(starts) if starts else 0.0
 
     fig = plt.figure(figsize=(14, 10), dpi=100)
-    grid = fig.add_gridspec(2, 1, height_ratios=(2.2, 1.0), hspace=0.25)
+    grid = fig.add_gridspec(2, 1, height_ratios=(2.2, 1.0), hspace=0.25, bottom=0.12)
     ax = fig.add_subplot(grid[0])
     axs = fig.add_subplot(grid[1])
 
     # zones
-    speed_zones: list[tuple[Any, float]] = []
+    speed_zones: list[tuple[Any, float, str]] = []
     for f in zones:
         props = f.get("properties") or {}
         geom = f.get("geometry") or {}
@@ -170,7 +235,8 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
             if geom.get("type") in ("Polygon", "MultiPolygon"):
                 shp = shape(geom)
                 if isinstance(maxspeed, int | float):
-                    speed_zones.append((shp, float(maxspeed)))
+                    speed_zones.append((shp, float(maxspeed), f"zone {name}" + (
+                        "" if f"{maxspeed:g}" in name else f" {maxspeed:g} km/h")))
                 polys = [shp] if shp.geom_type == "Polygon" else list(shp.geoms)
                 colour = "#9467bd" if kind == "speed" else "#1f77b4"
                 for poly in polys:
@@ -179,16 +245,18 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                                             edgecolor=colour, lw=1.5))
                 cx, cy = frame.xy(shp.centroid.x, shp.centroid.y)
                 label = name
-                if maxspeed is not None and str(maxspeed) not in name:
+                if maxspeed is not None and f"{maxspeed:g}" not in name:
                     label += f" ({maxspeed} km/h)"
-                ax.annotate(label, (cx, cy), color=colour, ha="center", fontsize=9)
+                ax.annotate(label, (cx, cy), xytext=(0, 0), textcoords="offset points",
+                            color=colour, ha="center", fontsize=9)
             elif geom.get("type") == "Point":
                 x, y = frame.xy(*geom["coordinates"][:2])
                 r = float(props.get("radius_m", 25.0))
                 ax.add_patch(Circle((x, y), r, facecolor="#ff7f0e", alpha=0.15,
                                     edgecolor="#ff7f0e", lw=1.5))
                 ax.plot([x], [y], marker="P", color="#ff7f0e", ms=9)
-                ax.annotate(name, (x, y + r + 5), color="#ff7f0e", ha="center", fontsize=9)
+                ax.annotate(name, (x, y + r + 5), xytext=(0, 0), textcoords="offset points",
+                            color="#ff7f0e", ha="center", fontsize=9)
             elif geom.get("type") == "LineString":
                 xs, ys = zip(*(frame.xy(*c[:2]) for c in geom["coordinates"]), strict=True)
                 ax.plot(xs, ys, color="#9467bd", lw=4, alpha=0.3)
@@ -215,8 +283,12 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         ax.plot([x], [y], marker=marker, color=colour, ms=11, mec="black", mew=0.8, zorder=5)
         ax.annotate(_label(ev), (x, y), xytext=(7, -12), textcoords="offset points",
                     fontsize=8, color=colour, zorder=6)
-    ax.set_aspect("equal", adjustable="datalim")
+    if not track:
+        ax.text(0.5, 0.97, "no GNSS track in this drive (CAN only): zones shown",
+                transform=ax.transAxes, ha="center", va="top", fontsize=11, color="grey",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="box")  # local metres, the same scale both ways
     ax.set_xlabel("east (m)")
     ax.set_ylabel("north (m)")
     ax.grid(True, alpha=0.3)
@@ -238,7 +310,10 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         axs.fill_between(ts, lim_vals, [v + tol + lim * config.rules.speed.tolerance_pct / 100
                                         for v, lim in zip(lim_vals, lim_vals, strict=True)],
                          step="post", color="#ffbf00", alpha=0.25, label="tolerance")
-        axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2, label="limit")
+        names = sorted({_limit_source(p.lon, p.lat, speed_zones) for p in track})
+        axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2,
+                 label="limit applied: " + ", ".join(
+                     f"default {default:g} km/h" if n == "default" else n for n in names))
         axs.plot(ts, [p.speed_kmh for p in track], color="#1f77b4", lw=1, label="GNSS speed")
     if can_speed:
         axs.plot([t - t0 for t, _ in can_speed], [v for _, v in can_speed], color="black",
@@ -261,10 +336,21 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs.set_ylabel("km/h")
     axs.set_ylim(bottom=0)
     axs.grid(True, alpha=0.3)
-    axs.legend(loc="upper right", fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    plt.close(fig)
+    default_limit = config.rules.speed.limit_kmh
+    if can_speed and not track and default_limit is not None:
+        # no position: the rules apply the default limit all along
+        default = default_limit
+        ts_can = [t - t0 for t, _ in can_speed]
+        axs.plot([ts_can[0], ts_can[-1]], [default, default], color="#d62728", lw=1.2,
+                 label=f"limit applied: default {default:g} km/h (no position)")
+        axs.set_ylim(0, max(axs.get_ylim()[1], default * 1.1))
+    axs.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
+    separate_labels(fig, ax)
+    fig.savefig(out, format="png")  # the caller checked the folder exists
+    if keep is not None:
+        keep.append((fig, ax, axs))
+    else:
+        plt.close(fig)
     return out
 
 
@@ -277,8 +363,9 @@ def iter_event_dicts(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 
 def main(drive: Path, *, config: Config, out: Path,
-         events: Iterable[Mapping[str, Any]] | None = None) -> int:
+         events: Iterable[Mapping[str, Any]] | None = None,
+         warn: Callable[[str], None] | None = None) -> int:
     d = load_drive(drive)
-    evs = list(events) if events is not None else events_for(drive, config)
+    evs = list(events) if events is not None else events_for(drive, config, warn)
     render(d, config, evs, out)
     return 0

@@ -11,3 +11,21 @@ def reader_went_away() -> int:
     stdout at /dev/null so that the interpreter's final flush stays quiet; exit 0."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def out_folder_error(out: os.PathLike[str] | str) -> str | None:
+    """Why ``--out`` cannot be written (its folder is missing or not a folder), or None.
+    Every ``--out`` is checked this way: a clear message, no traceback, no silent mkdir."""
+    from pathlib import Path
+
+    path = Path(out)
+    if str(path) == "-":
+        return None
+    parent = path.parent
+    if not parent.exists():
+        return f"the folder {parent} does not exist (create it first)"
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return None

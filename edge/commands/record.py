@@ -22,6 +22,10 @@ def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
     if can_interface is not None and not can_channel:
         print("edge record: --can-channel is required with --can-interface", file=sys.stderr)
         return 2
+    if not Path(out).absolute().parent.is_dir():  # the drive folder is made, not its parents
+        print(f"edge record: cannot write {out}: the folder {Path(out).absolute().parent} "
+              f"does not exist (create it first)", file=sys.stderr)
+        return 2
     try:
         rec = Recorder(out, serial=serial, baud=baud, can_interface=can_interface,
                        can_channel=can_channel)

@@ -118,6 +118,12 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
     wall = time.perf_counter()
     stats: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
+    from edge.commands import out_folder_error
+
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"edge replay: cannot write {out}: {why}", file=sys.stderr)
+        return 2
     fh: IO[str]
     try:
         fh = sys.stdout if str(out) == "-" else out.open("w", encoding="utf-8")

@@ -14,6 +14,12 @@ from edge.errors import ConfigError, EdgeError
 
 
 def main(drive: Path, *, config: Path, out: Path) -> int:
+    from edge.commands import out_folder_error
+
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"edge report: cannot write {out}: {why}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -29,7 +35,8 @@ def main(drive: Path, *, config: Path, out: Path) -> int:
     from sim.report import main as report_main
 
     try:
-        rc = report_main(drive, config=cfg, out=out)
+        rc = report_main(drive, config=cfg, out=out,
+                         warn=lambda m: print(f"edge report: warning: {m}", file=sys.stderr))
     except (DriveError, EdgeError) as exc:
         print(f"edge report: {drive}: {exc}", file=sys.stderr)
         return 2

@@ -224,3 +224,12 @@ def test_sim_delivers_every_byte_and_frame_of_a_can_and_gnss_drive(tmp_path: Pat
     assert h["gnss"]["bytes"] == _nmea_bytes(drive)
     assert h["can"]["frames"] == _wanted_frames(drive, 0x3E9) > 1000
     assert h["can"]["dropped"] == 0
+
+
+def test_sim_hands_the_daemon_the_drive_clock(tmp_path: Path) -> None:
+    # The symptom: health clock_skew_s -356565423 under edge sim (host clock vs the drive's
+    # GNSS time). The daemon lives the drive's clock: the skew is the receiver's latency.
+    h = _sim_counts(tmp_path, DRIVES / "city", None)
+    skew = h["gnss"]["clock_skew_s"]
+    assert skew is not None and abs(skew) < 5.0
+    assert h["gnss"]["rollover_corrected"] == 0

@@ -140,3 +140,43 @@ def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path) -> None:
             if isinstance(x, dict) and x.get("type") in ("trip", "overspeed", "geofence", "poi"):
                 events.append(x)
     check_one_timeline(events)
+
+
+def test_report_draws_it_with_the_opendbc_dbc(tmp_path: Path) -> None:
+    # the report crashed on opendbc's overlapping PCS_HUD signals (strict cantools load)
+    out = tmp_path / "report.png"
+    r = edge("report", str(DRIVE), "--config", str(CONFIG), "--out", str(out))
+    assert "Traceback" not in r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    from edge.config import load_config
+    from sim.drive import load_drive
+    from sim.report import can_speed_of
+
+    speeds = can_speed_of(load_drive(DRIVE), load_config(CONFIG))
+    assert len(speeds) > 2500 and all(5 < v < 20 for _, v in speeds)
+
+
+@pytest.mark.parametrize("cmd", ["replay", "report", "record"])
+def test_out_into_a_missing_folder_is_a_clear_error(tmp_path: Path, cmd: str) -> None:
+    missing = tmp_path / "missing" / {"replay": "x.jsonl", "report": "x.png",
+                                      "record": "drive"}[cmd]
+    args = (["record", "--out", str(missing), "--serial", "/dev/null"] if cmd == "record"
+            else [cmd, str(DRIVE), "--config", str(CONFIG), "--out", str(missing)])
+    r = edge(*args, check=False)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "does not exist" in r.stderr
+    assert not missing.parent.exists()  # no silent mkdir
+
+
+def test_decode_can_and_check_config_take_the_real_dbc_and_the_commented_log() -> None:
+    # decode can said "holds no CAN frames" for a log whose first line is a comment
+    r = edge("decode", "can", str(DRIVE / "can.log"), "--dbc",
+             str(CACHE / "opendbc-0.3.1" / "toyota_nodsu_pt_generated.dbc"),
+             "--signal", "SPEED.SPEED")
+    summary = json.loads(r.stderr.splitlines()[0].split(": ", 1)[1])
+    assert summary["format"] == "candump" and summary["comments"] == 1
+    assert summary["malformed"] == 0 and summary["samples"] > 2500
+    assert summary["checksum"] == "toyota" and summary["checksum_errors"] == 0
+    assert len(r.stdout.splitlines()) == summary["samples"]
+    r = edge("check-config", str(CONFIG))
+    assert ": ok" in r.stdout

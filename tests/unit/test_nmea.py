@@ -566,3 +566,25 @@ def test_a_bogus_future_time_does_not_freeze_the_clock() -> None:
     assert [f.reason for f in fixes] == [None, None, "time_not_advancing",
                                          "time_not_advancing", None, None]
     assert stats["time_rewinds"] == 1
+
+
+def test_one_instant_two_positions_far_apart_are_two_fixes_near_ones_one() -> None:
+    # GGA with 5 decimals and RMC with 4 of the same position: one measurement (the later
+    # is kept); a GLL 1.7 m away from the GGA of the same second: two fixes, the second
+    # not after the first in time
+    near = [gga("123456", lat="5230.97801,N"), rmc("123456", lat="5230.9780,N")]
+    fixes, stats = run(near)
+    assert len(fixes) == 1 and fixes[0].valid
+    assert stats.get("split_epochs", 0) == 0
+    far = [gga("123456"), nmea("GPGLL,5230.9789,N,01322.6620,E,123456,A,A"),
+           gga("123457")]
+    fixes, stats = run(far, date=DAY)
+    assert [f.reason for f in fixes] == [None, "time_not_advancing", None]
+    assert fixes[0].lat != fixes[1].lat and fixes[0].time == fixes[1].time
+    assert stats["split_epochs"] == 1
+
+
+def test_gga_from_no_satellite_is_no_fix() -> None:
+    fixes, stats = run([gga("123456", sats="00")], date=DAY)
+    assert fixes[0].mode == 0 and fixes[0].reason == "no_satellites"
+    assert stats["invalid_no_satellites"] == 1

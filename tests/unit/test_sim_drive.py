@@ -130,3 +130,18 @@ def test_parse_candump_error_and_extended_frames() -> None:
     assert e is not None and e.error
     assert x is not None and x.extended and x.arbitration_id == 0x18FEF100 and not x.error
     assert parse_candump(b"not a frame") is None
+
+
+def test_sim_timeline_and_replay_read_a_dirty_can_log_alike(tmp_path: Path) -> None:
+    # One CAN reader: '#' first line, blank lines, garbage and a truncated line are
+    # skipped and counted the same by the timeline edge sim plays and by edge replay.
+    from edge.core.canlog import LogStats, iter_candump_lines
+
+    good = [f"({DAY + 30600 + i * 0.1:.6f}) can0 3E9#00000100000000{i:02X}" for i in range(5)]
+    d = write(tmp_path / "d", None, ["# captured with candump -L", "", *good[:2],
+                                     "garbage", good[2][:15], *good[2:]])
+    frames = [line for _, kind, line in iter_timeline(load_drive(d)) if kind == "can"]
+    assert [f.decode() for f in frames] == good
+    stats = LogStats()
+    assert [line.decode() for _, line in iter_candump_lines(d / "can.log", stats)] == good
+    assert (stats.frames, stats.comments, stats.blank, stats.malformed) == (5, 1, 1, 2)

@@ -40,7 +40,7 @@ def test_render_with_hand_made_events(tmp_path: Path) -> None:
         {"type": "telemetry", "ts": 0},  # not an event: ignored
         {"type": "poi", "poi": "cafe", "ts": int(mid.t * 1000)},  # no position: time only
     ]
-    out = render(drive, cfg, events, tmp_path / "r" / "city.png")
+    out = render(drive, cfg, events, tmp_path / "city.png")
     w, h = png_size(out)
     assert (w, h) == (1400, 1000)
     assert 30_000 < out.stat().st_size < 2_000_000
@@ -68,3 +68,115 @@ def test_edge_report_command_replays_the_drive(tmp_path: Path,
 def test_event_dicts_from_replay_jsonl() -> None:
     lines = ['{"topic": "vehicles/x/events/poi", "payload": {"type": "poi", "ts": 1}}', ""]
     assert list(iter_event_dicts(lines)) == [{"type": "poi", "ts": 1}]
+
+
+def _render(drive_dir: Path, cfg_path: Path, tmp_path: Path, events: list[dict[str, object]]
+            ) -> tuple[object, object, object]:
+    import matplotlib.pyplot as plt
+
+    keep: list[tuple[object, object, object]] = []
+    render(load_drive(drive_dir), load_config(cfg_path), events, tmp_path / "r.png", keep=keep)
+    fig, ax, axs = keep[0]
+    plt.close(fig)  # type: ignore[arg-type]
+    return fig, ax, axs
+
+
+@pytest.mark.parametrize("name", ["city", "faults"])
+def test_map_labels_do_not_collide_and_keep_one_scale(tmp_path: Path, name: str) -> None:
+    from edge.commands.replay import replay_events
+    from sim.report import labels_overlap
+
+    cfg = load_config(DRIVES / name / "config.toml")
+    events = [dict(e.payload()) for e in replay_events(DRIVES / name, cfg)
+              if e.type != "telemetry"]
+    keep: list[tuple[object, object, object]] = []
+    render(load_drive(DRIVES / name), cfg, events, tmp_path / "r.png", keep=keep)
+    fig, ax, axs = keep[0]
+    assert labels_overlap(fig, ax) == 0
+    assert ax.get_aspect() == 1.0  # type: ignore[attr-defined]
+    legend = " ".join(t.get_text() for t in axs.get_legend().get_texts())  # type: ignore[attr-defined]
+    assert "limit applied: default" in legend and "zone " in legend
+    x0, _ = axs.get_xlim()  # type: ignore[attr-defined]
+    assert -30 < x0 <= 0  # times from the drive's start
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # type: ignore[arg-type]
+
+
+def test_a_north_south_track_is_not_stretched_east(tmp_path: Path) -> None:
+    from sim.generate import sentence
+
+    d = tmp_path / "ns"
+    d.mkdir()
+    lines = []
+    for i in range(60):  # due north, ~20 m/s for 60 s: 1.2 km
+        minutes = 8.88 + i * 20 / 1852
+        lines.append(sentence(f"GNRMC,0830{i:02d}.00,A,48{minutes:08.5f},N,01134.32018,E,"
+                              f"38.9,0.0,140526,,,A") + b"\r\n")
+    (d / "gnss.nmea").write_bytes(b"".join(lines))
+    cfg = tmp_path / "config.toml"  # the city config without its zones: the track alone
+    text = (DRIVES / "city" / "config.toml").read_text()
+    cfg.write_text(text.replace('zones = "zones.geojson"', "").replace(
+        '"../../dbc/demo.dbc"', f'"{DRIVES.parent / "dbc" / "demo.dbc"}"'))
+    _, ax, _ = _render(d, cfg, tmp_path, [])
+    xs, ys = ax.get_xlim(), ax.get_ylim()  # type: ignore[attr-defined]
+    assert ys[1] - ys[0] > 1000
+    # equal aspect through the axes box, not by inventing +-1000 m of east
+    assert xs[1] - xs[0] < 0.5 * (ys[1] - ys[0])
+
+
+def test_can_only_and_gnss_only_drives_are_drawn_sensibly(tmp_path: Path) -> None:
+    city = DRIVES / "city"
+    can_only = tmp_path / "can-only"
+    can_only.mkdir()
+    (can_only / "can.log").write_bytes((city / "can.log").read_bytes())
+    _, ax, axs = _render(can_only, city / "config.toml", tmp_path, [])
+    xs, ys = ax.get_xlim(), ax.get_ylim()  # type: ignore[attr-defined]
+    assert max(abs(v) for v in (*xs, *ys)) < 5000  # around the zones, not near -9.9e6 m
+    assert any("no GNSS track" in t.get_text() for t in ax.texts)  # type: ignore[attr-defined]
+    x0, x1 = axs.get_xlim()  # type: ignore[attr-defined]
+    assert -50 < x0 <= 0 and x1 < 5000
+    gnss_only = tmp_path / "gnss-only"
+    gnss_only.mkdir()
+    for f in ("gnss.nmea", "drive.toml"):
+        (gnss_only / f).write_bytes((city / f).read_bytes())
+    _, ax, axs = _render(gnss_only, city / "config.toml", tmp_path, [])
+    x0, x1 = axs.get_xlim()  # type: ignore[attr-defined]
+    assert -50 < x0 <= 0 and x1 < 5000  # seconds from the start, not 6e8
+
+
+def test_labels_of_nested_fences_do_not_collide(tmp_path: Path) -> None:
+    # The symptom: "Fence with a hole" and "Mid fence" (inside the hole) share a centroid
+    import json
+
+    from sim.report import labels_overlap
+
+    lat, lon = track_of(load_drive(DRIVES / "city"))[0].lat, track_of(
+        load_drive(DRIVES / "city"))[0].lon
+
+    def square(d: float) -> list[list[float]]:
+        return [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d],
+                [lon - d, lat - d]]
+
+    zones = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"id": "holed", "name": "Fence with a hole",
+                                           "kind": "fence"},
+         "geometry": {"type": "Polygon", "coordinates": [square(0.004), square(0.002)]}},
+        {"type": "Feature", "properties": {"id": "mid", "name": "Mid fence", "kind": "fence"},
+         "geometry": {"type": "Polygon", "coordinates": [square(0.001)]}},
+    ]}
+    (tmp_path / "zones.geojson").write_text(json.dumps(zones))
+    text = (DRIVES / "city" / "config.toml").read_text()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text.replace('zones = "zones.geojson"',
+                                f'zones = "{tmp_path / "zones.geojson"}"').replace(
+        '"../../dbc/demo.dbc"', f'"{DRIVES.parent / "dbc" / "demo.dbc"}"'))
+    keep: list[tuple[object, object, object]] = []
+    render(load_drive(DRIVES / "city"), load_config(cfg), [], tmp_path / "r.png", keep=keep)
+    fig, ax, _ = keep[0]
+    names = [t.get_text() for t in ax.texts]  # type: ignore[attr-defined]
+    assert "Fence with a hole" in names and "Mid fence" in names
+    assert labels_overlap(fig, ax) == 0
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # type: ignore[arg-type]
