@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge.core.geo import M_PER_DEG, MIN_COS
-from edge.core.zones import Zones
+from edge.core.geofence import MAX_CROSS_MPS
+from edge.core.zones import CIRCLE, CORRIDOR, POLYGON, Zones
 from edge.model import Fix
 
 Located = tuple[list[int], list[int]]
@@ -47,27 +48,34 @@ class DriveGeometry:
     def __init__(self, zones: Zones, fixes: Iterable[Fix],
                  hysteresis: Callable[[float | None], float]) -> None:
         self.zones = zones
-        self._located: dict[tuple[float, float, float], Located] = {}
-        self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
         self.pairs = 0  # (fix, zone) pairs evaluated
         pts: list[tuple[float, float, float]] = []
         segs: list[tuple[float, float, float, float]] = []
-        prev: tuple[float, float, float] | None = None
+        seg_h: list[float] = []  # the later fix's hysteresis
+        seg_dt: list[float] = []
+        hyst: dict[float | None, float] = {}
+        prev_t: float | None = None
+        prev_lat = prev_lon = 0.0
         for f in fixes:
-            if not usable(f):
+            t, lat, lon = f.time, f.lat, f.lon
+            if (t is None or not f.valid or lat is None or lon is None
+                    or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)):
                 continue
-            assert f.lat is not None and f.lon is not None and f.time is not None
-            pts.append((f.lat, f.lon, hysteresis(f.hdop)))
-            if prev is not None and f.time > prev[0]:
-                segs.append((prev[1], prev[2], f.lat, f.lon))
-            if prev is None or f.time > prev[0]:
-                prev = (f.time, f.lat, f.lon)
-        if zones.tree is None:
-            self._located = {p: _EMPTY for p in pts}
-            self._hits = {s: _NO_HITS for s in segs}
-            return
-        self._locate_all(pts)
-        self._cross_all(segs)
+            h = hyst.get(f.hdop)
+            if h is None:
+                h = hyst[f.hdop] = hysteresis(f.hdop)
+            pts.append((lat, lon, h))
+            if prev_t is None or t > prev_t:  # the rules' order: later fixes only
+                if prev_t is not None:
+                    segs.append((prev_lat, prev_lon, lat, lon))
+                    seg_h.append(h)
+                    seg_dt.append(t - prev_t)
+                prev_t, prev_lat, prev_lon = t, lat, lon
+        self._located: dict[tuple[float, float, float], Located] = dict.fromkeys(pts, _EMPTY)
+        self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
+        if zones.tree is not None:
+            self._locate_all(pts)
+            self._cross_all(segs, seg_h, seg_dt)
 
     # ------------------------------------------------------------------ lookups
 
@@ -105,10 +113,7 @@ class DriveGeometry:
         return key // len(self.zones.zones), key % len(self.zones.zones)
 
     def _frames(self, zone: Any) -> tuple[Any, Any, Any, Any]:
-        import numpy as np
-
-        zs = self.zones.zones
-        f = np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky) for z in zs])
+        f = self.zones.table().frames
         return f[zone, 0], f[zone, 1], f[zone, 2], f[zone, 3]
 
     def _locate_all(self, pts: list[tuple[float, float, float]]) -> None:
@@ -128,51 +133,67 @@ class DriveGeometry:
         # Zone.frame.xy, operation for operation
         xs = ((lon[fi] - lon0 + 180.0) % 360.0 - 180.0) * kx
         ys = (lat[fi] - lat0) * ky
-        shape = np.array([z.shape for z in zs])[zi]
-        pad = np.array([z.pad for z in zs])[zi]
-        geom = np.array([z.geom for z in zs], dtype=object)[zi]
+        tab = self.zones.table()
+        shape = tab.shape[zi]
+        pad = tab.pad[zi]
+        geom = tab.geom[zi]
         sd = np.empty(len(fi))
-        circle = shape == "circle"
+        circle = shape == CIRCLE
         sd[circle] = np.sqrt(xs[circle] * xs[circle] + ys[circle] * ys[circle]) - pad[circle]
-        corridor = shape == "corridor"
+        corridor = shape == CORRIDOR
         sd[corridor] = shapely.distance(
             geom[corridor], shapely.points(xs[corridor], ys[corridor])) - pad[corridor]
-        poly = shape == "polygon"
+        poly = shape == POLYGON
         gp, xp, yp = geom[poly], xs[poly], ys[poly]
         inside_p = shapely.intersects_xy(gp, xp, yp)
         # inside: below zero whatever the boundary distance (only the signs matter here)
         sd[poly] = np.where(inside_p, -1.0, shapely.distance(gp, shapely.points(xp, yp)))
         near = sd <= h[fi]
         inside = sd <= 0.0
-        located: dict[int, Located] = {}
+        out = self._located
+        cur = -1
+        got: Located = _EMPTY
         for k, z, i in zip(fi[near].tolist(), zi[near].tolist(), inside[near].tolist(),
                            strict=True):
-            got = located.get(k)
-            if got is None:
-                got = located[k] = ([], [])
+            if k != cur:  # pairs come sorted by fix, then zone
+                cur = k
+                got = out[pts[k]] = ([], [])
             if i:
                 got[0].append(z)
             got[1].append(z)
-        out = self._located
-        for k, key in enumerate(pts):
-            out[key] = located.get(k, _EMPTY)
 
-    def _cross_all(self, segs: list[tuple[float, float, float, float]]) -> None:
+    def _cross_all(self, segs: list[tuple[float, float, float, float]], seg_h: list[float],
+                   seg_dt: list[float]) -> None:
         import numpy as np
         import shapely
 
         if not segs:
             return
-        zs = self.zones.zones
+        tab = self.zones.table()
         s = np.array(segs, dtype=float)
+        lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        # the rules ask only when the fixes are far enough apart (not jitter) and not a
+        # jump (``Rules._crossings``); the others are left out, with a margin so that
+        # rounding cannot leave out one they ask about (and if it did, they would
+        # measure it themselves)
+        dx = ((lon2 - lon1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(lat2))
+        seg = np.sqrt(dx * dx + (lat2 - lat1) ** 2) * M_PER_DEG
+        asked = (seg > 2.0 * np.array(seg_h) * (1 - 1e-6)) & (
+            seg <= MAX_CROSS_MPS * np.array(seg_dt) * (1 + 1e-6))
+        keep = np.flatnonzero(asked)
+        if not len(keep):
+            return
+        s = s[keep]
+        segs = [segs[k] for k in keep.tolist()]
+        self._hits.update(dict.fromkeys(segs, _NO_HITS))
         lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round
         lo, hi = np.where(wraps, hi, lo), np.where(wraps, lo + 360.0, hi)
-        pad_deg = 1e-4
+        pad_deg = 1e-7  # zone boxes hold the whole shape: only rounding to cover
         si, zi = self._query(lo - pad_deg, np.minimum(lat1, lat2) - pad_deg, hi + pad_deg,
                              np.maximum(lat1, lat2) + pad_deg)
-        fence = np.array([z.kind == "fence" for z in zs])[zi]
+        fence = tab.fence[zi]
         si, zi = si[fence], zi[fence]
         lon0, lat0, kx, ky = self._frames(zi)
         coords = np.empty((len(si), 2, 2))
@@ -181,8 +202,8 @@ class DriveGeometry:
         coords[:, 1, 0] = ((lon2[si] - lon0 + 180.0) % 360.0 - 180.0) * kx
         coords[:, 1, 1] = (lat2[si] - lat0) * ky
         lines = shapely.linestrings(coords)
-        pad = np.array([z.pad for z in zs])[zi]
-        geom = np.array([z.geom for z in zs], dtype=object)[zi]
+        pad = tab.pad[zi]
+        geom = tab.geom[zi]
         padded = pad > 0
         hit = np.empty(len(si), dtype=bool)
         hit[padded] = shapely.dwithin(geom[padded], lines[padded], pad[padded])
@@ -190,6 +211,5 @@ class DriveGeometry:
         found: dict[int, set[int]] = {}
         for k, z in zip(si[hit].tolist(), zi[hit].tolist(), strict=True):
             found.setdefault(k, set()).add(z)
-        for k, key in enumerate(segs):
-            got = found.get(k)
-            self._hits[key] = frozenset(got) if got else _NO_HITS
+        for k, got in found.items():
+            self._hits[segs[k]] = frozenset(got)

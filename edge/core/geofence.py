@@ -38,6 +38,7 @@ UERE_M = 5.0
 HYST_MIN_M = 5.0
 HYST_MAX_M = 50.0
 HYST_UNKNOWN_M = 15.0
+MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not a crossing
 
 
 def hysteresis_for(cfg: GeofenceRuleConfig, hdop: float | None) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 from edge.config import RulesConfig
 from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
-from edge.core.geofence import GeofenceTracker, hysteresis_for
+from edge.core.geofence import MAX_CROSS_MPS, GeofenceTracker, hysteresis_for
 from edge.core.limits import Limit, LimitClaim
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
@@ -38,7 +38,6 @@ from edge.model import Event, Fix, SpeedSample
 
 _Body = dict[str, object]
 _NONE: frozenset[int] = frozenset()
-MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not a crossing
 
 
 class Rules:

@@ -41,7 +41,7 @@ import json
 import math
 import re
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -153,6 +153,21 @@ class Zone:
         return bool(shapely.intersects(self.geom, seg))
 
 
+CIRCLE, CORRIDOR, POLYGON = 0, 1, 2  # ``ZoneTable.shape`` codes
+_SHAPE_CODE = {"circle": CIRCLE, "corridor": CORRIDOR, "polygon": POLYGON}
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneTable:
+    """The zones as numpy columns (index = zone index), for bulk evaluation."""
+
+    frames: Any  # (n, 4): lon0, lat0, kx, ky
+    shape: Any  # CIRCLE | CORRIDOR | POLYGON
+    pad: Any
+    geom: Any  # object array of the prepared shapely geometries
+    fence: Any  # bool: kind == "fence"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Zones:
     """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
@@ -162,6 +177,24 @@ class Zones:
     tree_zone: Any  # numpy: tree item -> zone index (antimeridian boxes appear twice)
     by_id: Mapping[str, Zone]
     source: str = "<zones>"
+    _table: list[ZoneTable] = field(default_factory=list, repr=False, compare=False)
+
+    def table(self) -> ZoneTable:
+        """Numpy columns of the zones, built on first use and kept."""
+        if not self._table:
+            import numpy as np
+
+            zs = self.zones
+            geom = np.empty(len(zs), dtype=object)
+            geom[:] = [z.geom for z in zs]
+            self._table.append(ZoneTable(
+                frames=np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky)
+                                 for z in zs], dtype=float).reshape(-1, 4),
+                shape=np.array([_SHAPE_CODE[z.shape] for z in zs], dtype=np.int8),
+                pad=np.array([z.pad for z in zs], dtype=float),
+                geom=geom,
+                fence=np.array([z.kind == "fence" for z in zs], dtype=bool)))
+        return self._table[0]
 
     @property
     def fences(self) -> tuple[Zone, ...]:
