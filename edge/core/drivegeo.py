@@ -120,7 +120,6 @@ class DriveGeometry:
         import numpy as np
         import shapely
 
-        zs = self.zones.zones
         p = np.array(pts, dtype=float).reshape(-1, 3)
         lat, lon, h = p[:, 0], p[:, 1], p[:, 2]
         r = h * SLACK + SLACK_M
