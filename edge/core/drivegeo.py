@@ -31,6 +31,7 @@ _EMPTY: Located = ([], [])
 _NO_HITS: frozenset[int] = frozenset()
 SLACK = 1.01  # frames differ slightly from the search box's: search a little wider
 SLACK_M = 2.0
+_TINY = 5e-324
 
 
 def usable(fix: Fix) -> bool:
@@ -145,8 +146,13 @@ class DriveGeometry:
         poly = shape == POLYGON
         gp, xp, yp = geom[poly], xs[poly], ys[poly]
         inside_p = shapely.intersects_xy(gp, xp, yp)
-        # inside: below zero whatever the boundary distance (only the signs matter here)
-        sd[poly] = np.where(inside_p, -1.0, shapely.distance(gp, shapely.points(xp, yp)))
+        # inside: below zero whatever the boundary distance (only the signs matter
+        # here); outside is what intersects_xy says (``Zone.signed_distance_xy``)
+        sdp = np.full(len(gp), -1.0)
+        out_p = ~inside_p
+        sdp[out_p] = np.maximum(shapely.distance(
+            gp[out_p], shapely.points(xp[out_p], yp[out_p])), _TINY)
+        sd[poly] = sdp
         near = sd <= h[fi]
         inside = sd <= 0.0
         out = self._located

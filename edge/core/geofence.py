@@ -146,8 +146,9 @@ class GeofenceTracker:
             self._gap = False
             return []
         zones = self.zones.zones
-        inside_f = {i for i in inside if zones[i].kind == "fence"}
-        near_f = {i for i in near if zones[i].kind == "fence"}
+        fences = self.zones.fence_index
+        inside_f = fences.intersection(inside)
+        near_f = fences.intersection(near)
         first = not self._known
         gap = self._gap
         out: list[Transition] = []

@@ -71,6 +71,8 @@ class Rules:
         self._last_input_t: float | None = None
         self._last_sample_t: float | None = None
         self._h = 0.0
+        self._hdop: float | None = None  # the last fix's, and its hysteresis
+        self._h_fix = hysteresis_for(config.geofence, None)
         self._zones_error: str | None = None
         self._reloads = 0
         self._count: Counter[str] = Counter()
@@ -120,8 +122,11 @@ class Rules:
         if gap:
             geo.mark_gap()
         self._fix = (t, lat, lon)
-        h = hysteresis_for(self.cfg.geofence, fix.hdop)
-        self._h = h
+        hdop = fix.hdop
+        if hdop != self._hdop or hdop is None:
+            self._hdop = hdop
+            self._h_fix = hysteresis_for(self.cfg.geofence, hdop)
+        h = self._h = self._h_fix
         got = self._drive.locate(lat, lon, h) if self._drive is not None else None
         inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
         zones = self.zones.zones
