@@ -31,6 +31,7 @@ _EMPTY: Located = ([], [])
 _NO_HITS: frozenset[int] = frozenset()
 SLACK = 1.01  # frames differ slightly from the search box's: search a little wider
 SLACK_M = 2.0
+CHUNK = 8  # fixes per query box
 _TINY = 5e-324
 
 
@@ -93,25 +94,61 @@ class DriveGeometry:
 
     def _query(self, x0: Any, y0: Any, x1: Any, y1: Any) -> tuple[Any, Any]:
         """(item, zone) pairs whose zone box meets item's lon/lat box, longitudes in any
-        turn (boxes past ±180 are also asked shifted by a turn), without duplicates."""
+        turn, sorted by item then zone, without duplicates.
+
+        Consecutive items (fixes of a drive lie close together) are asked together, one
+        box around ``CHUNK`` of them, and the pairs are then narrowed to each item's own
+        box with array arithmetic: a fraction of the query geometries to build."""
         import numpy as np
         import shapely
 
-        items = np.arange(len(x0))
-        qx0, qx1, qi = [x0], [x1], [items]
-        for shift, mask in ((-360.0, x1 > 180.0), (360.0, x0 < -180.0)):
-            if mask.any():
-                qx0.append(x0[mask] + shift)
-                qx1.append(x1[mask] + shift)
-                qi.append(items[mask])
-        ys0 = np.concatenate([y0[i] for i in qi])
-        ys1 = np.concatenate([y1[i] for i in qi])
-        boxes = shapely.box(np.concatenate(qx0), ys0, np.concatenate(qx1), ys1)
-        q, t = self.zones.tree.query(boxes)
-        item = np.concatenate(qi)[q]
+        n = len(x0)
+        starts = np.arange(0, n, CHUNK)
+        cx0 = np.minimum.reduceat(x0, starts)
+        cx1 = np.maximum.reduceat(x1, starts)
+        cy0 = np.minimum.reduceat(y0, starts)
+        cy1 = np.maximum.reduceat(y1, starts)
+        size = np.diff(np.append(starts, n))
+        # a group that straddles the antimeridian would span the globe: ask item by item
+        wide = cx1 - cx0 > 180.0
+        if wide.any():
+            one = np.flatnonzero(np.repeat(wide, size))
+            keep = ~wide
+            starts = np.concatenate([starts[keep], one])
+            size = np.concatenate([size[keep], np.ones(len(one), dtype=size.dtype)])
+            cx0 = np.concatenate([cx0[keep], x0[one]])
+            cx1 = np.concatenate([cx1[keep], x1[one]])
+            cy0 = np.concatenate([cy0[keep], y0[one]])
+            cy1 = np.concatenate([cy1[keep], y1[one]])
+        groups = np.arange(len(starts))
+        gx0, gx1, gi = [cx0], [cx1], [groups]
+        for shift, mask in ((-360.0, cx1 > 180.0), (360.0, cx0 < -180.0)):
+            if mask.any():  # boxes past ±180 are also asked a turn the other way
+                gx0.append(cx0[mask] + shift)
+                gx1.append(cx1[mask] + shift)
+                gi.append(groups[mask])
+        g = np.concatenate(gi)
+        q, t = self.zones.tree.query(shapely.box(
+            np.concatenate(gx0), cy0[g], np.concatenate(gx1), cy1[g]))
+        grp = g[q]
         zone = self.zones.tree_zone[t]
-        key = np.unique(item.astype(np.int64) * len(self.zones.zones) + zone)
-        return key // len(self.zones.zones), key % len(self.zones.zones)
+        # every item of the group with every zone the group's box met
+        reps = size[grp]
+        first = np.repeat(starts[grp], reps)
+        offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        item = first + offset
+        zone = np.repeat(zone, reps)
+        # narrowed to the item's own box (longitudes compared in all three turns)
+        zb = self.zones.table().bounds[zone]
+        ix0, ix1 = x0[item], x1[item]
+        lat_ok = (zb[:, 1] <= y1[item]) & (zb[:, 3] >= y0[item])
+        lon_ok = np.zeros(len(item), dtype=bool)
+        for shift in (0.0, -360.0, 360.0):
+            lon_ok |= (zb[:, 0] + shift <= ix1) & (zb[:, 2] + shift >= ix0)
+        ok = lat_ok & lon_ok
+        nz = len(self.zones.zones)
+        key = np.unique(item[ok].astype(np.int64) * nz + zone[ok])
+        return key // nz, key % nz
 
     def _frames(self, zone: Any) -> tuple[Any, Any, Any, Any]:
         f = self.zones.table().frames
@@ -155,17 +192,39 @@ class DriveGeometry:
         sd[poly] = sdp
         near = sd <= h[fi]
         inside = sd <= 0.0
-        out = self._located
-        cur = -1
-        got: Located = _EMPTY
-        for k, z, i in zip(fi[near].tolist(), zi[near].tolist(), inside[near].tolist(),
-                           strict=True):
-            if k != cur:  # pairs come sorted by fix, then zone
-                cur = k
-                got = out[pts[k]] = ([], [])
-            if i:
-                got[0].append(z)
-            got[1].append(z)
+        # per fix: its slice of the near pairs (sorted by fix, then zone) and of the
+        # inside ones; a fix with the same answer as the one before shares its lists
+        # (consecutive fixes mostly do: the rules then see nothing changed)
+        n = len(pts)
+        fn, zn = fi[near], zi[near]
+        fin, zin = fi[inside], zi[inside]
+        n_cnt = np.bincount(fn, minlength=n)
+        i_cnt = np.bincount(fin, minlength=n)
+        same = np.zeros(n, dtype=bool)
+        same[1:] = (n_cnt[1:] == n_cnt[:-1]) & (i_cnt[1:] == i_cnt[:-1])
+        for z, f, cnt in ((zn, fn, n_cnt), (zin, fin, i_cnt)):
+            # an element equals the one at the same place in the previous fix's slice
+            e = np.arange(len(z))
+            prev = e - np.where(f > 0, cnt[np.maximum(f - 1, 0)], 0)
+            differs = np.zeros(len(z), dtype=bool)
+            valid = (f > 0) & (prev >= 0)
+            differs[valid] = z[valid] != z[prev[valid]]
+            differs[~valid] = True
+            bad = np.zeros(n, dtype=bool)
+            bad[f[differs]] = True
+            same &= ~bad
+        new = np.flatnonzero(~same)
+        n_end = np.cumsum(n_cnt)
+        i_end = np.cumsum(i_cnt)
+        near_z = zn.tolist()
+        in_z = zin.tolist()
+        answers: list[Located] = []
+        for k, a, b, c, d in zip(new.tolist(), (n_end - n_cnt)[new].tolist(),
+                                 n_end[new].tolist(), (i_end - i_cnt)[new].tolist(),
+                                 i_end[new].tolist(), strict=True):
+            answers.append((in_z[c:d], near_z[a:b]) if b > a else _EMPTY)
+        run = np.cumsum(~same) - 1
+        self._located.update(zip(pts, [answers[r] for r in run.tolist()], strict=True))
 
     def _cross_all(self, segs: list[tuple[float, float, float, float]], seg_h: list[float],
                    seg_dt: list[float]) -> None:
@@ -185,12 +244,13 @@ class DriveGeometry:
         seg = np.sqrt(dx * dx + (lat2 - lat1) ** 2) * M_PER_DEG
         asked = (seg > 2.0 * np.array(seg_h) * (1 - 1e-6)) & (
             seg <= MAX_CROSS_MPS * np.array(seg_dt) * (1 + 1e-6))
+        # the ones certainly not asked have no crossing either way
+        self._hits.update(dict.fromkeys(segs, _NO_HITS))
         keep = np.flatnonzero(asked)
         if not len(keep):
             return
         s = s[keep]
         segs = [segs[k] for k in keep.tolist()]
-        self._hits.update(dict.fromkeys(segs, _NO_HITS))
         lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round

@@ -173,6 +173,7 @@ class ZoneTable:
     """The zones as numpy columns (index = zone index), for bulk evaluation."""
 
     frames: Any  # (n, 4): lon0, lat0, kx, ky
+    bounds: Any  # (n, 4): the lon/lat boxes (lon may pass ±180)
     shape: Any  # CIRCLE | CORRIDOR | POLYGON
     pad: Any
     geom: Any  # object array of the prepared shapely geometries
@@ -202,6 +203,7 @@ class Zones:
             self._table.append(ZoneTable(
                 frames=np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky)
                                  for z in zs], dtype=float).reshape(-1, 4),
+                bounds=np.array([z.bounds for z in zs], dtype=float).reshape(-1, 4),
                 shape=np.array([_SHAPE_CODE[z.shape] for z in zs], dtype=np.int8),
                 pad=np.array([z.pad for z in zs], dtype=float),
                 geom=geom,
