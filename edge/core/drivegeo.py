@@ -219,9 +219,9 @@ class DriveGeometry:
         near_z = zn.tolist()
         in_z = zin.tolist()
         answers: list[Located] = []
-        for k, a, b, c, d in zip(new.tolist(), (n_end - n_cnt)[new].tolist(),
-                                 n_end[new].tolist(), (i_end - i_cnt)[new].tolist(),
-                                 i_end[new].tolist(), strict=True):
+        for a, b, c, d in zip((n_end - n_cnt)[new].tolist(), n_end[new].tolist(),
+                              (i_end - i_cnt)[new].tolist(), i_end[new].tolist(),
+                              strict=True):
             answers.append((in_z[c:d], near_z[a:b]) if b > a else _EMPTY)
         run = np.cumsum(~same) - 1
         self._located.update(zip(pts, [answers[r] for r in run.tolist()], strict=True))
