@@ -123,15 +123,15 @@ def _load_zones(path: Path | None) -> list[Mapping[str, Any]]:
     return [f for f in doc.get("features", []) if isinstance(f, Mapping)]
 
 
-def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float]],
-              default: float | None) -> float | None:
-    from shapely.geometry import Point
+def limits_of(track: Sequence[TrackPoint], config: Config) -> list[float | None]:
+    """The applicable limit (km/h, None: none) at each track point, decided as the
+    rules decide it: every zone kind and shape, ``maxspeed = "none"``, the policy."""
+    from edge.core.drivegeo import limits_along
+    from edge.core.zones import empty_zones, load_zones
 
-    p = Point(lon, lat)
-    limits = [lim for geom, lim in speed_zones if geom.covers(p)]
-    if limits:
-        return min(limits)
-    return default
+    zones = load_zones(config.rules.zones) if config.rules.zones else empty_zones()
+    return [lim.kmh for lim in limits_along(zones, config.rules.speed,
+                                            [(p.lat, p.lon) for p in track])]
 
 
 def _label(ev: Mapping[str, Any]) -> str:
@@ -170,7 +170,6 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs = fig.add_subplot(grid[1])
 
     # zones
-    speed_zones: list[tuple[Any, float]] = []
     for f in zones:
         props = f.get("properties") or {}
         geom = f.get("geometry") or {}
@@ -180,8 +179,6 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         try:
             if geom.get("type") in ("Polygon", "MultiPolygon"):
                 shp = shape(geom)
-                if isinstance(maxspeed, int | float):
-                    speed_zones.append((shp, float(maxspeed)))
                 polys = [shp] if shp.geom_type == "Polygon" else list(shp.geoms)
                 colour = "#9467bd" if kind == "speed" else "#1f77b4"
                 for poly in polys:
@@ -240,8 +237,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     # speed against time, limits shaded
     if track:
         ts = [p.t - t0 for p in track]
-        default = config.rules.speed.limit_kmh
-        limits = [_limit_at(p.lon, p.lat, speed_zones, default) for p in track]
+        limits = limits_of(track, config)
         lim_vals = [lim if lim is not None else float("nan") for lim in limits]
         tol = config.rules.speed.tolerance_kmh
         axs.fill_between(ts, 0, lim_vals, step="post", color="#2ca02c", alpha=0.12,

@@ -18,11 +18,13 @@ falls back to the live evaluation, so the events are the same either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from edge.config import SpeedRuleConfig
 from edge.core.geo import M_PER_DEG, MIN_COS
 from edge.core.geofence import MAX_CROSS_MPS
+from edge.core.limits import Limit, decide_limit
 from edge.core.zones import CIRCLE, CORRIDOR, POLYGON, Zones
 from edge.model import Fix
 
@@ -278,3 +280,19 @@ class DriveGeometry:
             found.setdefault(k, set()).add(z)
         for k, got in found.items():
             self._hits[segs[k]] = frozenset(got)
+
+
+def limits_along(zones: Zones, speed: SpeedRuleConfig,
+                 points: Sequence[tuple[float, float]]) -> list[Limit]:
+    """The applicable speed limit at each (lat, lon) of a track, decided as the rules
+    decide it (``Zones.limit_claims`` + ``decide_limit``), the zones found in bulk."""
+    fixes = [Fix(time=float(k), lat=lat, lon=lon, valid=True, mode=3)
+             for k, (lat, lon) in enumerate(points)]
+    geo = DriveGeometry(zones, fixes, lambda hdop: 0.0)
+    out = []
+    for lat, lon in points:
+        got = geo.locate(lat, lon, 0.0)
+        inside = got[0] if got is not None else []
+        out.append(decide_limit(speed.limit_kmh, speed.limit_policy,
+                                zones.limit_claims(inside)))
+    return out

@@ -28,7 +28,7 @@ from edge.config import RulesConfig
 from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import MAX_CROSS_MPS, GeofenceTracker, hysteresis_for
-from edge.core.limits import Limit, LimitClaim
+from edge.core.limits import Limit
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
 from edge.core.trip import TripTracker
@@ -175,12 +175,7 @@ class Rules:
     def _limit_at(self, inside: list[int]) -> Limit:
         """The applicable limit: the zones the car is in claim theirs (``maxspeed``,
         "none" included); ``edge.core.limits.decide_limit`` decides."""
-        claims = []
-        for i in inside:
-            z = self.zones.zones[i]
-            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
-                claims.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
-        return self.speed.decide(claims)
+        return self.speed.decide(self.zones.limit_claims(inside))
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,

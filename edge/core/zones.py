@@ -40,13 +40,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 from edge.core.geo import M_PER_DEG, MIN_COS, LocalFrame, wrap_lon
+from edge.core.limits import LimitClaim
 from edge.errors import ZonesError
 
 ZoneKind = Literal["fence", "speed", "poi"]
@@ -222,6 +223,16 @@ class Zones:
         out = {k: 0 for k in KINDS}
         for z in self.zones:
             out[z.kind] += 1
+        return out
+
+    def limit_claims(self, indices: Iterable[int]) -> list[LimitClaim]:
+        """What the zones at these indices say about the speed limit (their
+        ``maxspeed``, ``"none"`` included), for ``edge.core.limits.decide_limit``."""
+        out = []
+        for i in indices:
+            z = self.zones[i]
+            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
+                out.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
         return out
 
     def query_box(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> set[int]:
