@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config
+from edge.core.limits import Limit
 from sim.drive import Drive, iter_timeline, load_drive, nmea_checksum_ok
 
 EARTH_R = 6371008.8
@@ -114,23 +115,14 @@ def _load_zones(path: Path | None) -> list[Mapping[str, Any]]:
     return [f for f in doc.get("features", []) if isinstance(f, Mapping)]
 
 
-def _limit_at(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]],
-              default: float | None) -> float | None:
-    from shapely.geometry import Point
+def limits_of(track: Sequence[TrackPoint], config: Config) -> list[Limit]:
+    """The applicable limit and its source at each track point, decided as the rules
+    decide it: every zone kind and shape, ``maxspeed = "none"``, the policy."""
+    from edge.core.drivegeo import limits_along
+    from edge.core.zones import empty_zones, load_zones
 
-    p = Point(lon, lat)
-    limits = [lim for geom, lim, _ in speed_zones if geom.covers(p)]
-    if limits:
-        return min(limits)
-    return default
-
-
-def _limit_source(lon: float, lat: float, speed_zones: Sequence[tuple[Any, float, str]]) -> str:
-    from shapely.geometry import Point
-
-    p = Point(lon, lat)
-    inside = sorted((lim, name) for geom, lim, name in speed_zones if geom.covers(p))
-    return inside[0][1] if inside else "default"
+    zones = load_zones(config.rules.zones) if config.rules.zones else empty_zones()
+    return limits_along(zones, config.rules.speed, [(p.lat, p.lon) for p in track])
 
 
 def _first_coordinate(zones: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
@@ -224,7 +216,6 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     axs = fig.add_subplot(grid[1])
 
     # zones
-    speed_zones: list[tuple[Any, float, str]] = []
     for f in zones:
         props = f.get("properties") or {}
         geom = f.get("geometry") or {}
@@ -234,9 +225,6 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
         try:
             if geom.get("type") in ("Polygon", "MultiPolygon"):
                 shp = shape(geom)
-                if isinstance(maxspeed, int | float):
-                    speed_zones.append((shp, float(maxspeed), f"zone {name}" + (
-                        "" if f"{maxspeed:g}" in name else f" {maxspeed:g} km/h")))
                 polys = [shp] if shp.geom_type == "Polygon" else list(shp.geoms)
                 colour = "#9467bd" if kind == "speed" else "#1f77b4"
                 for poly in polys:
@@ -245,8 +233,10 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                                             edgecolor=colour, lw=1.5))
                 cx, cy = frame.xy(shp.centroid.x, shp.centroid.y)
                 label = name
-                if maxspeed is not None and f"{maxspeed:g}" not in name:
-                    label += f" ({maxspeed} km/h)"
+                if isinstance(maxspeed, int | float) and f"{maxspeed:g}" not in name:
+                    label += f" ({maxspeed:g} km/h)"
+                elif maxspeed == "none":
+                    label += " (no limit)"
                 ax.annotate(label, (cx, cy), xytext=(0, 0), textcoords="offset points",
                             color=colour, ha="center", fontsize=9)
             elif geom.get("type") == "Point":
@@ -301,19 +291,20 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
     # speed against time, limits shaded
     if track:
         ts = [p.t - t0 for p in track]
-        default = config.rules.speed.limit_kmh
-        limits = [_limit_at(p.lon, p.lat, speed_zones, default) for p in track]
-        lim_vals = [lim if lim is not None else float("nan") for lim in limits]
+        limits = limits_of(track, config)
+        lim_vals = [lim.kmh if lim.kmh is not None else float("nan") for lim in limits]
         tol = config.rules.speed.tolerance_kmh
         axs.fill_between(ts, 0, lim_vals, step="post", color="#2ca02c", alpha=0.12,
                          label="within the limit")
         axs.fill_between(ts, lim_vals, [v + tol + lim * config.rules.speed.tolerance_pct / 100
                                         for v, lim in zip(lim_vals, lim_vals, strict=True)],
                          step="post", color="#ffbf00", alpha=0.25, label="tolerance")
-        names = sorted({_limit_source(p.lon, p.lat, speed_zones) for p in track})
+        applied = sorted({(lim.source, lim.kmh) for lim in limits},
+                         key=lambda a: (a[0] != "default", a[0]))
         axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2,
                  label="limit applied: " + ", ".join(
-                     f"default {default:g} km/h" if n == "default" else n for n in names))
+                     f"{src} " + (f"{kmh:g} km/h" if kmh is not None else "no limit")
+                     for src, kmh in applied))
         axs.plot(ts, [p.speed_kmh for p in track], color="#1f77b4", lw=1, label="GNSS speed")
     if can_speed:
         axs.plot([t - t0 for t, _ in can_speed], [v for _, v in can_speed], color="black",

@@ -18,11 +18,14 @@ falls back to the live evaluation, so the events are the same either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from edge.config import SpeedRuleConfig
 from edge.core.geo import M_PER_DEG, MIN_COS
-from edge.core.zones import Zones
+from edge.core.geofence import MAX_CROSS_MPS
+from edge.core.limits import Limit, decide_limit
+from edge.core.zones import CIRCLE, CORRIDOR, POLYGON, Zones
 from edge.model import Fix
 
 Located = tuple[list[int], list[int]]
@@ -30,6 +33,8 @@ _EMPTY: Located = ([], [])
 _NO_HITS: frozenset[int] = frozenset()
 SLACK = 1.01  # frames differ slightly from the search box's: search a little wider
 SLACK_M = 2.0
+CHUNK = 8  # fixes per query box
+_TINY = 5e-324
 
 
 def usable(fix: Fix) -> bool:
@@ -47,27 +52,34 @@ class DriveGeometry:
     def __init__(self, zones: Zones, fixes: Iterable[Fix],
                  hysteresis: Callable[[float | None], float]) -> None:
         self.zones = zones
-        self._located: dict[tuple[float, float, float], Located] = {}
-        self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
         self.pairs = 0  # (fix, zone) pairs evaluated
         pts: list[tuple[float, float, float]] = []
         segs: list[tuple[float, float, float, float]] = []
-        prev: tuple[float, float, float] | None = None
+        seg_h: list[float] = []  # the later fix's hysteresis
+        seg_dt: list[float] = []
+        hyst: dict[float | None, float] = {}
+        prev_t: float | None = None
+        prev_lat = prev_lon = 0.0
         for f in fixes:
-            if not usable(f):
+            t, lat, lon = f.time, f.lat, f.lon
+            if (t is None or not f.valid or lat is None or lon is None
+                    or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)):
                 continue
-            assert f.lat is not None and f.lon is not None and f.time is not None
-            pts.append((f.lat, f.lon, hysteresis(f.hdop)))
-            if prev is not None and f.time > prev[0]:
-                segs.append((prev[1], prev[2], f.lat, f.lon))
-            if prev is None or f.time > prev[0]:
-                prev = (f.time, f.lat, f.lon)
-        if zones.tree is None:
-            self._located = {p: _EMPTY for p in pts}
-            self._hits = {s: _NO_HITS for s in segs}
-            return
-        self._locate_all(pts)
-        self._cross_all(segs)
+            h = hyst.get(f.hdop)
+            if h is None:
+                h = hyst[f.hdop] = hysteresis(f.hdop)
+            pts.append((lat, lon, h))
+            if prev_t is None or t > prev_t:  # the rules' order: later fixes only
+                if prev_t is not None:
+                    segs.append((prev_lat, prev_lon, lat, lon))
+                    seg_h.append(h)
+                    seg_dt.append(t - prev_t)
+                prev_t, prev_lat, prev_lon = t, lat, lon
+        self._located: dict[tuple[float, float, float], Located] = dict.fromkeys(pts, _EMPTY)
+        self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
+        if zones.tree is not None:
+            self._locate_all(pts)
+            self._cross_all(segs, seg_h, seg_dt)
 
     # ------------------------------------------------------------------ lookups
 
@@ -84,38 +96,70 @@ class DriveGeometry:
 
     def _query(self, x0: Any, y0: Any, x1: Any, y1: Any) -> tuple[Any, Any]:
         """(item, zone) pairs whose zone box meets item's lon/lat box, longitudes in any
-        turn (boxes past ±180 are also asked shifted by a turn), without duplicates."""
+        turn, sorted by item then zone, without duplicates.
+
+        Consecutive items (fixes of a drive lie close together) are asked together, one
+        box around ``CHUNK`` of them, and the pairs are then narrowed to each item's own
+        box with array arithmetic: a fraction of the query geometries to build."""
         import numpy as np
         import shapely
 
-        items = np.arange(len(x0))
-        qx0, qx1, qi = [x0], [x1], [items]
-        for shift, mask in ((-360.0, x1 > 180.0), (360.0, x0 < -180.0)):
-            if mask.any():
-                qx0.append(x0[mask] + shift)
-                qx1.append(x1[mask] + shift)
-                qi.append(items[mask])
-        ys0 = np.concatenate([y0[i] for i in qi])
-        ys1 = np.concatenate([y1[i] for i in qi])
-        boxes = shapely.box(np.concatenate(qx0), ys0, np.concatenate(qx1), ys1)
-        q, t = self.zones.tree.query(boxes)
-        item = np.concatenate(qi)[q]
+        n = len(x0)
+        starts = np.arange(0, n, CHUNK)
+        cx0 = np.minimum.reduceat(x0, starts)
+        cx1 = np.maximum.reduceat(x1, starts)
+        cy0 = np.minimum.reduceat(y0, starts)
+        cy1 = np.maximum.reduceat(y1, starts)
+        size = np.diff(np.append(starts, n))
+        # a group that straddles the antimeridian would span the globe: ask item by item
+        wide = cx1 - cx0 > 180.0
+        if wide.any():
+            one = np.flatnonzero(np.repeat(wide, size))
+            keep = ~wide
+            starts = np.concatenate([starts[keep], one])
+            size = np.concatenate([size[keep], np.ones(len(one), dtype=size.dtype)])
+            cx0 = np.concatenate([cx0[keep], x0[one]])
+            cx1 = np.concatenate([cx1[keep], x1[one]])
+            cy0 = np.concatenate([cy0[keep], y0[one]])
+            cy1 = np.concatenate([cy1[keep], y1[one]])
+        groups = np.arange(len(starts))
+        gx0, gx1, gi = [cx0], [cx1], [groups]
+        for shift, mask in ((-360.0, cx1 > 180.0), (360.0, cx0 < -180.0)):
+            if mask.any():  # boxes past ±180 are also asked a turn the other way
+                gx0.append(cx0[mask] + shift)
+                gx1.append(cx1[mask] + shift)
+                gi.append(groups[mask])
+        g = np.concatenate(gi)
+        q, t = self.zones.tree.query(shapely.box(
+            np.concatenate(gx0), cy0[g], np.concatenate(gx1), cy1[g]))
+        grp = g[q]
         zone = self.zones.tree_zone[t]
-        key = np.unique(item.astype(np.int64) * len(self.zones.zones) + zone)
-        return key // len(self.zones.zones), key % len(self.zones.zones)
+        # every item of the group with every zone the group's box met
+        reps = size[grp]
+        first = np.repeat(starts[grp], reps)
+        offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        item = first + offset
+        zone = np.repeat(zone, reps)
+        # narrowed to the item's own box (longitudes compared in all three turns)
+        zb = self.zones.table().bounds[zone]
+        ix0, ix1 = x0[item], x1[item]
+        lat_ok = (zb[:, 1] <= y1[item]) & (zb[:, 3] >= y0[item])
+        lon_ok = np.zeros(len(item), dtype=bool)
+        for shift in (0.0, -360.0, 360.0):
+            lon_ok |= (zb[:, 0] + shift <= ix1) & (zb[:, 2] + shift >= ix0)
+        ok = lat_ok & lon_ok
+        nz = len(self.zones.zones)
+        key = np.unique(item[ok].astype(np.int64) * nz + zone[ok])
+        return key // nz, key % nz
 
     def _frames(self, zone: Any) -> tuple[Any, Any, Any, Any]:
-        import numpy as np
-
-        zs = self.zones.zones
-        f = np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky) for z in zs])
+        f = self.zones.table().frames
         return f[zone, 0], f[zone, 1], f[zone, 2], f[zone, 3]
 
     def _locate_all(self, pts: list[tuple[float, float, float]]) -> None:
         import numpy as np
         import shapely
 
-        zs = self.zones.zones
         p = np.array(pts, dtype=float).reshape(-1, 3)
         lat, lon, h = p[:, 0], p[:, 1], p[:, 2]
         r = h * SLACK + SLACK_M
@@ -128,51 +172,95 @@ class DriveGeometry:
         # Zone.frame.xy, operation for operation
         xs = ((lon[fi] - lon0 + 180.0) % 360.0 - 180.0) * kx
         ys = (lat[fi] - lat0) * ky
-        shape = np.array([z.shape for z in zs])[zi]
-        pad = np.array([z.pad for z in zs])[zi]
-        geom = np.array([z.geom for z in zs], dtype=object)[zi]
+        tab = self.zones.table()
+        shape = tab.shape[zi]
+        pad = tab.pad[zi]
+        geom = tab.geom[zi]
         sd = np.empty(len(fi))
-        circle = shape == "circle"
+        circle = shape == CIRCLE
         sd[circle] = np.sqrt(xs[circle] * xs[circle] + ys[circle] * ys[circle]) - pad[circle]
-        corridor = shape == "corridor"
+        corridor = shape == CORRIDOR
         sd[corridor] = shapely.distance(
             geom[corridor], shapely.points(xs[corridor], ys[corridor])) - pad[corridor]
-        poly = shape == "polygon"
+        poly = shape == POLYGON
         gp, xp, yp = geom[poly], xs[poly], ys[poly]
         inside_p = shapely.intersects_xy(gp, xp, yp)
-        # inside: below zero whatever the boundary distance (only the signs matter here)
-        sd[poly] = np.where(inside_p, -1.0, shapely.distance(gp, shapely.points(xp, yp)))
+        # inside: below zero whatever the boundary distance (only the signs matter
+        # here); outside is what intersects_xy says (``Zone.signed_distance_xy``)
+        sdp = np.full(len(gp), -1.0)
+        out_p = ~inside_p
+        sdp[out_p] = np.maximum(shapely.distance(
+            gp[out_p], shapely.points(xp[out_p], yp[out_p])), _TINY)
+        sd[poly] = sdp
         near = sd <= h[fi]
         inside = sd <= 0.0
-        located: dict[int, Located] = {}
-        for k, z, i in zip(fi[near].tolist(), zi[near].tolist(), inside[near].tolist(),
-                           strict=True):
-            got = located.get(k)
-            if got is None:
-                got = located[k] = ([], [])
-            if i:
-                got[0].append(z)
-            got[1].append(z)
-        out = self._located
-        for k, key in enumerate(pts):
-            out[key] = located.get(k, _EMPTY)
+        # per fix: its slice of the near pairs (sorted by fix, then zone) and of the
+        # inside ones; a fix with the same answer as the one before shares its lists
+        # (consecutive fixes mostly do: the rules then see nothing changed)
+        n = len(pts)
+        fn, zn = fi[near], zi[near]
+        fin, zin = fi[inside], zi[inside]
+        n_cnt = np.bincount(fn, minlength=n)
+        i_cnt = np.bincount(fin, minlength=n)
+        same = np.zeros(n, dtype=bool)
+        same[1:] = (n_cnt[1:] == n_cnt[:-1]) & (i_cnt[1:] == i_cnt[:-1])
+        for z, f, cnt in ((zn, fn, n_cnt), (zin, fin, i_cnt)):
+            # an element equals the one at the same place in the previous fix's slice
+            e = np.arange(len(z))
+            prev = e - np.where(f > 0, cnt[np.maximum(f - 1, 0)], 0)
+            differs = np.zeros(len(z), dtype=bool)
+            valid = (f > 0) & (prev >= 0)
+            differs[valid] = z[valid] != z[prev[valid]]
+            differs[~valid] = True
+            bad = np.zeros(n, dtype=bool)
+            bad[f[differs]] = True
+            same &= ~bad
+        new = np.flatnonzero(~same)
+        n_end = np.cumsum(n_cnt)
+        i_end = np.cumsum(i_cnt)
+        near_z = zn.tolist()
+        in_z = zin.tolist()
+        answers: list[Located] = []
+        for a, b, c, d in zip((n_end - n_cnt)[new].tolist(), n_end[new].tolist(),
+                              (i_end - i_cnt)[new].tolist(), i_end[new].tolist(),
+                              strict=True):
+            answers.append((in_z[c:d], near_z[a:b]) if b > a else _EMPTY)
+        run = np.cumsum(~same) - 1
+        self._located.update(zip(pts, [answers[r] for r in run.tolist()], strict=True))
 
-    def _cross_all(self, segs: list[tuple[float, float, float, float]]) -> None:
+    def _cross_all(self, segs: list[tuple[float, float, float, float]], seg_h: list[float],
+                   seg_dt: list[float]) -> None:
         import numpy as np
         import shapely
 
         if not segs:
             return
-        zs = self.zones.zones
+        tab = self.zones.table()
         s = np.array(segs, dtype=float)
+        lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        # the rules ask only when the fixes are far enough apart (not jitter) and not a
+        # jump (``Rules._crossings``); the others are left out, with a margin so that
+        # rounding cannot leave out one they ask about (and if it did, they would
+        # measure it themselves)
+        dx = ((lon2 - lon1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(lat2))
+        seg = np.sqrt(dx * dx + (lat2 - lat1) ** 2) * M_PER_DEG
+        asked = (seg > 2.0 * np.array(seg_h) * (1 - 1e-6)) & (
+            seg <= MAX_CROSS_MPS * np.array(seg_dt) * (1 + 1e-6))
+        # the ones certainly not asked have no crossing either way
+        self._hits.update(dict.fromkeys(segs, _NO_HITS))
+        keep = np.flatnonzero(asked)
+        if not len(keep):
+            return
+        s = s[keep]
+        segs = [segs[k] for k in keep.tolist()]
         lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round
         lo, hi = np.where(wraps, hi, lo), np.where(wraps, lo + 360.0, hi)
-        pad_deg = 1e-4
+        pad_deg = 1e-7  # zone boxes hold the whole shape: only rounding to cover
         si, zi = self._query(lo - pad_deg, np.minimum(lat1, lat2) - pad_deg, hi + pad_deg,
                              np.maximum(lat1, lat2) + pad_deg)
-        fence = np.array([z.kind == "fence" for z in zs])[zi]
+        fence = tab.fence[zi]
         si, zi = si[fence], zi[fence]
         lon0, lat0, kx, ky = self._frames(zi)
         coords = np.empty((len(si), 2, 2))
@@ -181,8 +269,8 @@ class DriveGeometry:
         coords[:, 1, 0] = ((lon2[si] - lon0 + 180.0) % 360.0 - 180.0) * kx
         coords[:, 1, 1] = (lat2[si] - lat0) * ky
         lines = shapely.linestrings(coords)
-        pad = np.array([z.pad for z in zs])[zi]
-        geom = np.array([z.geom for z in zs], dtype=object)[zi]
+        pad = tab.pad[zi]
+        geom = tab.geom[zi]
         padded = pad > 0
         hit = np.empty(len(si), dtype=bool)
         hit[padded] = shapely.dwithin(geom[padded], lines[padded], pad[padded])
@@ -190,6 +278,21 @@ class DriveGeometry:
         found: dict[int, set[int]] = {}
         for k, z in zip(si[hit].tolist(), zi[hit].tolist(), strict=True):
             found.setdefault(k, set()).add(z)
-        for k, key in enumerate(segs):
-            got = found.get(k)
-            self._hits[key] = frozenset(got) if got else _NO_HITS
+        for k, got in found.items():
+            self._hits[segs[k]] = frozenset(got)
+
+
+def limits_along(zones: Zones, speed: SpeedRuleConfig,
+                 points: Sequence[tuple[float, float]]) -> list[Limit]:
+    """The applicable speed limit at each (lat, lon) of a track, decided as the rules
+    decide it (``Zones.limit_claims`` + ``decide_limit``), the zones found in bulk."""
+    fixes = [Fix(time=float(k), lat=lat, lon=lon, valid=True, mode=3)
+             for k, (lat, lon) in enumerate(points)]
+    geo = DriveGeometry(zones, fixes, lambda hdop: 0.0)
+    out = []
+    for lat, lon in points:
+        got = geo.locate(lat, lon, 0.0)
+        inside = got[0] if got is not None else []
+        out.append(decide_limit(speed.limit_kmh, speed.limit_policy,
+                                zones.limit_claims(inside)))
+    return out

@@ -38,6 +38,7 @@ UERE_M = 5.0
 HYST_MIN_M = 5.0
 HYST_MAX_M = 50.0
 HYST_UNKNOWN_M = 15.0
+MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not a crossing
 
 
 def hysteresis_for(cfg: GeofenceRuleConfig, hdop: float | None) -> float:
@@ -95,6 +96,9 @@ class GeofenceTracker:
         self._gap = False  # in a gap: fences not stored are stale too
         self._watch: set[int] = set()
         self.transitions = 0
+        self._quiet = False  # see update(): the last answer settled every fence
+        self._last_in: list[int] = []
+        self._last_near: list[int] = []
 
     @property
     def in_gap(self) -> bool:
@@ -122,6 +126,7 @@ class GeofenceTracker:
         if not self._known or self._gap:
             return
         self._gap = True
+        self._quiet = False
         for s in self._st.values():
             s.stale = True
             s.pending = None
@@ -144,9 +149,12 @@ class GeofenceTracker:
         if not self._st and not inside and self._known:
             self._gap = False
             return []
+        if self._quiet and inside == self._last_in and near == self._last_near:
+            return []  # settled, and the same answer as last time: nothing can change
         zones = self.zones.zones
-        inside_f = {i for i in inside if zones[i].kind == "fence"}
-        near_f = {i for i in near if zones[i].kind == "fence"}
+        fences = self.zones.fence_index
+        inside_f = fences.intersection(inside)
+        near_f = fences.intersection(near)
         first = not self._known
         gap = self._gap
         out: list[Transition] = []
@@ -198,6 +206,12 @@ class GeofenceTracker:
         self._gap = False
         self._watch = {i for i, s in self._st.items() if s.state is not False}
         self.transitions += len(out)
+        # settled: every stored fence inside for good, nothing pending, no dwell to come
+        self._quiet = all(
+            s.state is True and s.pending is None and not s.stale
+            and (s.dwelled or zones[i].dwell_s is None) for i, s in self._st.items())
+        self._last_in = inside if isinstance(inside, list) else list(inside)
+        self._last_near = near if isinstance(near, list) else list(near)
         return out
 
     def crossed(self, indices: Iterable[int]) -> list[Transition]:
@@ -226,6 +240,7 @@ class GeofenceTracker:
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
+        self._quiet = False
         self._watch = {i for i, s in moved.items() if s.state is not False}
         self.transitions += len(out)
         return out

@@ -27,8 +27,8 @@ from typing import Any
 from edge.config import RulesConfig
 from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
-from edge.core.geofence import GeofenceTracker, hysteresis_for
-from edge.core.limits import Limit, LimitClaim
+from edge.core.geofence import MAX_CROSS_MPS, GeofenceTracker, hysteresis_for
+from edge.core.limits import Limit
 from edge.core.poi import PoiTracker
 from edge.core.speed import OverspeedTracker
 from edge.core.trip import TripTracker
@@ -38,7 +38,6 @@ from edge.model import Event, Fix, SpeedSample
 
 _Body = dict[str, object]
 _NONE: frozenset[int] = frozenset()
-MAX_CROSS_MPS = 90.0  # a faster implied speed between two fixes is a jump, not a crossing
 
 
 class Rules:
@@ -61,6 +60,9 @@ class Rules:
         self.zones = zones if zones is not None else empty_zones()
         self._loc = ZoneLocator(self.zones)
         self._drive: DriveGeometry | None = None  # answers computed for a whole drive
+        self._has_pois = bool(self.zones.pois)
+        self._fix_gap_s = config.geofence.gap_s
+        self._speed_gap_s = config.speed.gap_s
         self.geofence = GeofenceTracker(config.geofence, self.zones)
         self.speed = OverspeedTracker(config.speed)
         self.poi = PoiTracker(config.poi)
@@ -72,6 +74,8 @@ class Rules:
         self._last_input_t: float | None = None
         self._last_sample_t: float | None = None
         self._h = 0.0
+        self._hdop: float | None = None  # the last fix's, and its hysteresis
+        self._h_fix = hysteresis_for(config.geofence, None)
         self._zones_error: str | None = None
         self._reloads = 0
         self._count: Counter[str] = Counter()
@@ -117,18 +121,21 @@ class Rules:
             self._last_input_t = t
         out: list[Event] = []
         geo = self.geofence
-        gap = prev is not None and t - prev[0] > self.cfg.geofence.gap_s
+        gap = prev is not None and t - prev[0] > self._fix_gap_s
         if gap:
             geo.mark_gap()
         self._fix = (t, lat, lon)
-        h = hysteresis_for(self.cfg.geofence, fix.hdop)
-        self._h = h
+        hdop = fix.hdop
+        if hdop != self._hdop or hdop is None:
+            self._hdop = hdop
+            self._h_fix = hysteresis_for(self.cfg.geofence, hdop)
+        h = self._h = self._h_fix
         got = self._drive.locate(lat, lon, h) if self._drive is not None else None
         inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
-        zones = self.zones.zones
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
-        if inside != self._inside_list:
+        changed = inside != self._inside_list
+        if changed:
             self._inside_list = inside
             for at, b in self.speed.set_limit(t, self._limit_at(inside)):
                 out.append(self._emit("overspeed", at, b, "gnss"))
@@ -144,16 +151,20 @@ class Rules:
         if crossed:
             for tr in geo.crossed(crossed):
                 out.append(self._emit("geofence", t, tr.body(), "gnss"))
-        self._prev_inside = set(inside) if inside else _NONE
+        if changed:
+            self._prev_inside = set(inside) if inside else _NONE
 
         # trips from GNSS speed when no speed samples arrive
         if fix.speed_mps is not None and (
-            self._last_sample_t is None or t - self._last_sample_t > self.cfg.speed.gap_s
+            self._last_sample_t is None or t - self._last_sample_t > self._speed_gap_s
         ):
-            self._trip_events(out, self.trip.on_speed(t, fix.speed_mps * 3.6), "gnss")
+            items = self.trip.on_speed(t, fix.speed_mps * 3.6)
+            if items:
+                self._trip_events(out, items, "gnss")
 
         # POIs
-        if inside:
+        if inside and self._has_pois:
+            zones = self.zones.zones
             pois = [(z, max(0.0, z.signed_distance_m(lat, lon) + (z.radius_m or 0.0)))
                     for z in (zones[i] for i in inside) if z.kind == "poi"]
             if pois:
@@ -164,17 +175,15 @@ class Rules:
     def _limit_at(self, inside: list[int]) -> Limit:
         """The applicable limit: the zones the car is in claim theirs (``maxspeed``,
         "none" included); ``edge.core.limits.decide_limit`` decides."""
-        claims = []
-        for i in inside:
-            z = self.zones.zones[i]
-            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
-                claims.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
-        return self.speed.decide(claims)
+        return self.speed.decide(self.zones.limit_claims(inside))
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
         inside: list[int],
     ) -> list[int]:
+        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
+        if hits is not None and not hits:
+            return []  # foreseen: no fence on this segment
         # equirectangular is plenty for a segment between two fixes
         kx = math.cos(math.radians(lat2))
         dx = wrap_lon(lon2 - lon1) * kx
@@ -183,7 +192,6 @@ class Rules:
         if seg <= 2.0 * h or seg > MAX_CROSS_MPS * dt:
             return []  # jitter, or a jump (not a drive through a fence)
         skip = self._prev_inside | set(inside)
-        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
         if hits is not None:
             return [i for i in sorted(hits) if i not in skip and not self.geofence.is_busy(i)]
         cands = self._loc.nearby(lat2, lon2, seg)
@@ -272,6 +280,7 @@ class Rules:
         self.zones = zones
         self._loc = loc
         self._drive = None
+        self._has_pois = bool(zones.pois)
         self._prev_inside = set(inside_now or ())
         self._inside_list = list(inside_now or ())
         self._zones_error = None

@@ -40,13 +40,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 from edge.core.geo import M_PER_DEG, MIN_COS, LocalFrame, wrap_lon
+from edge.core.limits import LimitClaim
 from edge.errors import ZonesError
 
 ZoneKind = Literal["fence", "speed", "poi"]
@@ -54,6 +55,7 @@ ZoneShape = Literal["polygon", "circle", "corridor"]
 KINDS: tuple[str, ...] = ("fence", "speed", "poi")
 MPH_KMH = 1.609344
 _SAFETY = 1.05
+_TINY = 5e-324  # the smallest positive float: outside, by no measurable distance
 KNOT_KMH = 1.852
 _MAXSPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$", re.I)
 
@@ -122,7 +124,17 @@ class Zone:
             return float(shapely.distance(self.geom, shapely.Point(x, y))) - self.pad
         if shapely.intersects_xy(self.geom, x, y):
             return -float(shapely.distance(self.edge, shapely.Point(x, y)))
-        return float(shapely.distance(self.geom, shapely.Point(x, y)))
+        # outside is what intersects_xy says, even a rounding away from the edge
+        return max(float(shapely.distance(self.geom, shapely.Point(x, y))), _TINY)
+
+    def contains_xy(self, x: float, y: float) -> bool:
+        """Inside or on the edge (``signed_distance_xy <= 0``), for polygons without
+        measuring the distance."""
+        if self.shape == "polygon":
+            import shapely
+
+            return bool(shapely.intersects_xy(self.geom, x, y))
+        return self.signed_distance_xy(x, y) <= 0.0
 
     def signed_distances_xy(self, xs: Any, ys: Any) -> Any:
         """``signed_distance_xy`` for arrays of points (numpy), value for value equal."""
@@ -136,7 +148,7 @@ class Zone:
             return shapely.distance(self.geom, pts) - self.pad
         inside = shapely.intersects_xy(self.geom, xs, ys)
         return np.where(inside, -shapely.distance(self.edge, pts),
-                        shapely.distance(self.geom, pts))
+                        np.maximum(shapely.distance(self.geom, pts), _TINY))
 
     def xy_arrays(self, lats: Any, lons: Any) -> tuple[Any, Any]:
         """``frame.xy`` for arrays of points: the same operations, the same floats."""
@@ -153,6 +165,22 @@ class Zone:
         return bool(shapely.intersects(self.geom, seg))
 
 
+CIRCLE, CORRIDOR, POLYGON = 0, 1, 2  # ``ZoneTable.shape`` codes
+_SHAPE_CODE = {"circle": CIRCLE, "corridor": CORRIDOR, "polygon": POLYGON}
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneTable:
+    """The zones as numpy columns (index = zone index), for bulk evaluation."""
+
+    frames: Any  # (n, 4): lon0, lat0, kx, ky
+    bounds: Any  # (n, 4): the lon/lat boxes (lon may pass ±180)
+    shape: Any  # CIRCLE | CORRIDOR | POLYGON
+    pad: Any
+    geom: Any  # object array of the prepared shapely geometries
+    fence: Any  # bool: kind == "fence"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Zones:
     """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
@@ -162,6 +190,26 @@ class Zones:
     tree_zone: Any  # numpy: tree item -> zone index (antimeridian boxes appear twice)
     by_id: Mapping[str, Zone]
     source: str = "<zones>"
+    fence_index: frozenset[int] = frozenset()  # indices of the fences
+    _table: list[ZoneTable] = field(default_factory=list, repr=False, compare=False)
+
+    def table(self) -> ZoneTable:
+        """Numpy columns of the zones, built on first use and kept."""
+        if not self._table:
+            import numpy as np
+
+            zs = self.zones
+            geom = np.empty(len(zs), dtype=object)
+            geom[:] = [z.geom for z in zs]
+            self._table.append(ZoneTable(
+                frames=np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky)
+                                 for z in zs], dtype=float).reshape(-1, 4),
+                bounds=np.array([z.bounds for z in zs], dtype=float).reshape(-1, 4),
+                shape=np.array([_SHAPE_CODE[z.shape] for z in zs], dtype=np.int8),
+                pad=np.array([z.pad for z in zs], dtype=float),
+                geom=geom,
+                fence=np.array([z.kind == "fence" for z in zs], dtype=bool)))
+        return self._table[0]
 
     @property
     def fences(self) -> tuple[Zone, ...]:
@@ -177,21 +225,35 @@ class Zones:
             out[z.kind] += 1
         return out
 
+    def limit_claims(self, indices: Iterable[int]) -> list[LimitClaim]:
+        """What the zones at these indices say about the speed limit (their
+        ``maxspeed``, ``"none"`` included), for ``edge.core.limits.decide_limit``."""
+        out = []
+        for i in indices:
+            z = self.zones[i]
+            if z.kind != "poi" and (z.maxspeed_kmh is not None or z.no_limit):
+                out.append(LimitClaim(z.maxspeed_kmh, f"zone:{z.id}"))
+        return out
+
     def query_box(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> set[int]:
         """Indices of zones whose bounding box meets the lon/lat box (lon in any turn)."""
         if self.tree is None:
             return set()
         import shapely
 
-        boxes = [(min_lon, min_lat, max_lon, max_lat)]
+        x0 = [min_lon]
+        x1 = [max_lon]
         if max_lon > 180.0:
-            boxes.append((min_lon - 360.0, min_lat, max_lon - 360.0, max_lat))
+            x0.append(min_lon - 360.0)
+            x1.append(max_lon - 360.0)
         if min_lon < -180.0:
-            boxes.append((min_lon + 360.0, min_lat, max_lon + 360.0, max_lat))
-        out: set[int] = set()
-        for b in boxes:
-            out.update(self.tree_zone[self.tree.query(shapely.box(*b))].tolist())
-        return out
+            x0.append(min_lon + 360.0)
+            x1.append(max_lon + 360.0)
+        y0 = [min_lat] * len(x0)
+        y1 = [max_lat] * len(x0)
+        # an array of boxes: the array query is several times faster than a scalar one
+        hits = self.tree.query(shapely.box(x0, y0, x1, y1))[1]
+        return set(self.tree_zone[hits].tolist())
 
     def at(self, lat: float, lon: float) -> list[Zone]:
         """Zones that contain the point (one-off lookup; the rules use ``ZoneLocator``)."""
@@ -271,6 +333,7 @@ def _build(zones: list[Zone], source: str) -> Zones:
         tree_zone=np.asarray(tree_zone, dtype=np.intp),
         by_id=MappingProxyType({z.id: z for z in zones}),
         source=source,
+        fence_index=frozenset(z.index for z in zones if z.kind == "fence"),
     )
 
 
@@ -442,52 +505,71 @@ def _frame_for(pts: Sequence[tuple[float, float]]) -> LocalFrame:
     return LocalFrame.at(lat_c, lon_c)
 
 
+# ZoneLocator entry states
+_BOUND = 0  # sd holds a lower bound of the distance (from the bounding box)
+_EXACT = 1  # sd holds the signed distance
+_IN = 2  # inside, distance not measured (re-evaluated at the next fix)
+_OUT = 3  # outside, distance not measured (re-evaluated at the next fix)
+R_MAX_M = 150.0
+
+
 class ZoneLocator:
     """Which zones contain a moving point, fast: one per ``Rules`` (mutable, not shared).
 
-    The R-tree is queried with a box of ``radius_m`` around the point and the candidates
-    are kept while the point stays well inside that box. For each candidate the signed
-    distance to its edge is remembered with the place it was measured: while the point
-    has moved less than that distance (and less than its distance to the hysteresis
-    line), the answer cannot have changed and no geometry is touched. Far candidates
-    keep a lower bound from their bounding box instead.
+    The STRtree is queried with a box of ``radius`` metres around the point and the
+    candidates are kept while the point stays well inside that box (the radius halves
+    when the point leaves the box at once — fixes that jump about — and grows back to
+    150 m while it drives). For each candidate the signed distance to its edge is
+    remembered with the place it was measured: while the point has moved less than that
+    distance (and less than its distance to the hysteresis line), the answer cannot have
+    changed and no geometry is touched. Far candidates keep a lower bound from their
+    bounding box instead. A polygon met for the first time is only asked whether it
+    holds the point (``intersects_xy``); its distance is measured once the answer
+    repeats (worth keeping) or when the hysteresis line matters (a watched zone the
+    point is outside).
     """
 
-    __slots__ = ("_entries", "_q", "_r", "evaluations", "queries", "zones")
+    __slots__ = ("_entries", "_q", "_r", "_uses", "evaluations", "queries", "zones")
 
-    def __init__(self, zones: Zones, *, radius_m: float = 150.0) -> None:
+    def __init__(self, zones: Zones, *, radius_m: float = R_MAX_M) -> None:
         self.zones = zones
         self._r = radius_m
-        self._q: LocalFrame | None = None
-        # [anchor x, anchor y, sd (or bound), exact, zone index, bx0, by0, bx1, by1]
+        self._uses = 0  # locate calls answered from the current query box
+        self._q: tuple[float, float, float, float] | None = None  # lat0, lon0, kx, ky
+        # [anchor x, anchor y, sd (or bound), state, zone index, bx0, by0, bx1, by1]
         self._entries: list[list[Any]] = []
         self.queries = 0
         self.evaluations = 0
 
-    def _requery(self, lat: float, lon: float) -> None:
-        q = LocalFrame.at(lat, lon)
-        dlat = self._r / M_PER_DEG
-        dlon = self._r / (M_PER_DEG * max(math.cos(math.radians(lat)), MIN_COS))
-        lat0 = max(-90.0, lat - dlat)
-        lat1 = min(90.0, lat + dlat)
-        idxs = self.zones.query_box(lon - dlon, lat0, lon + dlon, lat1)
+    def _requery(self, lat: float, lon: float, h: float) -> None:
+        # a box left at once (jumping fixes) shrinks; a box driven through grows back
+        r = self._r / 2.0 if self._uses <= 1 else self._r * 2.0
+        r = self._r = min(R_MAX_M, max(r, 2.0 * h + 8.0))
+        kx = M_PER_DEG * max(math.cos(math.radians(lat)), MIN_COS)  # LocalFrame.at
+        ky = M_PER_DEG
+        dlat = r / ky
+        dlon = r / kx
+        idxs = self.zones.query_box(lon - dlon, max(-90.0, lat - dlat), lon + dlon,
+                                    min(90.0, lat + dlat))
         entries: list[list[Any]] = []
+        zs = self.zones.zones
+        lon0, lat0 = lon, lat
         for i in sorted(idxs):
-            z = self.zones.zones[i]
-            cx = wrap_lon((z.bounds[0] + z.bounds[2]) / 2.0 - q.lon0) * q.kx
-            half = (z.bounds[2] - z.bounds[0]) / 2.0 * q.kx
-            bx0, bx1 = cx - half, cx + half
-            by0 = (z.bounds[1] - q.lat0) * q.ky
-            by1 = (z.bounds[3] - q.lat0) * q.ky
-            entries.append([0.0, 0.0, -math.inf, False, i, bx0, by0, bx1, by1])
-        self._q = q
+            x0, y0, x1, y1 = zs[i].bounds
+            cx = (((x0 + x1) / 2.0 - lon0 + 180.0) % 360.0 - 180.0) * kx  # wrap_lon
+            half = (x1 - x0) / 2.0 * kx
+            entries.append([0.0, 0.0, -math.inf, _BOUND, i, cx - half, (y0 - lat0) * ky,
+                            cx + half, (y1 - lat0) * ky])
+        self._q = (lat0, lon0, kx, ky)
         self._entries = entries
+        self._uses = 0
         self.queries += 1
 
     def locate(
         self, lat: float, lon: float, hysteresis_m: float, watch: Container[int] = ()
     ) -> tuple[list[int], list[int]]:
-        """Zone indices (inside, near): inside the zone, and within ``hysteresis_m`` of it.
+        """Zone indices (inside, near), ascending: inside the zone, and within
+        ``hysteresis_m`` of it.
 
         ``near`` is exact only for the zones in ``watch`` (those whose state depends on
         the hysteresis line, i.e. fences the car is inside); for the others it holds
@@ -495,62 +577,83 @@ class ZoneLocator:
         q = self._q
         h = hysteresis_m
         if q is not None:
-            x, y = q.xy(lat, lon)
+            x = ((lon - q[1] + 180.0) % 360.0 - 180.0) * q[2]  # LocalFrame.xy
+            y = (lat - q[0]) * q[3]
             lim = self._r - h - 2.0
             if lim <= 0 or abs(x) > lim or abs(y) > lim:
                 q = None
         if q is None:
-            self._requery(lat, lon)
-            q = self._q
-            assert q is not None
+            self._requery(lat, lon, h)
             x, y = 0.0, 0.0
+        self._uses += 1
         inside: list[int] = []
         near: list[int] = []
         zones = self.zones.zones
         for e in self._entries:
-            dx = x - e[0]
-            dy = y - e[1]
-            m2 = dx * dx + dy * dy
-            sd = e[2]
-            m2 *= _SAFETY  # frames differ slightly: stay a little conservative
-            hh = h if e[4] in watch else 0.0
-            if e[3]:
-                if sd <= 0.0 or hh == 0.0:
-                    ok = m2 < sd * sd
+            st = e[3]
+            i = e[4]
+            hh = h if i in watch else 0.0
+            if st <= _EXACT:
+                dx = x - e[0]
+                dy = y - e[1]
+                m2 = (dx * dx + dy * dy) * _SAFETY  # frames differ slightly: stay wide
+                sd = e[2]
+                if st == _EXACT:
+                    if sd <= 0.0 or hh == 0.0:
+                        ok = m2 < sd * sd
+                    else:
+                        d = sd - hh
+                        ok = m2 < sd * sd and m2 < d * d
                 else:
                     d = sd - hh
-                    ok = m2 < sd * sd and m2 < d * d
-            else:
-                d = sd - hh
-                ok = d > 0.0 and m2 < d * d
-            if not ok:
-                # a cheap bound from the bounding box first
-                bx = e[5] - x
-                if bx < 0.0:
-                    bx = x - e[7]
-                    if bx < 0.0:
-                        bx = 0.0
-                by = e[6] - y
-                if by < 0.0:
-                    by = y - e[8]
-                    if by < 0.0:
-                        by = 0.0
-                bound = math.sqrt(bx * bx + by * by) * 0.99 - 1.0
-                e[0] = x
-                e[1] = y
-                if bound > hh:
-                    e[2] = bound
-                    e[3] = False
+                    ok = d > 0.0 and m2 < d * d
+                if ok:
+                    if sd <= 0.0:
+                        inside.append(i)
+                        near.append(i)
+                    elif sd <= h:
+                        near.append(i)
                     continue
-                sd = zones[e[4]].signed_distance_m(lat, lon)
-                self.evaluations += 1
-                e[2] = sd
-                e[3] = True
+            # a cheap bound from the bounding box first
+            bx = e[5] - x
+            if bx < 0.0:
+                bx = x - e[7]
+                if bx < 0.0:
+                    bx = 0.0
+            by = e[6] - y
+            if by < 0.0:
+                by = y - e[8]
+                if by < 0.0:
+                    by = 0.0
+            bound = math.sqrt(bx * bx + by * by) * 0.99 - 1.0
+            e[0] = x
+            e[1] = y
+            if bound > hh:
+                e[2] = bound
+                e[3] = _BOUND
+                continue
+            z = zones[i]
+            self.evaluations += 1
+            if z.shape == "polygon" and st != _IN and st != _OUT:
+                zx, zy = z.frame.xy(lat, lon)
+                if z.contains_xy(zx, zy):
+                    e[3] = _IN
+                    inside.append(i)
+                    near.append(i)
+                    continue
+                if hh == 0.0:
+                    e[3] = _OUT
+                    continue
+                sd = z.signed_distance_xy(zx, zy)
+            else:
+                sd = z.signed_distance_m(lat, lon)
+            e[2] = sd
+            e[3] = _EXACT
             if sd <= 0.0:
-                inside.append(e[4])
-                near.append(e[4])
+                inside.append(i)
+                near.append(i)
             elif sd <= h:
-                near.append(e[4])
+                near.append(i)
         return inside, near
 
     def nearby(self, lat: float, lon: float, within_m: float) -> list[int] | None:
@@ -559,7 +662,8 @@ class ZoneLocator:
         q = self._q
         if q is None:
             return None
-        x, y = q.xy(lat, lon)
+        x = ((lon - q[1] + 180.0) % 360.0 - 180.0) * q[2]
+        y = (lat - q[0]) * q[3]
         lim = self._r - within_m - 2.0
         if lim <= 0 or abs(x) > lim or abs(y) > lim:
             return None

@@ -163,3 +163,20 @@ def test_sparse_fixes_through_small_fences_cross_the_same_both_ways(seed: int) -
     live, bulk = _both(zs, items, geofence={"debounce_s": 2.0})
     assert bulk == live
     assert any(e.body.get("transition") == "crossed" for e in live)
+
+
+def test_limits_along_a_track_are_the_rules_limits() -> None:
+    from edge.core.drivegeo import limits_along
+
+    rc = config(speed={"limit_kmh": 60.0})
+    path = [(x, y) for x in range(-400, 420, 15) for y in (-95.0, 0.0, 210.0)]
+    points = [tuple(reversed(ll(x, y))) for x, y in path]
+    got = limits_along(ZONES, rc.speed, points)  # type: ignore[arg-type]
+    seen = set()
+    for k, ((x, y), lim) in enumerate(zip(path, got, strict=True)):
+        rules = Rules(rc, ZONES)
+        rules.on_fix(fix(k, x, y))
+        want = rules.health()["overspeed"]
+        assert (lim.kmh, lim.source) == (want["limit_kmh"], want["limit_source"]), (x, y)
+        seen.add(lim.source)
+    assert {"default", "zone:slow", "zone:road", "zone:none"} <= seen

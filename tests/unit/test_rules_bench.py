@@ -9,13 +9,14 @@ from bench.bench_rules import drive, make_zones, run
 def test_bench_rows_have_the_shared_shape() -> None:
     rows = run(n_fixes=200)
     assert [r["metric"] for r in rows] == [
-        f"rules.on_fix {kind} @ {n} fences" for n in (10, 1_000, 10_000)
-        for kind in ("drive", "random")]
+        m for n in (10, 1_000, 10_000) for m in (
+            f"rules.on_fix drive @ {n} fences", f"rules.on_fix random @ {n} fences",
+            f"rules.replay drive @ {n} fences (bulk geometry)")]
     for r in rows:
         assert set(r) == {"metric", "value", "unit", "baseline", "ratio", "goal", "ok"}
         assert r["unit"] == "fixes/s" and r["value"] > 0 and r["baseline"] > 0
         assert isinstance(r["ok"], bool)
-    assert [r["goal"] for r in rows if r["goal"]] == [50_000.0]
+    assert [r["goal"] for r in rows if r["goal"]] == [50_000.0, 50_000.0, 250_000.0]
 
 
 def test_bench_fences_and_drive_are_deterministic() -> None:
