@@ -9,6 +9,11 @@ sample's time is mapped onto GNSS time through the monotonic clock
 years off at boot still stamps its overspeed alerts correctly; with no valid fix yet the
 sample's own (system) time is used and the event is flagged ``clock: system``.
 
+After a restart the daemon hands ``resume(doc)`` the rules' last saved state
+(``edge.core.rulestate``); the rules then wait for the first valid fix, whose GNSS time
+measures the gap (speed samples before it feed telemetry only), and the trip, the POIs
+offered in it and an open overspeed episode go on, or end with ``power_loss``.
+
 When the first valid fix shows that the system clock was more than ``CLOCK_STEP_S``
 off, the time base steps: episodes opened on the system clock are closed (their end
 carries ``reason: "clock_step"``), rule state starts over on GNSS time, and the step is
@@ -22,6 +27,7 @@ import dataclasses
 from typing import Any
 
 from edge.config import Config
+from edge.core import rulestate
 from edge.core.envelope import EnvelopeFactory
 from edge.core.rules import Rules
 from edge.core.speed_source import SpeedArbiter
@@ -50,12 +56,16 @@ class Engine:
                                        "clock_steps": 0}
         self._last_time: float | None = None  # latest time handed to the rules
         self.clock_step_s: float | None = None
+        self._resume: dict[str, Any] | None = None  # saved rule state, not yet restored
+        self.resume_summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_fix(self, fix: Fix) -> list[Envelope]:
         self.counts["fixes"] += 1
         events: list[Event] = []
+        if self._resume is not None and fix.valid and fix.time is not None:
+            events += self._restore(fix.time)
         if fix.valid and fix.time is not None:
             if self._anchor is None and self._last_time is not None and abs(
                     fix.time - self._last_time) > CLOCK_STEP_S:
@@ -83,6 +93,9 @@ class Engine:
         chosen = self.arbiter.on_can(sample)
         if chosen is None:
             return []
+        if self._resume is not None:
+            self.telemetry.on_speed(chosen)
+            return []  # the rules wait for GNSS time to measure the restart's gap
         self._last_time = chosen.time if self._last_time is None else max(
             self._last_time, chosen.time)
         self.telemetry.on_speed(chosen)
@@ -97,6 +110,8 @@ class Engine:
 
     def on_ignition(self, ign: Ignition) -> list[Envelope]:
         """Ignition from the bus: trips follow it instead of movement."""
+        if self._resume is not None:
+            return []
         t, clock = self.now(ign.mono, ign.time)
         return self._wrap(_stamped(self.rules.on_ignition(t, ign.on), clock))
 
@@ -113,7 +128,40 @@ class Engine:
         return closing
 
     def tick(self, time: float) -> list[Envelope]:
+        if self._resume is not None:
+            return []
         return self._wrap(self.rules.tick(time))
+
+    # ------------------------------------------------------------------ restarts
+
+    def snapshot(self) -> dict[str, Any]:
+        """The rules' state to keep across a restart (JSON values)."""
+        if self._resume is not None:
+            return self._resume  # not restored yet: what was saved still holds
+        return rulestate.snapshot(self.rules)
+
+    def resume(self, doc: dict[str, Any]) -> None:
+        """Restore ``doc`` (a ``snapshot`` saved before a restart) at the first valid fix."""
+        if isinstance(doc, dict) and doc.get("v") == rulestate.VERSION:
+            self._resume = doc
+
+    @property
+    def resume_pending(self) -> bool:
+        return self._resume is not None
+
+    def resume_now(self, time: float | None) -> list[Envelope]:
+        """Restore now; ``time`` None: no GNSS time came (the old trip ends)."""
+        if self._resume is None:
+            return []
+        return self._wrap(self._restore(time))
+
+    def _restore(self, time: float | None) -> list[Event]:
+        doc, self._resume = self._resume, None
+        assert doc is not None
+        self.rules = Rules(self.config.rules, self.rules.zones)
+        events, self.resume_summary = rulestate.restore(
+            self.rules, doc, now=time, resume_gap_s=self.config.rules.trip.resume_gap_s)
+        return events
 
     def close(self, time: float | None = None) -> list[Envelope]:
         if time is None:
@@ -136,6 +184,7 @@ class Engine:
             "engine": {**self.counts, "clock_step_s": self.clock_step_s},
             "speed": self.arbiter.health(),
             "rules": self.rules.health(),
+            "resume": {"pending": self._resume is not None, **(self.resume_summary or {})},
         }
 
     # ------------------------------------------------------------------ helpers
