@@ -207,6 +207,11 @@ class Daemon:
                         if k in ("phase", "transition", "fence", "poi", "speed_kmh", "limit_kmh",
                                  "distance_m", "reason", "clock")}
                 log.info(env.type, ts=env.ts, id=env.id, **body)
+            if env.type == "diagnostic" and env.body.get("phase") == "start":
+                # once per episode of disagreement (the end is logged as an event)
+                log.warning("speed sources disagree", ts=env.ts,
+                            **{k: env.body.get(k) for k in (
+                                "can_kmh", "gnss_kmh", "diff_kmh", "policy", "using")})
         self._queued.set()
 
     def _drop_one(self) -> None:
@@ -366,12 +371,12 @@ class Daemon:
                     self._enqueue(engine.reload(new_rules.zones))
                 else:
                     engine.rules = new_rules
-            if "can" in live:
-                from edge.core.speed_source import SpeedArbiter
+            if "can" in live or (
+                    "rules" in live
+                    and old.rules.speed.source_policy != new.rules.speed.source_policy):
+                from edge.core.engine import make_arbiter
 
-                engine.arbiter = SpeedArbiter(stale_s=new.can.stale_s,
-                                              disagree_kmh=new.can.disagree_kmh,
-                                              disagree_s=new.can.disagree_s)
+                engine.arbiter = make_arbiter(new)
         tg = self._tg
         if tg is None:
             return

@@ -65,6 +65,9 @@ class SpeedRuleConfig:
     end_after_s: float = 3.0
     gap_s: float = 10.0
     limit_policy: Literal["lowest", "zone", "default"] = "lowest"
+    # which speed the rules believe when CAN and GNSS disagree (can.disagree_kmh for
+    # can.disagree_s): "fallback" GNSS until they agree again, "can", or "gnss" always
+    source_policy: Literal["can", "gnss", "fallback"] = "fallback"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

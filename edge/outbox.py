@@ -125,6 +125,8 @@ EXPIRE_EVERY_S = 30.0
 DISK_EVERY_S = 1.0
 # how often (at most) a reserve that was released is taken back
 RESERVE_RETRY_S = 5.0
+# the reserve never takes the last bytes of a disk: the WAL needs room to work at all
+RESERVE_SPARE = 128 * 1024
 # a put that hit the disk-full wall makes room for this many times its own bytes
 SQUEEZE_FACTOR = 2
 SQUEEZE_MIN = 16 * 1024
@@ -278,7 +280,7 @@ class Outbox:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._check_disk(force=True)
         if self.reserve.target:
-            self.reserve.acquire()
+            self.reserve.acquire(spare=RESERVE_SPARE)
 
     def _open(self, recover: bool) -> None:
         db = self._db
@@ -416,7 +418,7 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        r.acquire()
+        r.acquire(spare=RESERVE_SPARE)
 
     def _lane_totals_locked(self) -> dict[Lane, tuple[int, int]]:
         return {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(

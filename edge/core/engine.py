@@ -45,11 +45,7 @@ class Engine:
         self.config = config
         self.envelopes = EnvelopeFactory(config.thing, seed=seed)
         self.rules = Rules(config.rules, zones)
-        self.arbiter = SpeedArbiter(
-            stale_s=config.can.stale_s,
-            disagree_kmh=config.can.disagree_kmh,
-            disagree_s=config.can.disagree_s,
-        )
+        self.arbiter = make_arbiter(config)
         self.telemetry = TelemetrySampler(interval_s=config.telemetry.interval_s)
         self._anchor: Fix | None = None  # last valid fix with a time: the clock anchor
         self.counts: dict[str, int] = {"fixes": 0, "speed_samples": 0, "events": 0,
@@ -75,9 +71,11 @@ class Engine:
             self._last_time = fix.time if self._last_time is None else max(
                 self._last_time, fix.time)
         gnss_speed = self.arbiter.on_gnss(fix)
+        events += self._diagnostics("gnss")
         if gnss_speed is not None:
             self.telemetry.on_speed(gnss_speed)
-            events += self.rules.on_speed(gnss_speed)
+            if self._resume is None:
+                events += _sourced(self.rules.on_speed(gnss_speed), "gnss")
         events += self.rules.on_fix(fix)
         tel = self.telemetry.on_fix(fix)
         if tel is not None:
@@ -91,8 +89,9 @@ class Engine:
         if clock == "gnss":
             sample = dataclasses.replace(sample, time=t)
         chosen = self.arbiter.on_can(sample)
+        diag = _stamped(self._diagnostics(clock), clock)
         if chosen is None:
-            return []
+            return self._wrap(diag)
         if self._resume is not None:
             self.telemetry.on_speed(chosen)
             return []  # the rules wait for GNSS time to measure the restart's gap
@@ -100,7 +99,7 @@ class Engine:
             self._last_time, chosen.time)
         self.telemetry.on_speed(chosen)
         # the sample's time was mapped onto GNSS time when a valid fix anchors it
-        events = _stamped(self.rules.on_speed(chosen), clock)
+        events = diag + _stamped(_sourced(self.rules.on_speed(chosen), chosen.source), clock)
         if clock == "system":
             # no GNSS at all: telemetry is paced by the bus, stamped by the system clock
             tel = self.telemetry.sample(chosen.time, clock="system")
@@ -130,7 +129,7 @@ class Engine:
     def tick(self, time: float) -> list[Envelope]:
         if self._resume is not None:
             return []
-        return self._wrap(self.rules.tick(time))
+        return self._wrap(_sourced(self.rules.tick(time), self.arbiter.health()["source"]))
 
     # ------------------------------------------------------------------ restarts
 
@@ -166,7 +165,19 @@ class Engine:
     def close(self, time: float | None = None) -> list[Envelope]:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
-        return self._wrap(self.rules.close(time))
+        return self._wrap(_sourced(self.rules.close(time), self.arbiter.health()["source"]))
+
+    def _diagnostics(self, clock: str) -> list[Event]:
+        """The speed arbiter's plausibility verdicts as ``diagnostic`` events (alerts)."""
+        out = []
+        for t, body in self.arbiter.take_events():
+            lat = lon = None
+            a = self._anchor
+            if a is not None:
+                lat, lon = a.lat, a.lon
+            out.append(Event(kind="diagnostic", time=t, body=body, lat=lat, lon=lon,
+                             clock=clock))
+        return out
 
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))
@@ -192,6 +203,25 @@ class Engine:
     def _wrap(self, events: list[Event]) -> list[Envelope]:
         self.counts["events"] += len(events)
         return [self.envelopes.make(e) for e in events]
+
+
+def make_arbiter(config: Config) -> SpeedArbiter:
+    """The speed arbiter ``config`` describes (``[can]`` thresholds, ``[rules.speed]``
+    source policy)."""
+    return SpeedArbiter(
+        stale_s=config.can.stale_s,
+        disagree_kmh=config.can.disagree_kmh,
+        disagree_s=config.can.disagree_s,
+        policy=config.rules.speed.source_policy,
+    )
+
+
+def _sourced(events: list[Event], source: str | None) -> list[Event]:
+    """Overspeed events say which speed source decided them (``speed_source``)."""
+    if source is None:
+        return events
+    return [dataclasses.replace(e, body={**e.body, "speed_source": source})
+            if e.kind == "overspeed" else e for e in events]
 
 
 def _stamped(events: list[Event], clock: str) -> list[Event]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import resource
 import shutil
@@ -534,3 +535,40 @@ def test_kill9_mid_trip_is_one_trip_with_each_poi_once(
         assert max(offers.values()) == 1, offers
         t.extra.update(trip_starts=len(starts), pois_offered=len(offers),
                        poi_max_offers=max(offers.values()))
+
+
+def test_start_on_a_disk_too_full_to_open_then_little_space(
+    tmp_path: Path, broker: Broker, scale: Scale, record_tally: list[Tally]
+) -> None:
+    """The daemon starts with 16 KiB free (not even room for SQLite's shared memory):
+    it runs, says so (health, ``edge status``), holds its messages in memory; with a
+    little room (256 KiB) it opens the outbox, commits what it held and goes on."""
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "2m"):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        for r in _rig(tmp_path, broker, scale, outbox=disk / "outbox.db"):
+            free = shutil.disk_usage(disk).free
+            _fill(disk / "filler", free - 16 * 1024)
+            r.feeder.start()
+            r.daemon.start()
+            assert wait_until(lambda r=r: r.health().get("outbox_mode") == "memory-fallback",
+                              20), (r.health(), r.daemon.stderr_tail())
+            time.sleep(1.0)
+            assert r.daemon.alive(), r.daemon.stderr_tail()
+            h = r.health()
+            assert isinstance(h.get("disk"), dict) and h["disk"]["pressure"] is True
+            assert isinstance(h.get("queue"), int) and h["queue"] > 0  # held in memory
+            st = subprocess.run([sys.executable, "-m", "edge", "status", "--config",
+                                 str(r.daemon.cfg)], capture_output=True, text=True)
+            assert "outbox not writable" in st.stderr and "disk space low" in st.stderr, (
+                st.stderr)
+            held = h["queue"]
+            os.truncate(disk / "filler", (disk / "filler").stat().st_size - 256 * 1024)
+            assert wait_until(lambda r=r: r.health().get("outbox_mode") == "disk", 30), (
+                r.health(), r.daemon.stderr_tail())
+            assert wait_until(partial(_accepted_at_least, r, 10), 20), r.daemon.stderr_tail()
+            r.finish("start-disk-full", record_tally, free_at_start_kb=16, held_in_memory=held,
+                     then_free_kb=256)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
