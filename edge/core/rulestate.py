@@ -15,7 +15,8 @@ valid fix after the restart (GNSS time; the system clock may be anything at boot
   POI offered before is not offered again, an open overspeed episode continues (no
   second start). Fences carry their states; a gap longer than ``geofence.gap_s``
   makes them stale as any gap in fixes does (the next transition says ``after_gap``).
-* longer (or no GNSS time at all within that long): the old trip ends with
+* longer, or backwards in time (another recording, a clock fault), or no GNSS time
+  at all within that long: the old trip ends with
   ``reason: "power_loss"``, stamped at the last time it was seen, with its last known
   values; an open overspeed episode ends the same way. POI cooldowns still hold.
 
@@ -103,7 +104,8 @@ def restore(rules: Rules, doc: dict[str, Any], *, now: float | None,
     trip, poi, speed, geo = rules.trip, rules.poi, rules.speed, rules.geofence
     last = doc.get("last_time")
     gap = math.inf if now is None or not isinstance(last, int | float) else now - last
-    resumed = gap <= resume_gap_s
+    # time going backwards (another recording, a clock fault) is no continuation either
+    resumed = 0.0 <= gap <= resume_gap_s
     skipped: list[str] = []
 
     # where the car was, and the event clock: events stay monotone across the restart
@@ -166,6 +168,14 @@ def restore(rules: Rules, doc: dict[str, Any], *, now: float | None,
             until = stats.stop_since if stats.stop_since is not None else end_t
             at, body = trip._end(end_t, "power_loss", until)
             events.append(rules._emit("trip", at, body, "gnss"))
+    if gap < 0:
+        # time went backwards: nothing stamped in the old time line holds in the new
+        # one (the restore's own events above were stamped in the old one)
+        rules._fix = None
+        rules._last_event_t = -math.inf
+        rules._last_input_t = None
+        poi._last, poi._recent = {}, deque()
+        geo._st, geo._known, geo._watch = {}, False, set()
     summary = {
         "gap_s": None if math.isinf(gap) else round(gap, 1),
         "resumed": resumed,

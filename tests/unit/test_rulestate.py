@@ -127,3 +127,15 @@ def test_a_snapshot_from_other_code_restores_what_fits(tmp_path: Path) -> None:
     assert b.resume_summary is not None
     assert set(b.resume_summary["skipped"]) >= {"overspeed"}
     assert not kinds(after, "poi")  # the POIs still restored
+
+
+def test_time_going_backwards_is_not_a_continuation(tmp_path: Path) -> None:
+    """The same recording replayed again on the same outbox: its first fix is older
+    than the saved state; the old trip ends, the drive starts afresh (POIs offered)."""
+    drive(a := engine(tmp_path), range(0, 46))
+    b = engine(tmp_path)
+    b.resume(saved(a))
+    again = drive(b, range(0, 60))
+    assert [p["reason"] for p in kinds(again, "trip", phase="end")] == ["power_loss"]
+    assert len(kinds(again, "trip", phase="start")) == 1
+    assert [p["poi"] for p in kinds(again, "poi")] == ["cafe"]
