@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -47,16 +48,18 @@ from edge.errors import (
 )
 from edge.logconf import Once
 from edge.model import Envelope, Fix, Ignition, Lane, SpeedSample
-from edge.outbox import Outbox
+from edge.outbox import EVICT_ORDER, Outbox, disk_report, free_bytes
 from edge.uplinks.base import Uplink
 
 log = structlog.get_logger()
 
 QUEUE_MAX = 10_000  # envelopes waiting for the outbox writer
+MB = 1024 * 1024
 CLAIM = 100  # rows claimed from the outbox per round
 SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit, all steps together
 DRAIN_GRACE_S = 1.0  # of which the uplink may spend this delivering what is queued
 TRIM_EVERY_S = 10.0  # hand freed heap back to the OS this often (see _trim_heap)
+STATE_EVERY_S = 10.0  # rule state saved at least this often while messages flow
 
 
 def _load_trim() -> Callable[[], None] | None:
@@ -146,6 +149,9 @@ class Daemon:
         self.engine: Engine | None = None
         self.outbox: Outbox | None = None
         self._queue: deque[Envelope] = deque()
+        # rule-state snapshots by the id() of the queued envelope they follow
+        self._state_for: dict[int, dict[str, Any]] = {}
+        self._snapped_at = -1e18
         self._queued = asyncio.Event()
         self._new_rows = asyncio.Event()
         self._writer_idle = asyncio.Event()
@@ -163,6 +169,8 @@ class Daemon:
             "connects": 0,
         }
         self.outbox_mode = "disk"
+        self.outbox_error: str | None = None
+        self._outbox_open = asyncio.Event()
         self.last_uplink_error: str | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
@@ -176,7 +184,10 @@ class Daemon:
 
     def on_fix(self, fix: Fix) -> None:
         assert self.engine is not None
+        pending = self.engine.resume_pending
         self._enqueue(self.engine.on_fix(fix))
+        if pending and not self.engine.resume_pending:
+            log.info("rule state restored", **(self.engine.resume_summary or {}))
 
     def on_speed(self, sample: SpeedSample | Ignition) -> None:
         """What the CAN source decoded: a speed sample or an ignition change."""
@@ -189,6 +200,13 @@ class Daemon:
     def _enqueue(self, envelopes: list[Envelope]) -> None:
         if not envelopes:
             return
+        if self.engine is not None:
+            mono = time.monotonic()
+            if mono - self._snapped_at >= STATE_EVERY_S or any(
+                    e.lane <= Lane.TRIP for e in envelopes):
+                # the rules' state after these events rides with the last of them
+                self._state_for[id(envelopes[-1])] = self.engine.snapshot()
+                self._snapped_at = mono
         for env in envelopes:
             if len(self._queue) >= QUEUE_MAX:
                 self._drop_one()
@@ -198,17 +216,27 @@ class Daemon:
                         if k in ("phase", "transition", "fence", "poi", "speed_kmh", "limit_kmh",
                                  "distance_m", "reason", "clock")}
                 log.info(env.type, ts=env.ts, id=env.id, **body)
+            if env.type == "diagnostic" and env.body.get("phase") == "start":
+                # once per episode of disagreement (the end is logged as an event)
+                log.warning("speed sources disagree", ts=env.ts,
+                            **{k: env.body.get(k) for k in (
+                                "can_kmh", "gnss_kmh", "diff_kmh", "policy", "using")})
         self._queued.set()
 
     def _drop_one(self) -> None:
-        """Queue full (the disk is stalled): drop the oldest least-important message."""
-        for lane in (Lane.HEALTH, Lane.TELEMETRY, Lane.TRIP, Lane.ALERT):
+        """Queue full (the disk is stalled): drop the oldest least-important message
+        (telemetry, then health, then trips, alerts last); counted per lane."""
+        for lane in EVICT_ORDER:
             for i, env in enumerate(self._queue):
                 if env.lane == lane:
                     del self._queue[i]
+                    self._state_for.pop(id(env), None)
+                    name = lane.name.lower()
                     self.counters["queue_dropped"] += 1
-                    self._once(log, "queue-full", "queue full, dropping",
-                               lane=lane.name.lower())
+                    key = f"queue_dropped_{name}"
+                    self.counters[key] = self.counters.get(key, 0) + 1
+                    self._once(log, f"queue-full:{name}", "queue full, dropping",
+                               lane=name)
                     return
 
     # ------------------------------------------------------------------ main
@@ -221,10 +249,18 @@ class Daemon:
         self.engine = Engine(cfg, zones=zones)
         if zones is None and cfg.rules.zones is not None:  # optional and not there yet
             self.engine.rules.zones_rejected(zones_missing(cfg.rules.zones))
-        self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
+        await self._open_outbox(starting=True)
+        if self.outbox is not None:
+            with contextlib.suppress(OutboxError):
+                saved = (await asyncio.to_thread(self.outbox.load_state)).get("rules")
+                if saved:
+                    self.engine.resume(saved)
+                    log.info("rule state found, restored at the first valid fix",
+                             trip_open=bool((saved.get("trip") or {}).get("open")))
         log.info("daemon starting", version=__version__, thing=cfg.thing,
                  uplink=cfg.uplink.kind, outbox=str(cfg.outbox.path),
-                 recovered_inflight=self.outbox.recovered)
+                 recovered_inflight=self.outbox.recovered if self.outbox else None,
+                 outbox_mode=self.outbox_mode)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -244,6 +280,35 @@ class Daemon:
             await asyncio.to_thread(self._close_outbox)
             self._write_health_file(final=True)
             log.info("daemon stopped", **self.counters)
+
+    def _space_low(self) -> bool:
+        cfg = self.config.outbox
+        free = free_bytes(cfg.path.parent)
+        return free is not None and free < max(cfg.min_free_mb, cfg.reserve_mb) * MB
+
+    async def _open_outbox(self, *, starting: bool = False) -> bool:
+        """Open the outbox. At start-up on a disk too full to even create it, the daemon
+        runs on: messages wait in memory (alerts last to go) and the open is retried by
+        the writer; any other failure to open is fatal (a clear error, exit 1)."""
+        try:
+            self.outbox = await asyncio.to_thread(Outbox.from_config, self.config.outbox)
+        except OutboxError as exc:
+            if not await asyncio.to_thread(self._space_low):
+                if starting:
+                    raise
+                self._once(log, "outbox-open", "outbox cannot be opened, holding in memory",
+                           reason=str(exc))
+                return False
+            self.outbox_mode = "memory-fallback"
+            self.outbox_error = str(exc)
+            self._once(log, "outbox-open", "outbox: disk too full to open, holding messages"
+                       " in memory and retrying", path=str(self.config.outbox.path),
+                       reason=str(exc))
+            return False
+        self.outbox_error = None
+        self.outbox_mode = "disk"
+        self._outbox_open.set()
+        return True
 
     def _zones_or_config_error(self, cfg: Config) -> Any:
         try:
@@ -323,12 +388,12 @@ class Daemon:
                     self._enqueue(engine.reload(new_rules.zones))
                 else:
                     engine.rules = new_rules
-            if "can" in live:
-                from edge.core.speed_source import SpeedArbiter
+            if "can" in live or (
+                    "rules" in live
+                    and old.rules.speed.source_policy != new.rules.speed.source_policy):
+                from edge.core.engine import make_arbiter
 
-                engine.arbiter = SpeedArbiter(stale_s=new.can.stale_s,
-                                              disagree_kmh=new.can.disagree_kmh,
-                                              disagree_s=new.can.disagree_s)
+                engine.arbiter = make_arbiter(new)
         tg = self._tg
         if tg is None:
             return
@@ -426,37 +491,66 @@ class Daemon:
         await asyncio.gather(uplink, return_exceptions=True)
 
     def _ready_count(self) -> int:
-        assert self.outbox is not None
+        if self.outbox is None:
+            return 0
         return int(self.outbox.stats()["pending"])
 
     def _close_outbox(self) -> None:
-        if self.outbox is None:
-            return
+        if self.outbox is None and self._queue:
+            with contextlib.suppress(OutboxError):
+                self.outbox = Outbox.from_config(self.config.outbox)
         if self._queue:
             # what the writer could not commit in time: last attempt, synchronously
             try:
+                if self.outbox is None:
+                    raise OutboxError(self.outbox_error or "outbox not open")
                 self.outbox.put(list(self._queue))
-                self.counters["accepted"] += len(self._queue)
+                self.counters["accepted"] += len(self._queue) - self.outbox.batch_dropped
                 self._queue.clear()
             except OutboxError as exc:
+                lanes: dict[str, int] = {}
+                for env in self._queue:
+                    lanes[env.lane.name.lower()] = lanes.get(env.lane.name.lower(), 0) + 1
                 log.error("outbox: messages lost at shutdown", count=len(self._queue),
-                          reason=str(exc))
-        self.outbox.close()
+                          lanes=lanes, reason=str(exc))
+        if self.outbox is not None:
+            self.outbox.close()
 
     # ------------------------------------------------------------------ writer
 
     async def _writer(self) -> None:
-        backoff = Backoff(base_s=0.2, cap_s=10.0)
-        assert self.outbox is not None
+        """Group commits from the queue. A disk too full for the telemetry and health
+        rows of a batch (after the outbox evicted what it could) stores its alerts and
+        trip edges anyway; the lower rows stay queued in memory and are offered again
+        after a short backoff, while alerts keep being committed at once."""
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        lower_backoff = Backoff(base_s=0.2, cap_s=2.0)
+        lower_after = 0.0  # lower-lane rows held back by a full disk wait until then
         while True:
             if not self._queue:
                 self._writer_idle.set()
                 await self._queued.wait()
                 self._queued.clear()
                 continue
-            batch = list(self._queue)[:500]
+            if self.outbox is None and not await self._open_outbox():
+                self.counters["outbox_errors"] += 1
+                await asyncio.sleep(backoff.next())
+                continue
+            assert self.outbox is not None
+            held = time.monotonic() < lower_after
+            if held:
+                batch = [e for e in self._queue if e.lane <= Lane.TRIP][:500]
+                if not batch:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, lower_after - time.monotonic())):
+                            await self._queued.wait()
+                    self._queued.clear()
+                    continue
+            else:
+                batch = list(itertools.islice(self._queue, 500))
+            state = self._state_of(batch)
             try:
-                await asyncio.to_thread(self.outbox.put, batch)
+                await asyncio.to_thread(self.outbox.put, batch, state, hold_lower=True)
             except OutboxError as exc:
                 # disk full or failing: keep the messages in memory (bounded by
                 # QUEUE_MAX, least important dropped first), retry with backoff
@@ -466,15 +560,50 @@ class Daemon:
                            reason=str(exc), queued=len(self._queue))
                 await asyncio.sleep(backoff.next())
                 continue
-            if self.outbox_mode != "disk":
-                log.info("outbox writable again", queued=len(self._queue))
-                self._once.clear("outbox-write")
-            self.outbox_mode = "disk"
             backoff.reset()
+            left = self.outbox.batch_left
+            self._remove(batch, keep=left)
+            if left:
+                lower_after = time.monotonic() + lower_backoff.next()
+                if self.outbox_mode != "memory-fallback":
+                    self.outbox_mode = "memory-fallback"
+                    self._once(log, "outbox-write", "disk full: telemetry and health held"
+                               " in memory, alerts still committed", queued=len(self._queue))
+            elif not held:
+                lower_backoff.reset()
+                lower_after = 0.0
+                if self.outbox_mode != "disk":
+                    log.info("outbox writable again", queued=len(self._queue))
+                    self._once.clear("outbox-write")
+                self.outbox_mode = "disk"
+            # rows a full disk had no room for are counted by the outbox
+            # (dropped_full_<lane>) or held here, never counted as accepted
+            self.counters["accepted"] += len(batch) - len(left) - self.outbox.batch_dropped
+            self._new_rows.set()
+
+    def _state_of(self, batch: list[Envelope]) -> dict[str, Any] | None:
+        """The newest rule-state snapshot taken with an envelope of ``batch``: it is
+        committed in the same transaction as the events it follows."""
+        snap = None
+        for env in batch:
+            got = self._state_for.get(id(env))
+            if got is not None:
+                snap = got
+        return None if snap is None else {"rules": snap}
+
+    def _remove(self, batch: list[Envelope], *, keep: list[Envelope]) -> None:
+        """Take the committed envelopes of ``batch`` off the queue (by identity: the
+        queue may have changed while the commit ran)."""
+        gone = {id(e) for e in batch} - {id(e) for e in keep}
+        for i in gone:
+            self._state_for.pop(i, None)
+        if len(gone) == len(batch) and all(
+                a is b for a, b in zip(batch, itertools.islice(self._queue, len(batch)),
+                                       strict=False)):
             for _ in range(len(batch)):
                 self._queue.popleft()
-            self.counters["accepted"] += len(batch)
-            self._new_rows.set()
+            return
+        self._queue = deque(e for e in self._queue if id(e) not in gone)
 
     # ------------------------------------------------------------------ uplink
 
@@ -482,6 +611,7 @@ class Daemon:
         cfg = self.config.uplink
         backoff = Backoff(base_s=0.5, cap_s=cfg.backoff_max_s)
         while True:
+            await self._outbox_open.wait()  # nothing to deliver from before that
             uplink = make_uplink(self.config)
             try:
                 self.uplink_state = "connecting"
@@ -585,6 +715,10 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             engine = self.engine
+            if engine.resume_pending and (time.monotonic() - self.started_mono
+                                          > self.config.rules.trip.resume_gap_s):
+                # no GNSS time to measure the restart's gap: the old trip ends
+                self._enqueue(engine.resume_now(None))
             now, _ = engine.now(time.monotonic(), self.clock())
             self._enqueue(engine.tick(now))
             for name, src in self._sources:
@@ -635,6 +769,12 @@ class Daemon:
         if self.outbox is not None:
             with contextlib.suppress(OutboxError):
                 out["outbox"] = self.outbox.stats()
+            out["disk"] = self.outbox.disk()
+        else:
+            ocfg = self.config.outbox
+            out["outbox"] = {"path": str(ocfg.path), "error": self.outbox_error}
+            out["disk"] = disk_report(ocfg.path, min_free_bytes=int(ocfg.min_free_mb * MB),
+                                      reserve_target=int(ocfg.reserve_mb * MB))
         return out
 
     async def _health_loop(self) -> None:

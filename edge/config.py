@@ -65,6 +65,9 @@ class SpeedRuleConfig:
     end_after_s: float = 3.0
     gap_s: float = 10.0
     limit_policy: Literal["lowest", "zone", "default"] = "lowest"
+    # which speed the rules believe when CAN and GNSS disagree (can.disagree_kmh for
+    # can.disagree_s): "fallback" GNSS until they agree again, "can", or "gnss" always
+    source_policy: Literal["can", "gnss", "fallback"] = "fallback"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +88,9 @@ class TripRuleConfig:
     start_kmh: float = 5.0
     start_s: float = 5.0
     end_s: float = 300.0
+    # a restart (power glitch, kill) within this much drive time continues the trip;
+    # a longer one ends it with reason "power_loss"
+    resume_gap_s: float = 300.0
     harsh_accel_kmhs: float = 12.0  # km/h per second, over >= 1 s
     harsh_brake_kmhs: float = -16.0
 
@@ -141,7 +147,7 @@ class OutboxConfig:
     # space held beside the outbox for alerts only (released to them on a full disk)
     reserve_mb: float = 0.25
     # below this free space: WAL checkpointed every commit, lower lanes stop growing
-    min_free_mb: float = 8.0
+    min_free_mb: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +292,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("rules.trip.start_s", "must not be negative")
     if trip.end_s <= 0:
         raise ConfigError("rules.trip.end_s", "must be positive")
+    if cfg.rules.trip.resume_gap_s < 0:
+        raise ConfigError("rules.trip.resume_gap_s", "must not be negative")
     if trip.harsh_accel_kmhs <= 0:
         raise ConfigError("rules.trip.harsh_accel_kmhs", "must be positive")
     if trip.harsh_brake_kmhs >= 0:

@@ -86,6 +86,7 @@ EVENT_LANES: Mapping[str, Lane] = {
     "overspeed": Lane.ALERT,
     "geofence": Lane.ALERT,
     "poi": Lane.ALERT,
+    "diagnostic": Lane.ALERT,
     "trip": Lane.TRIP,
     "telemetry": Lane.TELEMETRY,
     "health": Lane.HEALTH,

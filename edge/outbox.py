@@ -125,6 +125,8 @@ EXPIRE_EVERY_S = 30.0
 DISK_EVERY_S = 1.0
 # how often (at most) a reserve that was released is taken back
 RESERVE_RETRY_S = 5.0
+# the reserve never takes the last bytes of a disk: the WAL needs room to work at all
+RESERVE_SPARE = 128 * 1024
 # a put that hit the disk-full wall makes room for this many times its own bytes
 SQUEEZE_FACTOR = 2
 SQUEEZE_MIN = 16 * 1024
@@ -257,6 +259,7 @@ class Outbox:
         # next transaction that commits
         self._unsaved: dict[str, int] = {}
         self.batch_dropped = 0  # rows of the last put's own batch that had no room
+        self.batch_left: list[Envelope] = []  # ... and that the caller holds (hold_lower)
         self._once = Once()
         self.reserve = Reserve(self.path.with_name(self.path.name + ".reserve"),
                                reserve_bytes if recover else 0)
@@ -277,7 +280,7 @@ class Outbox:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._check_disk(force=True)
         if self.reserve.target:
-            self.reserve.acquire()
+            self.reserve.acquire(spare=RESERVE_SPARE)
 
     def _open(self, recover: bool) -> None:
         db = self._db
@@ -415,7 +418,7 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        r.acquire()
+        r.acquire(spare=RESERVE_SPARE)
 
     def _lane_totals_locked(self) -> dict[Lane, tuple[int, int]]:
         return {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(
@@ -468,14 +471,19 @@ class Outbox:
     # ------------------------------------------------------------------ writing
 
     def put(self, envelopes: Sequence[Envelope],
-            state: Mapping[str, Any] | None = None) -> int:
+            state: Mapping[str, Any] | None = None, *, hold_lower: bool = False) -> int:
         """Store envelopes durably (and ``state`` documents, in the same transaction);
         returns how many rows were dropped to fit (older rows evicted or expired, and
         rows of this batch that a full disk had no room for).
 
-        Raises ``OutboxError`` only when not even the alerts of the batch could be
-        stored (the disk is full beyond what evicting every lower-lane row and the
-        reserve freed, or it fails otherwise)."""
+        On a full disk the batch's telemetry and health rows that find no room are
+        dropped and counted (``dropped_full_<lane>``) — or, with ``hold_lower``, left
+        out and listed in ``batch_left`` for the caller to hold and offer again (the
+        daemon keeps them in memory for a while). Raises ``OutboxError`` only when not
+        even the alerts and trip edges of the batch could be stored (the disk is full
+        beyond what evicting the lower lanes and the reserve freed, or it fails)."""
+        self.batch_dropped = 0
+        self.batch_left = []
         if not envelopes and not state:
             return 0
         now = self._clock()
@@ -489,7 +497,6 @@ class Outbox:
         docs = [(k, json.dumps(v, separators=(",", ":")), now)
                 for k, v in (state or {}).items()]
         with self._lock:
-            self.batch_dropped = 0
             self._check_disk(force=True)
             expire = now >= self._next_expire and bool(self.ttl_s)
             try:
@@ -499,7 +506,7 @@ class Outbox:
             except OutboxError as exc:
                 if not _is_full(exc.__cause__ or exc):
                     raise
-                dropped = self._put_full_locked(rows, docs, now, sync)
+                dropped = self._put_full_locked(envelopes, rows, docs, now, sync, hold_lower)
             if full:
                 self._last_fsync = mono
             if expire:
@@ -508,10 +515,12 @@ class Outbox:
                 self._retake_reserve()
             return dropped
 
-    def _put_full_locked(self, rows: list[tuple[str, int, str, bytes, float]],
-                         docs: list[tuple[str, str, float]], now: float, sync: str) -> int:
-        """The disk is full: make room from the lower lanes; then drop this batch's
-        lower-lane rows; then release the reserve to the alerts."""
+    def _put_full_locked(self, envelopes: Sequence[Envelope],
+                         rows: list[tuple[str, int, str, bytes, float]],
+                         docs: list[tuple[str, str, float]], now: float, sync: str,
+                         hold_lower: bool) -> int:
+        """The disk is full: make room from the lower lanes; then leave this batch's
+        lower-lane rows out; then release the reserve to the alerts."""
         need = sum(len(r[3]) for r in rows) * SQUEEZE_FACTOR + SQUEEZE_MIN
         try:
             return int(self._write("write", lambda: self._put_locked(
@@ -520,16 +529,7 @@ class Outbox:
             if not _is_full(exc.__cause__ or exc):
                 raise
         keep = [r for r in rows if Lane(r[1]) not in LOWER]
-        lost = [r for r in rows if Lane(r[1]) in LOWER]
-        for r in lost:
-            name = f"dropped_full_{Lane(r[1]).name.lower()}"
-            self._unsaved[name] = self._unsaved.get(name, 0) + 1
-        for lane in {Lane(r[1]) for r in lost}:
-            self._once(log, f"full:{lane.name}", "outbox: disk full, dropping new rows",
-                       lane=lane.name.lower(), path=str(self.path), free_bytes=self.free)
-        self.batch_dropped = len(lost)
-        if not keep and not docs:
-            return len(lost)
+        out = [i for i, r in enumerate(rows) if Lane(r[1]) in LOWER]
         if keep and self.reserve.held:
             log.warning("outbox: disk full, reserve released to alerts",
                         path=str(self.path), reserve_bytes=self.reserve.held)
@@ -540,16 +540,25 @@ class Outbox:
             self._next_reserve = time.monotonic() + RESERVE_RETRY_S
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        try:
-            return len(lost) + int(self._write("write", lambda: self._put_locked(
-                keep, docs, now, False, squeeze=need), sync=sync))
-        except OutboxError:
-            # not stored: these are not drops, the caller still holds them
-            for r in lost:
-                name = f"dropped_full_{Lane(r[1]).name.lower()}"
-                self._unsaved[name] -= 1
-            self.batch_dropped = 0
-            raise
+        if keep or docs:
+            # raises when not even these fit: nothing of the batch is stored then
+            self._write("write", lambda: self._put_locked(
+                keep, docs, now, False, squeeze=need), sync=sync)
+        lanes = {Lane(rows[i][1]) for i in out}
+        if hold_lower:
+            self.batch_left = [envelopes[i] for i in out]
+            for lane in lanes:
+                self._once(log, f"full:{lane.name}", "outbox: disk full, holding new rows"
+                           " in memory", lane=lane.name.lower(), path=str(self.path))
+            return 0
+        for i in out:
+            name = f"dropped_full_{Lane(rows[i][1]).name.lower()}"
+            self._unsaved[name] = self._unsaved.get(name, 0) + 1
+        for lane in lanes:
+            self._once(log, f"full:{lane.name}", "outbox: disk full, dropping new rows",
+                       lane=lane.name.lower(), path=str(self.path), free_bytes=self.free)
+        self.batch_dropped = len(out)
+        return len(out)
 
     def _put_locked(self, rows: list[tuple[str, int, str, bytes, float]],
                     docs: list[tuple[str, str, float]], now: float, expire: bool, *,

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from edge.config import Config
 
@@ -43,6 +43,28 @@ def main(cfg: Config | None, *, out: TextIO, path: Path | None = None) -> int:
     stale = age > 3 * float(data.get("interval_s", 60)) + 5
     data["status_age_s"] = round(age, 1)
     data["state"] = "running" if running and not stale else ("stale" if running else "stopped")
+    data["warnings"] = warnings(data)
+    for w in data["warnings"]:
+        print(f"edge: warning: {w}", file=sys.stderr)
     json.dump(data, out, indent=2, default=str)
     out.write("\n")
     return 0 if data["state"] == "running" else 1
+
+
+def warnings(data: dict[str, Any]) -> list[str]:
+    """What an operator should know at a glance: low disk, an outbox not writable."""
+    out = []
+    disk = data.get("disk")
+    if isinstance(disk, dict):
+        free = disk.get("free_bytes")
+        if disk.get("pressure"):
+            out.append(f"disk space low: {free} bytes free for the outbox (min_free"
+                       f" {disk.get('min_free_bytes')}): telemetry and health no longer grow")
+        target = int(disk.get("reserve_target_bytes") or 0)
+        held = int(disk.get("reserve_bytes") or 0)
+        if target and held < target:
+            out.append(f"alert reserve short: {held} of {target} bytes held")
+    if data.get("outbox_mode") == "memory-fallback":
+        out.append("outbox not writable: messages held in memory"
+                   f" ({data.get('queue')} queued)")
+    return out

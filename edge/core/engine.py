@@ -9,6 +9,11 @@ sample's time is mapped onto GNSS time through the monotonic clock
 years off at boot still stamps its overspeed alerts correctly; with no valid fix yet the
 sample's own (system) time is used and the event is flagged ``clock: system``.
 
+After a restart the daemon hands ``resume(doc)`` the rules' last saved state
+(``edge.core.rulestate``); the rules then wait for the first valid fix, whose GNSS time
+measures the gap (speed samples before it feed telemetry only), and the trip, the POIs
+offered in it and an open overspeed episode go on, or end with ``power_loss``.
+
 When the first valid fix shows that the system clock was more than ``CLOCK_STEP_S``
 off, the time base steps: episodes opened on the system clock are closed (their end
 carries ``reason: "clock_step"``), rule state starts over on GNSS time, and the step is
@@ -22,6 +27,7 @@ import dataclasses
 from typing import Any
 
 from edge.config import Config
+from edge.core import rulestate
 from edge.core.envelope import EnvelopeFactory
 from edge.core.rules import Rules
 from edge.core.speed_source import SpeedArbiter
@@ -39,23 +45,23 @@ class Engine:
         self.config = config
         self.envelopes = EnvelopeFactory(config.thing, seed=seed)
         self.rules = Rules(config.rules, zones)
-        self.arbiter = SpeedArbiter(
-            stale_s=config.can.stale_s,
-            disagree_kmh=config.can.disagree_kmh,
-            disagree_s=config.can.disagree_s,
-        )
+        self.arbiter = make_arbiter(config)
         self.telemetry = TelemetrySampler(interval_s=config.telemetry.interval_s)
         self._anchor: Fix | None = None  # last valid fix with a time: the clock anchor
         self.counts: dict[str, int] = {"fixes": 0, "speed_samples": 0, "events": 0,
                                        "clock_steps": 0}
         self._last_time: float | None = None  # latest time handed to the rules
         self.clock_step_s: float | None = None
+        self._resume: dict[str, Any] | None = None  # saved rule state, not yet restored
+        self.resume_summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_fix(self, fix: Fix) -> list[Envelope]:
         self.counts["fixes"] += 1
         events: list[Event] = []
+        if self._resume is not None and fix.valid and fix.time is not None:
+            events += self._restore(fix.time)
         if fix.valid and fix.time is not None:
             if self._anchor is None and self._last_time is not None and abs(
                     fix.time - self._last_time) > CLOCK_STEP_S:
@@ -65,9 +71,11 @@ class Engine:
             self._last_time = fix.time if self._last_time is None else max(
                 self._last_time, fix.time)
         gnss_speed = self.arbiter.on_gnss(fix)
+        events += self._diagnostics("gnss")
         if gnss_speed is not None:
             self.telemetry.on_speed(gnss_speed)
-            events += self.rules.on_speed(gnss_speed)
+            if self._resume is None:
+                events += _sourced(self.rules.on_speed(gnss_speed), "gnss")
         events += self.rules.on_fix(fix)
         tel = self.telemetry.on_fix(fix)
         if tel is not None:
@@ -81,13 +89,17 @@ class Engine:
         if clock == "gnss":
             sample = dataclasses.replace(sample, time=t)
         chosen = self.arbiter.on_can(sample)
+        diag = _stamped(self._diagnostics(clock), clock)
         if chosen is None:
-            return []
+            return self._wrap(diag)
+        if self._resume is not None:
+            self.telemetry.on_speed(chosen)
+            return []  # the rules wait for GNSS time to measure the restart's gap
         self._last_time = chosen.time if self._last_time is None else max(
             self._last_time, chosen.time)
         self.telemetry.on_speed(chosen)
         # the sample's time was mapped onto GNSS time when a valid fix anchors it
-        events = _stamped(self.rules.on_speed(chosen), clock)
+        events = diag + _stamped(_sourced(self.rules.on_speed(chosen), chosen.source), clock)
         if clock == "system":
             # no GNSS at all: telemetry is paced by the bus, stamped by the system clock
             tel = self.telemetry.sample(chosen.time, clock="system")
@@ -97,6 +109,8 @@ class Engine:
 
     def on_ignition(self, ign: Ignition) -> list[Envelope]:
         """Ignition from the bus: trips follow it instead of movement."""
+        if self._resume is not None:
+            return []
         t, clock = self.now(ign.mono, ign.time)
         return self._wrap(_stamped(self.rules.on_ignition(t, ign.on), clock))
 
@@ -115,12 +129,57 @@ class Engine:
         return closing
 
     def tick(self, time: float) -> list[Envelope]:
-        return self._wrap(self.rules.tick(time))
+        if self._resume is not None:
+            return []
+        return self._wrap(_sourced(self.rules.tick(time), self.arbiter.health()["source"]))
+
+    # ------------------------------------------------------------------ restarts
+
+    def snapshot(self) -> dict[str, Any]:
+        """The rules' state to keep across a restart (JSON values)."""
+        if self._resume is not None:
+            return self._resume  # not restored yet: what was saved still holds
+        return rulestate.snapshot(self.rules)
+
+    def resume(self, doc: dict[str, Any]) -> None:
+        """Restore ``doc`` (a ``snapshot`` saved before a restart) at the first valid fix."""
+        if isinstance(doc, dict) and doc.get("v") == rulestate.VERSION:
+            self._resume = doc
+
+    @property
+    def resume_pending(self) -> bool:
+        return self._resume is not None
+
+    def resume_now(self, time: float | None) -> list[Envelope]:
+        """Restore now; ``time`` None: no GNSS time came (the old trip ends)."""
+        if self._resume is None:
+            return []
+        return self._wrap(self._restore(time))
+
+    def _restore(self, time: float | None) -> list[Event]:
+        doc, self._resume = self._resume, None
+        assert doc is not None
+        self.rules = Rules(self.config.rules, self.rules.zones)
+        events, self.resume_summary = rulestate.restore(
+            self.rules, doc, now=time, resume_gap_s=self.config.rules.trip.resume_gap_s)
+        return events
 
     def close(self, time: float | None = None) -> list[Envelope]:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
-        return self._wrap(self.rules.close(time))
+        return self._wrap(_sourced(self.rules.close(time), self.arbiter.health()["source"]))
+
+    def _diagnostics(self, clock: str) -> list[Event]:
+        """The speed arbiter's plausibility verdicts as ``diagnostic`` events (alerts)."""
+        out = []
+        for t, body in self.arbiter.take_events():
+            lat = lon = None
+            a = self._anchor
+            if a is not None:
+                lat, lon = a.lat, a.lon
+            out.append(Event(kind="diagnostic", time=t, body=body, lat=lat, lon=lon,
+                             clock=clock))
+        return out
 
     def use_drive_geometry(self, fixes: list[Fix]) -> None:
         """Answer the geometry of these fixes (a whole drive about to be fed) in bulk."""
@@ -149,6 +208,7 @@ class Engine:
             "engine": {**self.counts, "clock_step_s": self.clock_step_s},
             "speed": self.arbiter.health(),
             "rules": self.rules.health(),
+            "resume": {"pending": self._resume is not None, **(self.resume_summary or {})},
         }
 
     # ------------------------------------------------------------------ helpers
@@ -156,6 +216,25 @@ class Engine:
     def _wrap(self, events: list[Event]) -> list[Envelope]:
         self.counts["events"] += len(events)
         return [self.envelopes.make(e) for e in events]
+
+
+def make_arbiter(config: Config) -> SpeedArbiter:
+    """The speed arbiter ``config`` describes (``[can]`` thresholds, ``[rules.speed]``
+    source policy)."""
+    return SpeedArbiter(
+        stale_s=config.can.stale_s,
+        disagree_kmh=config.can.disagree_kmh,
+        disagree_s=config.can.disagree_s,
+        policy=config.rules.speed.source_policy,
+    )
+
+
+def _sourced(events: list[Event], source: str | None) -> list[Event]:
+    """Overspeed events say which speed source decided them (``speed_source``)."""
+    if source is None:
+        return events
+    return [dataclasses.replace(e, body={**e.body, "speed_source": source})
+            if e.kind == "overspeed" else e for e in events]
 
 
 def _stamped(events: list[Event], clock: str) -> list[Event]:

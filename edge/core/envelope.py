@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from edge.model import EVENT_LANES, Envelope, Event, Lane
 
-EVENT_KINDS = frozenset({"overspeed", "geofence", "poi", "trip"})
+EVENT_KINDS = frozenset({"overspeed", "geofence", "poi", "trip", "diagnostic"})
 
 
 def topic_for(thing: str, kind: str) -> str:

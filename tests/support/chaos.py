@@ -74,9 +74,20 @@ def speed_frame(kmh: float, counter: int = 0) -> bytes:
     return bytes(data)
 
 
-def write_zones(path: Path, n: int = 40) -> Path:
-    """Fence stripes across the road every ~220 m (20 epochs): geofence enter/exit."""
-    feats = []
+POI_EVERY = 100  # epochs between two POIs on the road (~1.1 km)
+POI_RADIUS_M = 300.0  # ~55 epochs of driving inside each
+
+
+def write_zones(path: Path, n: int = 40, pois: int = 0) -> Path:
+    """Fence stripes across the road every ~220 m (20 epochs): geofence enter/exit;
+    ``pois`` POIs with offers on the road every ``POI_EVERY`` epochs."""
+    feats: list[dict[str, Any]] = []
+    for k in range(pois):
+        feats.append({"type": "Feature",
+                      "properties": {"id": f"poi-{k}", "radius_m": POI_RADIUS_M,
+                                     "offer": {"text": f"offer {k}"}},
+                      "geometry": {"type": "Point",
+                                   "coordinates": [LON0, LAT0 + (k + 1) * POI_EVERY * STEP_DEG]}})
     for k in range(n):
         lat0 = LAT0 + (k * 20 + 5) * STEP_DEG
         lat1 = lat0 + 8 * STEP_DEG
@@ -91,10 +102,10 @@ def write_zones(path: Path, n: int = 40) -> Path:
 def write_config(
     d: Path, broker: Broker, gnss_port: str | Path, *, port: int | None = None,
     outbox: Path | None = None, max_mb: float = 64.0, health: Path | None = None,
-    extra: str = "",
+    extra: str = "", pois: int = 0,
 ) -> Path:
     """An ``edge run`` config whose drive produces alerts (low limit, no debounce)."""
-    zones = write_zones(d / "zones.geojson")
+    zones = write_zones(d / "zones.geojson", pois=pois)
     uplink = broker.uplink_section(THING)
     if port is not None:
         uplink = uplink.replace(f"port = {broker.port}\n", f"port = {port}\n")

@@ -212,7 +212,7 @@ def test_kill9_mid_drive_then_restart_delivers_every_accepted_id(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-capped tmpfs needs root")
-def test_full_disk_keeps_the_daemon_running_in_memory_then_delivers(
+def test_full_disk_keeps_the_daemon_running_and_loses_nothing_uncounted(
     tmp_path: Path, pbroker: PersistentBroker, feeder: PtyFeeder
 ) -> None:
     mnt = tmp_path / "disk"
@@ -246,9 +246,11 @@ def test_full_disk_keeps_the_daemon_running_in_memory_then_delivers(
             except (OSError, ValueError):
                 return {}
 
-        assert wait_until(lambda: health().get("outbox_mode") == "memory-fallback", 15)
+        # the daemon says so: disk pressure in its health (and edge status)
+        assert wait_until(lambda: bool((health().get("disk") or {}).get("pressure")), 15), (
+            health().get("disk"))
         time.sleep(2.0)
-        assert proc.poll() is None and health()["counters"]["outbox_errors"] >= 1
+        assert proc.poll() is None
         (mnt / "filler").unlink()  # space again, broker back
         pbroker.start()
         obs = Observer(pbroker)
@@ -260,7 +262,17 @@ def test_full_disk_keeps_the_daemon_running_in_memory_then_delivers(
         finally:
             obs.close()
         remaining = outbox_rows(mnt / "outbox.db")
-        assert_no_gaps(obs.envelopes, remaining)  # nothing lost while the disk was full
+        # nothing lost uncounted while the disk was full: telemetry and health may have
+        # been evicted to make room (counted per lane), alerts never
+        with sqlite3.connect(mnt / "outbox.db") as db:
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        assert counters.get("evicted_alert", 0) == 0, counters
+        drops = sum(v for k, v in counters.items()
+                    if k.startswith(("evicted_", "dropped_full_", "expired_")))
+        drops += int(health().get("counters", {}).get("queue_dropped", 0))
+        seqs = {int(e["seq"]) for e in obs.envelopes} | {s for _, s, _ in remaining}
+        missing = set(range(1, max(seqs) + 1)) - seqs
+        assert len(missing) <= drops, (len(missing), counters)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -75,3 +75,30 @@ def test_telemetry_carries_the_sources_extra_signals() -> None:
     out = payloads(e.on_fix(fix(GNSS_T0, 1.0)))
     tel = [p for p in out if p["type"] == "telemetry"]
     assert tel and tel[0]["Vehicle.Powertrain.CombustionEngine.Speed"] == 2110.0
+
+
+def test_a_wrong_dbc_scale_raises_one_diagnostic_and_overspeed_follows_gnss() -> None:
+    """The issue's report: the DBC's speed scale doubled (CAN ~86 km/h, GNSS ~43), a
+    50 km/h limit. Once they disagreed for can.disagree_s the rules get GNSS speed:
+    the overspeed episode CAN started ends, no new one starts, one diagnostic alert."""
+    cfg = config_from_dict({"thing": "car", "rules": {"speed": {
+        "limit_kmh": 50, "min_duration_s": 2, "end_after_s": 2}},
+        "can": {"stale_s": 1.0, "disagree_kmh": 15, "disagree_s": 10}})
+    e = Engine(cfg, seed=1)
+    out = []
+    for k in range(60):
+        out += e.on_fix(Fix(time=GNSS_T0 + k, lat=48.0 + k * 1e-4, lon=11.0,
+                            speed_mps=43.0 / 3.6, mode=3, hdop=0.8, valid=True, mono=k))
+        for j in range(10):
+            out += e.on_speed(SpeedSample(time=GNSS_T0 + k + j / 10, speed_kmh=86.0,
+                                          source="can", mono=k + j / 10))
+    ps = payloads(out)
+    diags = [p for p in ps if p["type"] == "diagnostic"]
+    assert [d["phase"] for d in diags] == ["start"]
+    assert diags[0]["can_kmh"] == 86.0 and diags[0]["gnss_kmh"] == 43.0
+    assert out[[p["type"] for p in ps].index("diagnostic")].lane.name == "ALERT"
+    over = [p for p in ps if p["type"] == "overspeed"]
+    # the episode CAN started before the disagreement was established ends on GNSS
+    assert [(o["phase"], o["speed_source"]) for o in over] == [("start", "can"),
+                                                               ("end", "gnss")]
+    assert e.health()["speed"]["source"] == "gnss"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_map_labels_do_not_collide_and_keep_one_scale(tmp_path: Path, name: str)
     assert labels_overlap(fig, ax) == 0
     assert ax.get_aspect() == 1.0  # type: ignore[attr-defined]
     legend = " ".join(t.get_text() for t in axs.get_legend().get_texts())  # type: ignore[attr-defined]
-    assert "limit applied: default 50 km/h" in legend and "zone:school-30 30 km/h" in legend
+    assert "limit applied: default 50 km/h" in legend
+    assert re.search(r"zone:[\w-]+ 30 km/h", legend)
     x0, _ = axs.get_xlim()  # type: ignore[attr-defined]
     assert -30 < x0 <= 0  # times from the drive's start
     import matplotlib.pyplot as plt

@@ -80,3 +80,56 @@ def test_brief_disagreement_does_not_flag() -> None:
         a.on_can(can(kmh, t))
         a.on_gnss(fix(100.0 / 3.6, t + 0.1))
     assert a.health()["implausible"] is False
+
+
+def _disagree(a: SpeedArbiter, can_kmh: float, gnss_kmh: float, t0: float, n: int,
+              ) -> tuple[list[SpeedSample | None], list[SpeedSample | None]]:
+    from_can, from_gnss = [], []
+    for i in range(n):
+        t = t0 + i
+        from_can.append(a.on_can(can(can_kmh, t)))
+        from_gnss.append(a.on_gnss(fix(gnss_kmh / 3.6, t + 0.05)))
+    return from_can, from_gnss
+
+
+def test_fallback_policy_uses_gnss_while_they_disagree_and_says_so_once() -> None:
+    a = SpeedArbiter(stale_s=1.0, disagree_kmh=15.0, disagree_s=10.0)  # default: fallback
+    assert a.policy == "fallback"
+    c, g = _disagree(a, 86.0, 43.0, 0.0, 10)  # a doubled DBC scale
+    assert all(x is not None for x in c) and all(x is None for x in g)  # CAN until sure
+    c, g = _disagree(a, 86.0, 43.0, 10.0, 20)
+    assert all(x is None for x in c[1:]) and all(x is not None for x in g[1:])
+    assert a.health()["source"] == "gnss" and a.health()["implausible"] is True
+    (ev,) = a.take_events()  # one diagnostic for the whole disagreement
+    _, body = ev
+    assert body["phase"] == "start" and body["diagnostic"] == "speed_sources_disagree"
+    assert body["can_kmh"] == 86.0 and body["gnss_kmh"] == 43.0 and body["using"] == "gnss"
+    assert body["policy"] == "fallback"
+    assert a.take_events() == []
+    c, g = _disagree(a, 44.0, 43.0, 30.0, 3)  # fixed: they agree again
+    assert all(x is not None for x in c) and all(x is None for x in g)
+    (end,) = a.take_events()
+    assert end[1]["phase"] == "end" and end[1]["duration_s"] >= 19.0
+    assert a.health()["diagnostics"] == 1
+
+
+def test_can_policy_keeps_can_and_still_reports() -> None:
+    a = SpeedArbiter(stale_s=1.0, disagree_kmh=15.0, disagree_s=10.0, policy="can")
+    c, g = _disagree(a, 86.0, 43.0, 0.0, 30)
+    assert all(x is not None for x in c) and all(x is None for x in g)
+    (ev,) = a.take_events()
+    assert ev[1]["using"] == "can"
+
+
+def test_gnss_policy_prefers_a_fresh_fix_always() -> None:
+    a = SpeedArbiter(stale_s=1.0, disagree_kmh=15.0, disagree_s=10.0, policy="gnss")
+    c, g = _disagree(a, 50.0, 49.0, 0.0, 5)
+    assert all(x is None for x in c[1:]) and all(x is not None for x in g)
+    assert a.on_can(can(50.0, 100.0)) is not None  # GNSS stale: CAN
+    assert a.take_events() == []
+
+
+def test_no_disagreement_when_standing_still() -> None:
+    a = SpeedArbiter(stale_s=1.0, disagree_kmh=5.0, disagree_s=2.0)
+    _disagree(a, 0.0, 7.0, 0.0, 30)  # GNSS wander at a standstill (below MOVING_KMH)
+    assert a.take_events() == [] and a.health()["implausible"] is False
