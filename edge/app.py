@@ -209,7 +209,9 @@ class Daemon:
         await asyncio.to_thread(check_runtime, cfg, zones=False)
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
-        self.engine = Engine(cfg, zones=zones)
+        from edge.roads.provider import RoadLimits
+
+        self.engine = Engine(cfg, zones=zones, roads=RoadLimits.for_config(cfg))
         self.outbox = await asyncio.to_thread(Outbox.from_config, cfg.outbox)
         log.info("daemon starting", version=__version__, thing=cfg.thing,
                  uplink=cfg.uplink.kind, outbox=str(cfg.outbox.path),
@@ -270,7 +272,7 @@ class Daemon:
         the thing name need a restart, which is logged and shown in health."""
         old = self.config
         changed = {f for f in ("thing", "gnss", "can", "rules", "telemetry", "uplink", "outbox",
-                               "health", "log") if getattr(old, f) != getattr(new, f)}
+                               "health", "log", "roads") if getattr(old, f) != getattr(new, f)}
         if not changed:
             return
         # everything that can fail is checked and built before anything changes: an
@@ -282,12 +284,14 @@ class Daemon:
         if "rules" in changed and self.engine is not None:
             from edge.core.rules import Rules
 
-            new_rules = Rules(new.rules, self._zones_or_config_error(new))
-        self.restart_required = sorted(changed & {"thing", "outbox"})
-        live = changed - {"thing", "outbox"}
+            new_rules = Rules(new.rules, self._zones_or_config_error(new),
+                              self.engine.rules.roads)
+        self.restart_required = sorted(changed & {"thing", "outbox", "roads"})
+        live = changed - {"thing", "outbox", "roads"}
         import dataclasses
 
-        self.config = dataclasses.replace(new, thing=old.thing, outbox=old.outbox)
+        self.config = dataclasses.replace(new, thing=old.thing, outbox=old.outbox,
+                                          roads=old.roads)
         self.reloads += 1
         log.info("config reloaded", changed=sorted(live),
                  restart_required=self.restart_required or None)

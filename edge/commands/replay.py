@@ -54,8 +54,10 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
 
     d = load_drive(drive)
     from edge.app import load_zones_for
+    from edge.roads.provider import RoadLimits
 
-    engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()))
+    engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()),
+                    roads=RoadLimits.for_config(cfg))
     streams = []
     if d.gnss is not None:
         streams.append(_fixes(d.gnss, d.date))

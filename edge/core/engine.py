@@ -19,7 +19,7 @@ system-stamped ones and be dropped as reordered.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config
 from edge.core.envelope import EnvelopeFactory
@@ -29,16 +29,20 @@ from edge.core.telemetry import TelemetrySampler
 from edge.core.zones import Zones
 from edge.model import Envelope, Event, Fix, Ignition, SpeedSample
 
+if TYPE_CHECKING:
+    from edge.roads.provider import RoadLimits
+
 CLOCK_STEP_S = 5.0
 
 
 class Engine:
     def __init__(
-        self, config: Config, *, zones: Zones | None = None, seed: int | None = None
+        self, config: Config, *, zones: Zones | None = None, seed: int | None = None,
+        roads: RoadLimits | None = None,
     ) -> None:
         self.config = config
         self.envelopes = EnvelopeFactory(config.thing, seed=seed)
-        self.rules = Rules(config.rules, zones)
+        self.rules = Rules(config.rules, zones, roads)
         self.arbiter = SpeedArbiter(
             stale_s=config.can.stale_s,
             disagree_kmh=config.can.disagree_kmh,
@@ -71,6 +75,11 @@ class Engine:
         events += self.rules.on_fix(fix)
         tel = self.telemetry.on_fix(fix)
         if tel is not None:
+            if self.rules.roads is not None:  # the posted limit and where it comes from
+                sp = self.rules.speed
+                tel = dataclasses.replace(tel, body={
+                    **tel.body, "speed_limit_kmh": sp.limit, "speed_limit_source": sp.source,
+                    "road": sp.road})
             events.append(tel)
         return self._wrap(events)
 
@@ -107,7 +116,7 @@ class Engine:
         closing = [dataclasses.replace(e, clock="system",
                                        body={**e.body, "reason": "clock_step"})
                    for e in self.rules.close(self._last_time)]
-        self.rules = Rules(self.config.rules, self.rules.zones)
+        self.rules = Rules(self.config.rules, self.rules.zones, self.rules.roads)
         self.telemetry = TelemetrySampler(interval_s=self.telemetry.interval_s)
         self._last_time = None
         return closing

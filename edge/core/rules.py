@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Set
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import RulesConfig
 from edge.core.geo import M_PER_DEG, wrap_lon
@@ -33,6 +33,9 @@ from edge.core.trip import TripTracker
 from edge.core.zones import ZoneLocator, Zones, empty_zones, load_zones
 from edge.errors import ZonesError
 from edge.model import Event, Fix, SpeedSample
+
+if TYPE_CHECKING:
+    from edge.roads.provider import RoadLimits
 
 _Body = dict[str, object]
 _NONE: frozenset[int] = frozenset()
@@ -54,8 +57,10 @@ class Rules:
     * ``health()``: counters and state, JSON-serialisable.
     """
 
-    def __init__(self, config: RulesConfig, zones: Zones | None = None) -> None:
+    def __init__(self, config: RulesConfig, zones: Zones | None = None,
+                 roads: RoadLimits | None = None) -> None:
         self.cfg = config
+        self.roads = roads  # posted road limits (edge.roads), the one hook into the speed rule
         self.zones = zones if zones is not None else empty_zones()
         self._loc = ZoneLocator(self.zones)
         self.geofence = GeofenceTracker(config.geofence, self.zones)
@@ -127,6 +132,12 @@ class Rules:
         if inside != self._inside_list:
             self._inside_list = inside
             self.speed.set_zone_limits(self._zone_limits(inside))
+        if self.roads is not None:
+            self.roads.on_fix(fix)
+            zl = self._zone_limits(inside)
+            decided = self.roads.decide(min(zl) if zl else None, self.cfg.speed.limit_kmh)
+            out.extend(self._emit("overspeed", at, b, "gnss")
+                       for at, b in self.speed.set_limit(t, *decided))
 
         # geofences
         if prev is not None and not gap and not geo.in_gap:
@@ -297,6 +308,8 @@ class Rules:
                 "active": self.speed.active,
                 "limit_kmh": self.speed.limit,
                 "limit_source": self.speed.source,
+                **({"road": self.speed.road, "roads": self.roads.health()}
+                   if self.roads is not None else {}),
             },
             "trip": {"active": self.trip.active, "trips": self.trip.trips},
             "poi": {"offers": self.poi.offers, "rate_capped": self.poi.rate_capped,

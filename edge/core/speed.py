@@ -30,6 +30,7 @@ class _Episode:
     source: str
     peak: float
     below_since: float | None = None
+    road: str | None = None
 
 
 class OverspeedTracker:
@@ -37,6 +38,7 @@ class OverspeedTracker:
         self.cfg = config
         self.limit: float | None = config.limit_kmh
         self.source = "default"
+        self.road: str | None = None  # name (ref) of the road whose posted limit applies
         self._above_since: float | None = None
         self._peak = 0.0
         self._ep: _Episode | None = None
@@ -58,6 +60,19 @@ class OverspeedTracker:
         else:
             self.limit, self.source = default, "default"
 
+    def set_limit(self, t: float, limit: float | None, source: str, road: str | None
+                  ) -> list[tuple[float, dict[str, object]]]:
+        """The applicable limit decided by the road provider (``edge.roads.provider``).
+        An open episode ends when the limit changes (``limit_changed``) or the car leaves
+        the road whose limit it broke (``left_road``)."""
+        out = []
+        ep = self._ep
+        left = ep is not None and ep.source.startswith("road:") and not source.startswith("road:")
+        if ep is not None and (left or limit != ep.limit):
+            out.append(self._end(t, self._last_v, "left_road" if left else "limit_changed", t))
+        self.limit, self.source, self.road = limit, source, road
+        return out
+
     def threshold(self) -> float | None:
         if self.limit is None:
             return None
@@ -70,7 +85,7 @@ class OverspeedTracker:
         assert ep is not None
         self._ep = None
         self._above_since = None
-        return t, {
+        body: dict[str, object] = {
             "phase": "end",
             "speed_kmh": r1(speed),
             "limit_kmh": r1(ep.limit),
@@ -79,6 +94,9 @@ class OverspeedTracker:
             "duration_s": round(max(0.0, until - ep.start), 2),
             "reason": reason,
         }
+        if ep.road is not None:
+            body["road"] = ep.road
+        return t, body
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
         out = self.tick(t)
@@ -95,16 +113,19 @@ class OverspeedTracker:
                 if t - self._above_since >= self.cfg.min_duration_s:
                     assert self.limit is not None
                     self._ep = _Episode(start=self._above_since, limit=self.limit,
-                                        source=self.source, peak=self._peak)
+                                        source=self.source, peak=self._peak, road=self.road)
                     self.episodes += 1
-                    out.append((t, {
+                    body: dict[str, object] = {
                         "phase": "start",
                         "speed_kmh": r1(v),
                         "limit_kmh": r1(self.limit),
                         "limit_source": self.source,
                         "peak_kmh": r1(self._peak),
                         "duration_s": round(t - self._above_since, 2),
-                    }))
+                    }
+                    if self.road is not None:
+                        body["road"] = self.road
+                    out.append((t, body))
             else:
                 self._above_since = None
             return out
