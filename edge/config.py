@@ -109,7 +109,7 @@ class RoadsConfig:
     max_radius_m: float = 80.0
     sigma_m: float = 5.0
     heading_sigma_deg: float = 30.0
-    switch_margin: float = 3.0  # log-likelihood lead before the matched road changes
+    switch_margin: float = 1.5  # log-likelihood lead before the matched road changes
     cache_kb: int = 2048  # SQLite page cache for the index
 
 

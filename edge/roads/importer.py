@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.roads.index import E7, IndexWriter
+from edge.roads.index import BRIDGE, E7, TUNNEL, IndexWriter
 from edge.roads.maxspeed import DEFAULTS, drivable, oneway, way_limits
 
 COUNTRY_SAMPLE = 2000  # addr:country values looked at to guess the country
@@ -115,7 +115,8 @@ def import_extract(src: Path, out: Path, *, bbox: tuple[float, float, float, flo
                 oneway=oneway(tags),
                 fwd=(lim.forward.kmh, lim.forward.source == "default"),
                 bwd=(lim.backward.kmh, lim.backward.source == "default"),
-                cond_f=lim.forward_conditional, cond_b=lim.backward_conditional, tz=tz)
+                cond_f=lim.forward_conditional, cond_b=lim.backward_conditional, tz=tz,
+                flags=_flags(tags))
             summary.segments += writer.add_segments(w.id, rows)
             summary.ways += 1
         summary.seconds = time.perf_counter() - started
@@ -151,6 +152,15 @@ def _segments(way: Any, box: Any) -> list[tuple[int, int, int, int, int, int]] |
         if not rows:
             return "outside_bbox"
     return rows
+
+
+def _flags(tags: Mapping[str, str]) -> int:
+    flags = 0
+    if tags.get("tunnel", "no") not in ("no", "building_passage") or tags.get("covered") == "yes":
+        flags |= TUNNEL
+    if tags.get("bridge", "no") != "no":
+        flags |= BRIDGE
+    return flags
 
 
 class _TimeZones:

@@ -8,7 +8,8 @@ Schema (``PRAGMA user_version = 1``):
   one row per OSM way, ``id`` is the OSM id. ``*_kmh`` NULL: unknown (``signals``),
   ``-1``: no limit (``none``); ``*_src``: ``0`` a tag, ``1`` the country fallback;
   ``cond``: JSON ``{"f": [[kmh, "Mo-Fr 07:00-17:00"], ...], "b": [...]}`` or NULL;
-  ``tz``: the IANA zone of the way (for conditional limits) or NULL.
+  ``tz``: the IANA zone of the way (for conditional limits) or NULL; ``flags``: 1 a
+  tunnel, 2 a bridge (the matcher doubts a GNSS fix in a tunnel).
 * ``segs(id, way, n1, n2, lat1, lon1, lat2, lon2)``: one row per pair of consecutive
   nodes of a way, in the way's direction; coordinates in 1e-7 degrees (integers, as
   OSM stores them); ``n1``/``n2`` the OSM node ids (connectivity).
@@ -34,13 +35,16 @@ from edge.errors import EdgeError
 FORMAT = 1
 E7 = 10_000_000
 NO_LIMIT_DB = -1.0
+TUNNEL = 1
+BRIDGE = 2
 WAY_CACHE = 4096
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE ways(id INTEGER PRIMARY KEY, highway TEXT, name TEXT, ref TEXT,
                   oneway INTEGER NOT NULL, fwd_kmh REAL, bwd_kmh REAL,
-                  fwd_src INTEGER NOT NULL, bwd_src INTEGER NOT NULL, cond TEXT, tz TEXT);
+                  fwd_src INTEGER NOT NULL, bwd_src INTEGER NOT NULL, cond TEXT, tz TEXT,
+                  flags INTEGER NOT NULL);
 CREATE TABLE segs(id INTEGER PRIMARY KEY, way INTEGER NOT NULL, n1 INTEGER NOT NULL,
                   n2 INTEGER NOT NULL, lat1 INTEGER NOT NULL, lon1 INTEGER NOT NULL,
                   lat2 INTEGER NOT NULL, lon2 INTEGER NOT NULL);
@@ -66,6 +70,11 @@ class Way:
     fwd_cond: tuple[tuple[float, str], ...]
     bwd_cond: tuple[tuple[float, str], ...]
     tz: str | None
+    flags: int = 0
+
+    @property
+    def tunnel(self) -> bool:
+        return bool(self.flags & TUNNEL)
 
     @property
     def label(self) -> str | None:
@@ -113,13 +122,14 @@ class IndexWriter:
     def add_way(self, *, id: int, highway: str, name: str | None, ref: str | None,
                 oneway: int, fwd: tuple[float | None, bool], bwd: tuple[float | None, bool],
                 cond_f: Iterable[tuple[float, str]] = (),
-                cond_b: Iterable[tuple[float, str]] = (), tz: str | None = None) -> None:
+                cond_b: Iterable[tuple[float, str]] = (), tz: str | None = None,
+                flags: int = 0) -> None:
         cf, cb = [list(c) for c in cond_f], [list(c) for c in cond_b]
         cond = json.dumps({"f": cf, "b": cb}, separators=(",", ":")) if cf or cb else None
         self.db.execute(
-            "INSERT OR REPLACE INTO ways VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO ways VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (id, highway, name, ref, oneway, _kmh_to_db(fwd[0]), _kmh_to_db(bwd[0]),
-             int(fwd[1]), int(bwd[1]), cond, tz if cond else None))
+             int(fwd[1]), int(bwd[1]), cond, tz if cond else None, flags))
         self.ways += 1
 
     def add_segments(self, way: int, rows: Iterable[tuple[int, int, int, int, int, int]]
@@ -203,7 +213,7 @@ class RoadIndex:
         w = Way(r[0], r[1], r[2], r[3], r[4], _kmh_from_db(r[5]), _kmh_from_db(r[6]),
                 bool(r[7]), bool(r[8]),
                 tuple((float(k), str(c)) for k, c in cond.get("f", ())),
-                tuple((float(k), str(c)) for k, c in cond.get("b", ())), r[10])
+                tuple((float(k), str(c)) for k, c in cond.get("b", ())), r[10], r[11])
         self._ways[way_id] = w
         if len(self._ways) > WAY_CACHE:
             self._ways.popitem(last=False)

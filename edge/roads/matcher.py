@@ -9,7 +9,8 @@ without lag, scores as log probabilities).
 * **Emission**: the fix's distance to the segment, Gaussian with ``sigma_m`` (grown with
   HDOP), and, when the car moves, its course against the direction of travel
   (Gaussian with ``heading_sigma_deg``); a one-way segment has one direction only, so
-  a car driving against it does not match it.
+  a car driving against it does not match it. A tunnel costs ``tunnel_cost``: a valid
+  fix above a tunnel that runs under a street comes from the street.
 * **Transition**: ``|great-circle distance - route distance| / beta`` between the
   projections of two consecutive fixes, the route distance going through the shared
   node when two segments connect (or along the way when both belong to it); segments
@@ -48,10 +49,11 @@ class MatchParams:
     beta_m: float = 8.0
     jump_cost: float = 10.0
     way_change_cost: float = 0.5
-    switch_margin: float = 3.0
+    switch_margin: float = 1.5
     unmatched_after: int = 2
     gap_s: float = 10.0  # longer without a fix: start over
     prune: float = 25.0  # states this far below the best are dropped
+    tunnel_cost: float = 4.0  # a fix from the sky is unlikely to come from a tunnel
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ class Matcher:
             for forward in (True, False):
                 if (way.oneway == 1 and not forward) or (way.oneway == -1 and forward):
                     continue
-                e = -0.5 * (d / sigma) ** 2
+                e = -0.5 * (d / sigma) ** 2 - (p.tunnel_cost if way.tunnel else 0.0)
                 if moving:
                     assert course_deg is not None
                     travel = bearing if forward else (bearing + 180.0) % 360.0
