@@ -86,6 +86,7 @@ DRIVABLE: frozenset[str] = frozenset({
     "residential", "living_street", "service", "road",
 })
 _IMPLICIT_RE = re.compile(r"^([A-Z]{2})(?:-[A-Z0-9]+)?:([a-z_]+?)(?::?(\d+))?$")
+_ZONE_NUMBER_RE = re.compile(r"^[A-Z]{2}(?:-[A-Z0-9]+)?:(\d+)$")
 _COND_SPLIT_RE = re.compile(r";(?![^()]*\))")
 _COND_RE = re.compile(r"^\s*([^@]+?)\s*@\s*\(?\s*(.+?)\s*\)?\s*$")
 
@@ -128,6 +129,9 @@ def implicit_kmh(value: str, country: str | None = None) -> float | None:
         return row.get("walk", WALK_KMH)
     if low in ("none", "unlimited"):
         return NO_LIMIT
+    m = _ZONE_NUMBER_RE.match(v)  # zone:maxspeed=DE:30
+    if m is not None:
+        return float(m.group(1))
     m = _IMPLICIT_RE.match(v)
     if m is None:
         raise TagError("bad_value", f"not a speed or a known implicit value: {value!r}")
