@@ -239,3 +239,21 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
     assert missed == []
     assert len(neighbour) <= 0.1 * starts_total, neighbour
     assert wrong == [], "\n".join(map(str, wrong))
+
+
+def test_edge_report_draws_the_matched_road_limit(world: World) -> None:
+    pytest.importorskip("matplotlib")
+    from sim.drive import load_drive
+    from sim.report import events_for, posted_limit_series, render
+
+    name = "beside-service-road"
+    d = _drive(world, name)
+    cfg = config(world.tmp, world.index_path)
+    events = events_for(d.dir, cfg)
+    t0 = d.profile.start.timestamp()
+    ts, kmh = posted_limit_series(events, t0)
+    assert len(ts) > 50
+    want = [finite(truth_kmh(world.tags, d.route.piece_at(d.state_at(t0 + t)[0]))) for t in ts]
+    assert sum(a == b for a, b in zip(kmh, want, strict=True)) >= 0.95 * len(ts)
+    out = render(load_drive(d.dir), cfg, events, world.tmp / "report.png")
+    assert out.stat().st_size > 30_000
