@@ -266,9 +266,9 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                                         for v, lim in zip(lim_vals, lim_vals, strict=True)],
                          step="post", color="#ffbf00", alpha=0.25, label="tolerance")
         axs.step(ts, lim_vals, where="post", color="#d62728", lw=1.2, label="limit")
-        pts, pkmh = posted_limit_series(events, t0)
-        if pts:  # [roads]: the posted limit of the matched road, as the engine applied it
-            axs.step(pts, pkmh, where="post", color="#8c564b", lw=1.6, ls="--",
+        p_ts, pkmh = posted_limit_series(events, t0)
+        if p_ts:  # [roads]: the posted limit of the matched road, as the engine applied it
+            axs.step(p_ts, pkmh, where="post", color="#8c564b", lw=1.6, ls="--",
                      label="posted limit (matched road)")
         axs.plot(ts, [p.speed_kmh for p in track], color="#1f77b4", lw=1, label="GNSS speed")
     if can_speed:
