@@ -226,6 +226,8 @@ class Daemon:
                     tg.create_task(self._health_loop(), name="health"),
                     tg.create_task(self._zones_watch(), name="zones-watch"),
                 ]
+                if cfg.roads.index is not None:
+                    aux.append(tg.create_task(self._roads_watch(), name="roads-watch"))
                 self._start_sources(tg, built)
                 await stop.wait()
                 log.info("shutting down")
@@ -373,6 +375,33 @@ class Daemon:
             if now != last and now is not None:
                 self._reload_zones()
             last = now
+
+    async def _roads_watch(self, period_s: float = 5.0) -> None:
+        """Swap to a new road index when the file is replaced (a Greengrass Roads
+        deployment renames the new file over the old one); a file that is not an index
+        keeps the old one and is logged."""
+        from edge.roads.provider import RoadLimits, file_stamp
+
+        path = self.config.roads.index
+        assert path is not None
+        last = await asyncio.to_thread(file_stamp, path)
+        while True:
+            await asyncio.sleep(period_s)
+            now = await asyncio.to_thread(file_stamp, path)
+            if now == last or now is None or self.engine is None:
+                continue
+            last = now
+            try:
+                new = await asyncio.to_thread(RoadLimits.open, self.config.roads)
+            except EdgeError as exc:
+                log.warning("road index not reloaded, keeping the old one", reason=str(exc))
+                continue
+            old = self.engine.rules.roads
+            self.engine.rules.roads = new
+            if old is not None:
+                old.index.close()
+            log.info("road index reloaded", path=str(path), segments=new.index.meta.get(
+                "segments"))
 
     async def _shutdown(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.errors import ConfigError
@@ -39,6 +40,15 @@ class RoadLimit:
     source: str  # road:osm:way/<id> | road:default
     road: str | None  # name (ref)
     way: int
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of the index file, None when it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class RoadLimits:
