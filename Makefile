@@ -9,7 +9,7 @@ RUN_CONFIG ?= $(DRIVE)/config.toml
 BROKER_PORT ?= 1883
 export VEHICLE_EDGE_CACHE ?= $(HOME)/.cache/vehicle-edge
 
-.PHONY: help venv deps system-deps run test test-fast lint bench chaos components testdata clean
+.PHONY: help venv deps system-deps run test test-fast lint bench chaos components roads-component testdata clean
 
 help:
 	@echo "make run         daemon in simulator mode on $(DRIVE), publishing to a local broker"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench       benchmarks: one table, results in bench/results.json"
 	@echo "make chaos       fault suite with a delivery ledger"
 	@echo "make components  Greengrass artifacts and recipes into build/greengrass/"
+	@echo "make roads-component EXTRACT=x.osm.pbf REGION=name  road index component"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -65,6 +66,10 @@ chaos: deps
 
 components: venv
 	$(PY) scripts/build_components.py --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET)) $(COMPONENT_ARGS)
+
+# the road index of one region as its own Greengrass component (EXTRACT=x.osm.pbf REGION=name)
+roads-component: venv
+	$(PY) scripts/build_roads_component.py $(EXTRACT) --region $(REGION) --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

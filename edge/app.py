@@ -246,7 +246,9 @@ class Daemon:
         await asyncio.to_thread(check_runtime, cfg, zones=False)
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
-        self.engine = Engine(cfg, zones=zones)
+        from edge.roads.provider import RoadLimits
+
+        self.engine = Engine(cfg, zones=zones, roads=RoadLimits.for_config(cfg))
         if zones is None and cfg.rules.zones is not None:  # optional and not there yet
             self.engine.rules.zones_rejected(zones_missing(cfg.rules.zones))
         await self._open_outbox(starting=True)
@@ -271,6 +273,8 @@ class Daemon:
                     tg.create_task(self._health_loop(), name="health"),
                     tg.create_task(self._zones_watch(), name="zones-watch"),
                 ]
+                if cfg.roads.index is not None:
+                    aux.append(tg.create_task(self._roads_watch(), name="roads-watch"))
                 self._start_sources(tg, built)
                 await stop.wait()
                 log.info("shutting down")
@@ -352,7 +356,7 @@ class Daemon:
         the thing name need a restart, which is logged and shown in health."""
         old = self.config
         changed = {f for f in ("thing", "gnss", "can", "rules", "telemetry", "uplink", "outbox",
-                               "health", "log") if getattr(old, f) != getattr(new, f)}
+                               "health", "log", "roads") if getattr(old, f) != getattr(new, f)}
         if not changed:
             return
         # everything that can fail is checked and built before anything changes: an
@@ -364,12 +368,14 @@ class Daemon:
         if "rules" in changed and self.engine is not None:
             from edge.core.rules import Rules
 
-            new_rules = Rules(new.rules, self._zones_or_config_error(new))
-        self.restart_required = sorted(changed & {"thing", "outbox"})
-        live = changed - {"thing", "outbox"}
+            new_rules = Rules(new.rules, self._zones_or_config_error(new),
+                              self.engine.rules.roads)
+        self.restart_required = sorted(changed & {"thing", "outbox", "roads"})
+        live = changed - {"thing", "outbox", "roads"}
         import dataclasses
 
-        self.config = dataclasses.replace(new, thing=old.thing, outbox=old.outbox)
+        self.config = dataclasses.replace(new, thing=old.thing, outbox=old.outbox,
+                                          roads=old.roads)
         self.reloads += 1
         log.info("config reloaded", changed=sorted(live),
                  restart_required=self.restart_required or None)
@@ -451,6 +457,33 @@ class Daemon:
             if now != last and now is not None:
                 self._reload_zones()
             last = now
+
+    async def _roads_watch(self, period_s: float = 5.0) -> None:
+        """Swap to a new road index when the file is replaced (a Greengrass Roads
+        deployment renames the new file over the old one); a file that is not an index
+        keeps the old one and is logged."""
+        from edge.roads.provider import RoadLimits, file_stamp
+
+        path = self.config.roads.index
+        assert path is not None
+        last = await asyncio.to_thread(file_stamp, path)
+        while True:
+            await asyncio.sleep(period_s)
+            now = await asyncio.to_thread(file_stamp, path)
+            if now == last or now is None or self.engine is None:
+                continue
+            last = now
+            try:
+                new = await asyncio.to_thread(RoadLimits.open, self.config.roads)
+            except EdgeError as exc:
+                log.warning("road index not reloaded, keeping the old one", reason=str(exc))
+                continue
+            old = self.engine.rules.roads
+            self.engine.rules.roads = new
+            if old is not None:
+                old.index.close()
+            log.info("road index reloaded", path=str(path), segments=new.index.meta.get(
+                "segments"))
 
     async def _shutdown(
         self,

@@ -35,6 +35,10 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
             load_zones(cfg.rules.zones)
         except ZonesError as exc:
             raise ConfigError("rules.zones", str(exc)) from exc
+    if cfg.roads.index is not None:
+        from edge.roads.provider import RoadLimits
+
+        RoadLimits.for_config(cfg).index.close()  # type: ignore[union-attr]  # roads.index
     if cfg.can.interface != "none" and cfg.can.mode == "dbc":
         _readable("can.dbc", cfg.can.dbc)
         from edge.core.canspeed import decoder_for

@@ -148,6 +148,18 @@ def cmd_record(args: argparse.Namespace) -> int:
                 can_channel=args.can_channel, duration_s=args.duration)
 
 
+def cmd_roads(args: argparse.Namespace) -> int:
+    from edge.commands import roads
+
+    if args.what == "import":
+        return roads.import_main(args.extract, args.out, bbox=args.bbox, country=args.country,
+                                 stdout=sys.stdout)
+    if args.what == "info":
+        return roads.info_main(args.index, stdout=sys.stdout)
+    return roads.match_main(args.index, args.lat, args.lon, heading=args.heading,
+                            speed_kmh=args.speed, hdop=args.hdop, stdout=sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge",
@@ -256,6 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--can-channel")
     s.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
     s.set_defaults(func=cmd_record)
+
+    s = sub.add_parser("roads", help="posted speed limits: build or query a road index")
+    rsub = s.add_subparsers(dest="what", required=True, metavar="import|info|match")
+    r = rsub.add_parser("import", help="OSM extract (.osm.pbf) -> road index (SQLite)")
+    r.add_argument("extract", type=Path)
+    r.add_argument("--out", "-o", type=Path, required=True)
+    r.add_argument("--bbox", help="W,S,E,N in degrees: keep only roads in this box")
+    r.add_argument("--country", help="ISO code for implicit/default limits (default: guessed)")
+    r = rsub.add_parser("info", help="what an index holds")
+    r.add_argument("index", type=Path)
+    r = rsub.add_parser("match", help="the road and limit one position matches")
+    r.add_argument("index", type=Path)
+    r.add_argument("lat", type=float)
+    r.add_argument("lon", type=float)
+    r.add_argument("--heading", type=float, help="course over ground, degrees")
+    r.add_argument("--speed", type=float, help="km/h")
+    r.add_argument("--hdop", type=float)
+    s.set_defaults(func=cmd_roads)
     return p
 
 

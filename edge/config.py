@@ -105,6 +105,21 @@ class RulesConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RoadsConfig:
+    """Posted limits of the road (``edge.roads``): an index built by ``edge roads import``."""
+
+    index: Path | None = None  # None: no road limits
+    priority: Literal["zone>road>default", "road>zone>default", "lowest"] = "zone>road>default"
+    radius_m: float = 25.0  # map-matching candidates within radius_m + hdop_radius_m x HDOP
+    hdop_radius_m: float = 5.0
+    max_radius_m: float = 80.0
+    sigma_m: float = 5.0
+    heading_sigma_deg: float = 30.0
+    switch_margin: float = 1.5  # log-likelihood lead before the matched road changes
+    cache_kb: int = 2048  # SQLite page cache for the index
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryConfig:
     interval_s: float = 1.0
     batch_max: int = 60  # records per telemetry publish
@@ -170,6 +185,7 @@ class Config:
     gnss: GnssConfig = field(default_factory=GnssConfig)
     can: CanConfig = field(default_factory=CanConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    roads: RoadsConfig = field(default_factory=RoadsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
@@ -336,6 +352,10 @@ def _check(cfg: Config) -> None:
 
         if importlib.util.find_spec("zstandard") is None:
             raise ConfigError("uplink.compression", "'zstd' needs the zstandard package")
+    for name in ("radius_m", "hdop_radius_m", "max_radius_m", "sigma_m", "heading_sigma_deg",
+                 "switch_margin", "cache_kb"):
+        if getattr(cfg.roads, name) <= 0:
+            raise ConfigError(f"roads.{name}", "must be positive")
     if cfg.log.status_interval_s <= 0:
         raise ConfigError("log.status_interval_s", "must be positive")
     if cfg.health.interval_s <= 0:

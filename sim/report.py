@@ -85,15 +85,30 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
 
 def events_for(drive: Path, config: Config,
                warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """The alert and trip events the engine decides for ``drive``, as payload dicts
-    (``warn`` hears what ``edge replay`` warns of: clocks that disagree, skipped lines)."""
+    """The alert and trip events the engine decides for ``drive``, as payload dicts, and
+    the telemetry records that carry a posted road limit (``[roads]`` configured);
+    ``warn`` hears what ``edge replay`` warns of: clocks that disagree, skipped lines."""
     from edge.commands.replay import replay_events
 
     out = []
     for env in replay_events(drive, config, warn=warn):
-        if env.type in EVENT_STYLE:
+        if env.type in EVENT_STYLE or "speed_limit_source" in env.body:
             out.append(dict(env.payload()))
     return out
+
+
+def posted_limit_series(events: Iterable[Mapping[str, Any]], t0: float
+                        ) -> tuple[list[float], list[float]]:
+    """(seconds since ``t0``, km/h) of the matched road's limit over time, from the
+    telemetry records; NaN where no limit applies."""
+    ts: list[float] = []
+    kmh: list[float] = []
+    for e in events:
+        if e.get("type") == "telemetry" and "speed_limit_source" in e:
+            lim = e.get("speed_limit_kmh")
+            ts.append(float(e["ts"]) / 1000 - t0)
+            kmh.append(float(lim) if isinstance(lim, int | float) else float("nan"))
+    return ts, kmh
 
 
 class _Frame:
@@ -198,6 +213,7 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
 
     track = track_of(drive)
     can_speed = can_speed_of(drive, config)
+    events = list(events)
     evs = [e for e in events if e.get("type") in EVENT_STYLE]
     zones = _load_zones(config.rules.zones)
     if track:
@@ -305,6 +321,10 @@ def render(drive: Drive, config: Config, events: Iterable[Mapping[str, Any]], ou
                  label="limit applied: " + ", ".join(
                      f"{src} " + (f"{kmh:g} km/h" if kmh is not None else "no limit")
                      for src, kmh in applied))
+        p_ts, pkmh = posted_limit_series(events, t0)
+        if p_ts:  # [roads]: the posted limit of the matched road, as the engine applied it
+            axs.step(p_ts, pkmh, where="post", color="#8c564b", lw=1.6, ls="--",
+                     label="posted limit (matched road)")
         axs.plot(ts, [p.speed_kmh for p in track], color="#1f77b4", lw=1, label="GNSS speed")
     if can_speed:
         axs.plot([t - t0 for t, _ in can_speed], [v for _, v in can_speed], color="black",

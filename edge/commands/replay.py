@@ -79,8 +79,10 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
         if not clocks.agree:
             warn(clocks.message(d))
     from edge.app import load_zones_for
+    from edge.roads.provider import RoadLimits
 
-    engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()))
+    engine = Engine(cfg, zones=load_zones_for(cfg), seed=zlib.crc32(cfg.thing.encode()),
+                    roads=RoadLimits.for_config(cfg))
     streams: list[Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]] = []
     if d.gnss is not None:
         fixes = _fixes(d.gnss, d.date, ref)

@@ -24,7 +24,7 @@ system-stamped ones and be dropped as reordered.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config
 from edge.core import rulestate
@@ -35,16 +35,20 @@ from edge.core.telemetry import TelemetrySampler
 from edge.core.zones import Zones
 from edge.model import Envelope, Event, Fix, Ignition, SpeedSample
 
+if TYPE_CHECKING:
+    from edge.roads.provider import RoadLimits
+
 CLOCK_STEP_S = 5.0
 
 
 class Engine:
     def __init__(
-        self, config: Config, *, zones: Zones | None = None, seed: int | None = None
+        self, config: Config, *, zones: Zones | None = None, seed: int | None = None,
+        roads: RoadLimits | None = None,
     ) -> None:
         self.config = config
         self.envelopes = EnvelopeFactory(config.thing, seed=seed)
-        self.rules = Rules(config.rules, zones)
+        self.rules = Rules(config.rules, zones, roads)
         self.arbiter = make_arbiter(config)
         self.telemetry = TelemetrySampler(interval_s=config.telemetry.interval_s)
         self._anchor: Fix | None = None  # last valid fix with a time: the clock anchor
@@ -79,6 +83,11 @@ class Engine:
         events += self.rules.on_fix(fix)
         tel = self.telemetry.on_fix(fix)
         if tel is not None:
+            if self.rules.roads is not None:  # the posted limit and where it comes from
+                sp = self.rules.speed
+                tel = dataclasses.replace(tel, body={
+                    **tel.body, "speed_limit_kmh": sp.limit, "speed_limit_source": sp.source,
+                    "road": sp.road})
             events.append(tel)
         return self._wrap(events)
 
@@ -122,7 +131,7 @@ class Engine:
                                        body={**e.body, "reason": "clock_step"})
                    for e in self.rules.close(self._last_time)]
         drive = self.rules.drive_geometry
-        self.rules = Rules(self.config.rules, self.rules.zones)
+        self.rules = Rules(self.config.rules, self.rules.zones, self.rules.roads)
         self.rules.use_drive_geometry(drive)
         self.telemetry = TelemetrySampler(interval_s=self.telemetry.interval_s)
         self._last_time = None
@@ -159,7 +168,7 @@ class Engine:
     def _restore(self, time: float | None) -> list[Event]:
         doc, self._resume = self._resume, None
         assert doc is not None
-        self.rules = Rules(self.config.rules, self.rules.zones)
+        self.rules = Rules(self.config.rules, self.rules.zones, self.rules.roads)
         events, self.resume_summary = rulestate.restore(
             self.rules, doc, now=time, resume_gap_s=self.config.rules.trip.resume_gap_s)
         return events

@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Set
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import RulesConfig
 from edge.core.drivegeo import DriveGeometry
@@ -35,6 +35,9 @@ from edge.core.trip import TripTracker
 from edge.core.zones import ZoneLocator, Zones, empty_zones, load_zones
 from edge.errors import ZonesError
 from edge.model import Event, Fix, SpeedSample
+
+if TYPE_CHECKING:
+    from edge.roads.provider import RoadLimits
 
 _Body = dict[str, object]
 _NONE: frozenset[int] = frozenset()
@@ -55,8 +58,10 @@ class Rules:
     * ``health()``: counters and state, JSON-serialisable.
     """
 
-    def __init__(self, config: RulesConfig, zones: Zones | None = None) -> None:
+    def __init__(self, config: RulesConfig, zones: Zones | None = None,
+                 roads: RoadLimits | None = None) -> None:
         self.cfg = config
+        self.roads = roads  # posted road limits (edge.roads), the one hook into the speed rule
         self.zones = zones if zones is not None else empty_zones()
         self._loc = ZoneLocator(self.zones)
         self._drive: DriveGeometry | None = None  # answers computed for a whole drive
@@ -137,7 +142,12 @@ class Rules:
         changed = inside != self._inside_list
         if changed:
             self._inside_list = inside
-            for at, b in self.speed.set_limit(t, self._limit_at(inside)):
+            if self.roads is None:
+                for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
+                    out.append(self._emit("overspeed", at, b, "gnss"))
+        if self.roads is not None:  # the road under the car changes without a zone change
+            self.roads.on_fix(fix)
+            for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                 out.append(self._emit("overspeed", at, b, "gnss"))
 
         # geofences
@@ -172,10 +182,14 @@ class Rules:
                     out.append(self._emit("poi", t, body, "gnss"))
         return out
 
-    def _limit_at(self, inside: list[int]) -> Limit:
-        """The applicable limit: the zones the car is in claim theirs (``maxspeed``,
-        "none" included); ``edge.core.limits.decide_limit`` decides."""
-        return self.speed.decide(self.zones.limit_claims(inside))
+    def _limit_at(self, inside: list[int]) -> tuple[Limit, str | None]:
+        """The applicable limit and the road it is posted on: the zones the car is in
+        claim theirs (``maxspeed``, "none" included); ``edge.core.limits.decide_limit``
+        decides, with the matched road's posted limit when ``[roads]`` has an index."""
+        claims = self.zones.limit_claims(inside)
+        if self.roads is not None:
+            return self.roads.decide(claims, self.cfg.speed)
+        return self.speed.decide(claims), None
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
@@ -287,7 +301,7 @@ class Rules:
         self._reloads += 1
         out = [self._emit("geofence", t, tr.body(), "gnss") for tr in trs]
         if self._fix is not None:
-            for at, b in self.speed.set_limit(t, self._limit_at(inside_now or [])):
+            for at, b in self.speed.set_limit(t, *self._limit_at(inside_now or [])):
                 out.append(self._emit("overspeed", at, b, "gnss"))
         return out
 
@@ -330,6 +344,8 @@ class Rules:
                 "active": self.speed.active,
                 "limit_kmh": self.speed.limit,
                 "limit_source": self.speed.source,
+                **({"road": self.speed.road, "roads": self.roads.health()}
+                   if self.roads is not None else {}),
             },
             "trip": {"active": self.trip.active, "trips": self.trip.trips},
             "poi": {"offers": self.poi.offers, "rate_capped": self.poi.rate_capped,

@@ -36,6 +36,7 @@ class _Episode:
     source: str
     peak: float
     below_since: float | None = None
+    road: str | None = None
 
 
 class OverspeedTracker:
@@ -43,6 +44,7 @@ class OverspeedTracker:
         self.cfg = config
         self.limit: float | None = config.limit_kmh
         self.source = "default"
+        self.road: str | None = None  # name (ref) of the road whose posted limit applies
         self._above_since: float | None = None
         self._peak = 0.0
         self._ep: _Episode | None = None
@@ -58,24 +60,29 @@ class OverspeedTracker:
         """The limit that applies given the claims of every source at the car's place."""
         return decide_limit(self.cfg.limit_kmh, self.cfg.limit_policy, claims)
 
-    def set_limit(self, t: float, limit: Limit) -> list[tuple[float, dict[str, object]]]:
-        """The applicable limit from ``t`` on. An open episode measured against another
-        limit ends at ``t`` (``limit_changed``/``no_limit``); a new one starts at ``t``
-        when the last speed is above the new threshold."""
-        if limit.kmh == self.limit and limit.source == self.source:
+    def set_limit(self, t: float, limit: Limit, road: str | None = None
+                  ) -> list[tuple[float, dict[str, object]]]:
+        """The applicable limit from ``t`` on (``road``: the name/ref of the road whose
+        posted limit it is, ``edge.roads``). An open episode measured against another
+        limit ends at ``t`` (``limit_changed``/``no_limit``; ``left_road`` when the car
+        left the road whose posted limit it broke); a new one starts at ``t`` when the
+        last speed is above the new threshold."""
+        if limit.kmh == self.limit and limit.source == self.source and road == self.road:
             return []
         old_thr = self.threshold()
-        self.limit, self.source = limit.kmh, limit.source
+        self.limit, self.source, self.road = limit.kmh, limit.source, road
         thr = self.threshold()
         v = self._last_v
         fresh = self._last_t is not None and t - self._last_t <= self.cfg.gap_s
         out: list[tuple[float, dict[str, object]]] = []
         ep = self._ep
         if ep is not None:
-            if limit.kmh == ep.limit:
+            left = ep.source.startswith("road:") and not limit.source.startswith("road:")
+            if limit.kmh == ep.limit and not left:
                 return out  # the same limit from another source: the episode goes on
             until = ep.below_since if ep.below_since is not None else t
-            out.append(self._end(t, v, "no_limit" if thr is None else "limit_changed", until))
+            reason = "no_limit" if thr is None else "left_road" if left else "limit_changed"
+            out.append(self._end(t, v, reason, until))
             if thr is not None and fresh and v > thr:
                 self._above_since = t
                 self._peak = v
@@ -96,9 +103,9 @@ class OverspeedTracker:
     def _start(self, t: float, v: float) -> tuple[float, dict[str, object]]:
         assert self.limit is not None and self._above_since is not None
         self._ep = _Episode(start=self._above_since, limit=self.limit,
-                            source=self.source, peak=self._peak)
+                            source=self.source, peak=self._peak, road=self.road)
         self.episodes += 1
-        return t, {
+        body: dict[str, object] = {
             "phase": "start",
             "speed_kmh": r1(v),
             "limit_kmh": r1(self.limit),
@@ -106,6 +113,9 @@ class OverspeedTracker:
             "peak_kmh": r1(self._peak),
             "duration_s": round(t - self._above_since, 2),
         }
+        if self.road is not None:
+            body["road"] = self.road
+        return t, body
 
     def _end(
         self, t: float, speed: float, reason: str, until: float
@@ -114,7 +124,7 @@ class OverspeedTracker:
         assert ep is not None
         self._ep = None
         self._above_since = None
-        return t, {
+        body: dict[str, object] = {
             "phase": "end",
             "speed_kmh": r1(speed),
             "limit_kmh": r1(ep.limit),
@@ -123,6 +133,9 @@ class OverspeedTracker:
             "duration_s": round(max(0.0, until - ep.start), 2),
             "reason": reason,
         }
+        if ep.road is not None:
+            body["road"] = ep.road
+        return t, body
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
         out = self.tick(t)

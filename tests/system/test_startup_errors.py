@@ -42,6 +42,14 @@ kind = "mqtt"
 cert = "nowhere.pem"
 key = "key.pem"
 '''),
+    "missing road index": ("roads.index", '''
+[roads]
+index = "nowhere.db"
+'''),
+    "not a road index": ("roads.index", '''
+[roads]
+index = "cert.pem"
+'''),
     "world-readable key": ("uplink.key", '''
 [uplink]
 kind = "mqtt"

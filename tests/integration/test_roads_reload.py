@@ -1,0 +1,74 @@
+"""A running daemon swaps to a new road index when the file is replaced (a Greengrass
+Roads deployment), and keeps the old one when the new file is not an index."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.app import Daemon
+from edge.config import load_config
+from edge.roads.index import E7, IndexWriter
+from tests.integration.test_hot_reload import events, wait_until
+from tests.system.test_daemon import PtyFeeder
+
+LON = 11.5820  # the feeder drives north along this meridian from 48.1351
+
+
+def north_road(path: Path, kmh: float) -> None:
+    w = IndexWriter(path)
+    w.add_way(id=42, highway="primary", name="Nordstrasse", ref=None, oneway=0,
+              fwd=(kmh, False), bwd=(kmh, False))
+    lats = [48.13 + i * 0.001 for i in range(60)]
+    w.add_segments(42, [(i, i + 1, round(a * E7), round(LON * E7), round(b * E7),
+                         round(LON * E7)) for i, (a, b) in enumerate(itertools.pairwise(lats))])
+    w.close({"country": "DE", "source": "test"})
+
+
+@pytest.mark.timeout(90)
+def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    index = tmp_path / "roads.db"
+    north_road(index, 50.0)
+    feeder = PtyFeeder(period=0.1).start()
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(
+        'thing = "car-roads"\n'
+        f'[gnss]\nport = "{feeder.path}"\n'
+        f'[roads]\nindex = "{index}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        "[telemetry]\ninterval_s = 1\n[health]\ninterval_s = 0.5\n")
+    cfg = load_config(cfg_path)
+    out = tmp_path / "out.jsonl"
+
+    def limits() -> list[object]:
+        return [r.get("speed_limit_kmh") for r in events(out, "telemetry")]
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: 50.0 in limits(), 15)
+        # not an index: refused, the old one stays
+        bad = tmp_path / "bad.new"
+        bad.write_bytes(b"garbage" * 1000)
+        os.replace(bad, index)
+        await asyncio.sleep(6)
+        assert d.engine is not None and d.engine.rules.roads is not None
+        assert d.engine.rules.roads.index.meta["source"] == "test"
+        assert limits()[-1] == 50.0 and not task.done()
+        # a real one: swapped in, the posted limit follows
+        north_road(tmp_path / "next.db", 20.0)
+        os.replace(tmp_path / "next.db", index)
+        assert await wait_until(lambda: limits()[-1] == 20.0, 15)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
