@@ -9,7 +9,7 @@ RUN_CONFIG ?= $(DRIVE)/config.toml
 BROKER_PORT ?= 1883
 export VEHICLE_EDGE_CACHE ?= $(HOME)/.cache/vehicle-edge
 
-.PHONY: help venv deps system-deps run test test-fast lint bench chaos components testdata clean
+.PHONY: help venv deps system-deps run test test-fast lint bench chaos components greengrass testdata clean
 
 help:
 	@echo "make run         daemon in simulator mode on $(DRIVE), publishing to a local broker"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench       benchmarks: one table, results in bench/results.json"
 	@echo "make chaos       fault suite with a delivery ledger"
 	@echo "make components  Greengrass artifacts and recipes into build/greengrass/"
+	@echo "make greengrass  deploy them on a real nucleus lite (../shared/greengrass-lite, root)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -65,6 +66,15 @@ chaos: deps
 
 components: venv
 	$(PY) scripts/build_components.py --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET)) $(COMPONENT_ARGS)
+
+# The system test on a real Greengrass nucleus lite 2.6.0 (systemd-nspawn, needs root):
+# builds the components, boots gg-lite, deploys Zones + Daemon + Simulator, checks, and
+# powers it off (also when interrupted).
+GG_LITE ?= $(abspath ..)/shared/greengrass-lite/gg-lite
+greengrass: components
+	@test -x "$(GG_LITE)" || { echo "make greengrass: $(GG_LITE) not found (GG_LITE=...)"; exit 1; }
+	@trap '"$(GG_LITE)" down >/dev/null 2>&1 || true' EXIT INT TERM; \
+	  GG_LITE="$(GG_LITE)" $(PY) -m pytest -q -p no:cacheprovider -s tests/greengrass --greengrass -m greengrass
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
