@@ -566,3 +566,22 @@ def test_gdk_custom_build_writes_what_gdk_publishes(tmp_path: Path, name: str) -
             art = a["Uri"].rsplit("/", 1)[-1]
             if not art.startswith("wheelhouse-"):  # skipped here; built by `make components`
                 assert art in present, art
+
+
+def test_edge_run_help_lists_every_key_a_merge_may_set() -> None:
+    """The lean DefaultConfiguration leaves the rest to the code; `edge run --help` says
+    which keys a deployment merge may set."""
+    from edge.cli import config_keys_help
+
+    text = config_keys_help()
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                section = prefix.rstrip(".") or "(top)"
+                line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{section}:"))
+                assert k in line.split(":", 1)[1].replace(",", " ").split(), (section, k)
+
+    walk(bc.config_defaults(), "")
