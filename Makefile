@@ -9,7 +9,7 @@ RUN_CONFIG ?= $(DRIVE)/config.toml
 BROKER_PORT ?= 1883
 export VEHICLE_EDGE_CACHE ?= $(HOME)/.cache/vehicle-edge
 
-.PHONY: help venv deps system-deps run test test-fast lint bench chaos components roads-component testdata clean
+.PHONY: help venv deps system-deps run test test-fast lint bench chaos components greengrass roads-component testdata clean
 
 help:
 	@echo "make run         daemon in simulator mode on $(DRIVE), publishing to a local broker"
@@ -19,6 +19,7 @@ help:
 	@echo "make chaos       fault suite with a delivery ledger"
 	@echo "make components  Greengrass artifacts and recipes into build/greengrass/"
 	@echo "make roads-component EXTRACT=x.osm.pbf REGION=name  road index component"
+	@echo "make greengrass  deploy them on a real nucleus lite (../shared/greengrass-lite, root)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -70,6 +71,15 @@ components: venv
 # the road index of one region as its own Greengrass component (EXTRACT=x.osm.pbf REGION=name)
 roads-component: venv
 	$(PY) scripts/build_roads_component.py $(EXTRACT) --region $(REGION) --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET))
+
+# The system test on a real Greengrass nucleus lite 2.6.0 (systemd-nspawn, needs root):
+# builds the components, boots gg-lite, deploys Zones + Daemon + Simulator, checks, and
+# powers it off (also when interrupted).
+GG_LITE ?= $(abspath ..)/shared/greengrass-lite/gg-lite
+greengrass: components
+	@test -x "$(GG_LITE)" || { echo "make greengrass: $(GG_LITE) not found (GG_LITE=...)"; exit 1; }
+	@trap '"$(GG_LITE)" down >/dev/null 2>&1 || true' EXIT INT TERM; \
+	  GG_LITE="$(GG_LITE)" $(PY) -m pytest -q -p no:cacheprovider -s tests/greengrass --greengrass -m greengrass
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

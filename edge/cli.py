@@ -160,6 +160,32 @@ def cmd_roads(args: argparse.Namespace) -> int:
                             speed_kmh=args.speed, hdop=args.hdop, stdout=sys.stdout)
 
 
+def config_keys_help() -> str:
+    """Every config key, section by section: what a Greengrass deployment may merge."""
+    import dataclasses
+
+    lines = ["As a Greengrass component (--greengrass) the configuration is these TOML keys",
+             "as component configuration JSON; a deployment merge may set any of them",
+             "(an absent or null key keeps the default):", ""]
+
+    def walk(cls: type, prefix: str) -> None:
+        scalars = []
+        for f in dataclasses.fields(cls):
+            if f.name == "source":
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), f"{prefix}{f.name}.")
+            else:
+                scalars.append(f.name)
+        if scalars:
+            lines.append(f"  {prefix.rstrip('.') or '(top)'}: {', '.join(scalars)}")
+
+    walk(Config, "")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge",
@@ -168,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM.")
+    s = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM.",
+                       epilog=config_keys_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", "-c", type=Path, help="TOML config file")
     g.add_argument("--greengrass", action="store_true",

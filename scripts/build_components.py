@@ -436,7 +436,8 @@ def gdk_build(component: str, args: argparse.Namespace) -> None:
     GDK looks for the artifacts in ``greengrass-build/artifacts/<name>/<version>`` where
     ``<version>`` is gdk-config.json's (literally ``NEXT_PATCH`` when it says so); at
     publish it sets ComponentVersion and the artifact URIs itself. The lifecycle scripts
-    keep the package version (the wheel's), which the install step pins."""
+    keep the package version (the venv's name); the install step takes whatever
+    vehicle-edge wheel the wheelhouse holds."""
     cwd = Path.cwd()
     artifacts_version = gdk_version(cwd, component)
     with tempfile.TemporaryDirectory() as tmp:

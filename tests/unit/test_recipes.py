@@ -325,7 +325,10 @@ def test_daemon_reads_the_zones_component_through_the_root_path(
     rendered: dict[str, Any],
 ) -> None:
     daemon = rendered["com.vehicleedge.Daemon"]
-    assert "com.vehicleedge.Zones" in daemon["ComponentDependencies"]
+    # no dependency: nucleus lite makes it a systemd Wants= on the Zones unit, so every
+    # restart of the Daemon would start Zones again (a crashing Daemon drives Zones into
+    # start-limit-hit, ERRORED, and the deployment hangs for 300 s)
+    assert "ComponentDependencies" not in daemon
     zones = rendered["com.vehicleedge.Zones"]["Manifests"][0]["Lifecycle"]["run"]["Script"]
     assert "mv -f {work:path}/zones.geojson.new {work:path}/zones.geojson" in zones
     for m in daemon["Manifests"]:
@@ -563,3 +566,22 @@ def test_gdk_custom_build_writes_what_gdk_publishes(tmp_path: Path, name: str) -
             art = a["Uri"].rsplit("/", 1)[-1]
             if not art.startswith("wheelhouse-"):  # skipped here; built by `make components`
                 assert art in present, art
+
+
+def test_edge_run_help_lists_every_key_a_merge_may_set() -> None:
+    """The lean DefaultConfiguration leaves the rest to the code; `edge run --help` says
+    which keys a deployment merge may set."""
+    from edge.cli import config_keys_help
+
+    text = config_keys_help()
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                section = prefix.rstrip(".") or "(top)"
+                line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{section}:"))
+                assert k in line.split(":", 1)[1].replace(",", " ").split(), (section, k)
+
+    walk(bc.config_defaults(), "")
