@@ -69,6 +69,15 @@ class Rig:
         except (OSError, ValueError):
             return {}
 
+    def kill_and_restart(self, n: int, rnd: random.Random, lo: float, hi: float) -> None:
+        """``kill -9`` and restart the daemon ``n`` times, ``lo``-``hi`` s apart."""
+        for _ in range(n):
+            time.sleep(rnd.uniform(lo, hi))
+            assert self.daemon.alive(), self.daemon.stderr_tail()
+            self.daemon.kill9()
+            self.daemon.start()
+        time.sleep(1.0)
+
     def finish(self, case: str, tallies: list[Tally], *, timeout: float = 30.0,
                **extra: object) -> Tally:
         """Stop the input, let the daemon deliver everything, SIGTERM, count."""
@@ -142,13 +151,8 @@ def test_kill9_at_random_points_of_a_replay(rig: Rig, scale: Scale,
     rig.feeder.start()
     rig.daemon.start()
     _first_alert(rig)
-    for _ in range(scale.kills):
-        # anywhere: during start-up, mid-commit, mid-publish, between PUBLISH and PUBACK
-        time.sleep(rnd.uniform(0.05, 2.0))
-        assert rig.daemon.alive(), rig.daemon.stderr_tail()
-        rig.daemon.kill9()
-        rig.daemon.start()
-    time.sleep(1.0)
+    # anywhere: during start-up, mid-commit, mid-publish, between PUBLISH and PUBACK
+    rig.kill_and_restart(scale.kills, rnd, 0.05, 2.0)
     t = rig.finish("kill-9", record_tally, kills=rig.daemon.kills)
     assert rig.daemon.kills == scale.kills
     # killed between the broker's PUBACK and the outbox ack: resent, the id dedups
@@ -517,12 +521,7 @@ def test_kill9_mid_trip_is_one_trip_with_each_poi_once(
         r.daemon.start()
         assert r.sub.wait_for(lambda m: any(t.endswith("/events/trip") for t, _ in m), 20), (
             r.daemon.stderr_tail())
-        for _ in range(scale.kills):
-            time.sleep(rnd.uniform(0.3, 2.0))
-            assert r.daemon.alive(), r.daemon.stderr_tail()
-            r.daemon.kill9()
-            r.daemon.start()
-        time.sleep(1.0)
+        r.kill_and_restart(scale.kills, rnd, 0.3, 2.0)
         t = r.finish("kill-9-mid-trip", record_tally, kills=r.daemon.kills)
         trips = _events(r, "trip")
         starts = [b for b in trips if b.get("phase") == "start"]
@@ -572,3 +571,49 @@ def test_start_on_a_disk_too_full_to_open_then_little_space(
                      then_free_kb=256)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+class _DoubledScale(CanFeeder):
+    """The ABS speed through a DBC whose scale is doubled: twice the GNSS speed."""
+
+    def speed(self, i: int) -> float:
+        return 2 * 30.0
+
+
+def test_a_lying_speed_sensor_is_reported_once_and_gnss_followed(
+    tmp_path: Path, broker: Broker, scale: Scale, record_tally: list[Tally]
+) -> None:
+    """CAN speed (over slcan) twice the GNSS speed for the whole drive, a 50 km/h limit:
+    the daemon logs it once, sends one ``diagnostic`` alert, and (source_policy
+    fallback) follows GNSS: the overspeed CAN started ends on GNSS speed, no other."""
+    adapter = SlcanPtyAdapter(link=tmp_path / "ttyACM0")
+    can = _DoubledScale(adapter, period=0.02)
+    extra = _can_section(adapter.path) + "disagree_kmh = 15.0\ndisagree_s = 1.0\n"
+    try:
+        for r in _rig(tmp_path, broker, scale, make=cruise_epoch, extra=extra):
+            r.feeder.start()
+            can.start()
+            r.daemon.start()
+            assert adapter.wait_open(20), r.daemon.stderr_tail()
+            assert wait_until(lambda r=r: len(_events(r, "diagnostic")) > 0, 20), (
+                r.health().get("speed"), r.daemon.stderr_tail())
+            time.sleep(3.0)  # the disagreement goes on
+            speed = r.health().get("speed")
+            assert isinstance(speed, dict) and speed["implausible"] is True, speed
+            assert speed["source"] == "gnss" and speed["policy"] == "fallback", speed
+            can.pause()
+            t = r.finish("lying-sensor", record_tally)
+            (diag,) = _events(r, "diagnostic")  # once, though it lasted the whole drive
+            assert diag["phase"] == "start" and diag["can_kmh"] == pytest.approx(60.0)
+            assert diag["gnss_kmh"] == pytest.approx(30.0, abs=0.5)
+            starts = [b for b in _events(r, "overspeed") if b.get("phase") == "start"]
+            assert all(b["speed_source"] == "can" for b in starts) and len(starts) <= 1
+            ends = [b for b in _events(r, "overspeed") if b.get("phase") == "end"]
+            assert all(b["speed_source"] == "gnss" for b in ends), ends
+            warned = [line for line in r.daemon.stderr_tail(200_000).splitlines()
+                      if "speed sources disagree" in line]
+            assert len(warned) == 1, warned
+            t.extra.update(diagnostics=1, overspeed_starts=len(starts))
+    finally:
+        can.close()
+        adapter.close()
