@@ -64,12 +64,12 @@ class OverspeedTracker:
         when the last speed is above the new threshold."""
         if limit.kmh == self.limit and limit.source == self.source:
             return []
+        out = self.tick(t)  # samples that stopped long ago end the episode as unknown
         old_thr = self.threshold()
         self.limit, self.source = limit.kmh, limit.source
         thr = self.threshold()
         v = self._last_v
         fresh = self._last_t is not None and t - self._last_t <= self.cfg.gap_s
-        out: list[tuple[float, dict[str, object]]] = []
         ep = self._ep
         if ep is not None:
             if limit.kmh == ep.limit:

@@ -524,9 +524,9 @@ class ZoneLocator:
     distance (and less than its distance to the hysteresis line), the answer cannot have
     changed and no geometry is touched. Far candidates keep a lower bound from their
     bounding box instead. A polygon met for the first time is only asked whether it
-    holds the point (``intersects_xy``); its distance is measured once the answer
-    repeats (worth keeping) or when the hysteresis line matters (a watched zone the
-    point is outside).
+    holds the point (``intersects_xy``); its distance is measured when it is asked
+    again at the next fix (the car stays near it: the distance is worth keeping) or
+    when the hysteresis line matters (a watched zone the point is outside).
     """
 
     __slots__ = ("_entries", "_q", "_r", "_uses", "evaluations", "queries", "zones")
