@@ -153,28 +153,18 @@ def run(n_fixes: int = 20_000) -> list[dict[str, Any]]:
             value, base = _measure(zones, fixes)
             if label == "drive":
                 live = value
-            goal = GOAL_FIXES_PER_S if n == 10_000 else None
-            rows.append({
-                "metric": f"rules.on_fix {label} @ {n} fences",
-                "value": round(value),
-                "unit": "fixes/s",
-                "baseline": round(base),
-                "ratio": round(value / base, 2),
-                "goal": goal,
-                "ok": goal is None or value >= goal,
-            })
-        value = _replay(zones, the_drive)
-        goal = GOAL_REPLAY_FIXES_PER_S if n == 10_000 else None
-        rows.append({
-            "metric": f"rules.replay drive @ {n} fences (bulk geometry)",
-            "value": round(value),
-            "unit": "fixes/s",
-            "baseline": round(live),
-            "ratio": round(value / live, 2),
-            "goal": goal,
-            "ok": goal is None or value >= goal,
-        })
+            rows.append(_row(f"rules.on_fix {label} @ {n} fences", value, base,
+                             GOAL_FIXES_PER_S if n == 10_000 else None))
+        rows.append(_row(f"rules.replay drive @ {n} fences (bulk geometry)",
+                         _replay(zones, the_drive), live,
+                         GOAL_REPLAY_FIXES_PER_S if n == 10_000 else None))
     return rows
+
+
+def _row(metric: str, value: float, base: float, goal: float | None) -> dict[str, Any]:
+    return {"metric": metric, "value": round(value), "unit": "fixes/s",
+            "baseline": round(base), "ratio": round(value / base, 2), "goal": goal,
+            "ok": goal is None or value >= goal}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import heapq
+import itertools
 import sys
 import time
 import zlib
@@ -22,15 +23,31 @@ from edge.core.engine import Engine
 from edge.errors import EdgeError
 from edge.model import Envelope, Fix, Ignition, SpeedSample
 
+BULK_WINDOW = 50_000  # fixes whose geometry is computed at once (bounds the memory)
 
-def _fixes(path: Path, date: dt.date | None, reference: dt.date | None) -> list[Fix]:
+
+def _fixes(path: Path, date: dt.date | None, reference: dt.date | None, engine: Engine | None
+           ) -> Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]:
+    """The drive's fixes; with ``engine``, the geometry of each window of
+    ``BULK_WINDOW`` fixes is computed in bulk before the window is fed (a fix the
+    engine meets before its window's geometry is ready is measured the live way: the
+    events are the same)."""
     from edge.core.nmea import iter_fixes
 
     with path.open("rb") as fh:
         # one clock per drive: rollover corrected only against the drive's other clock;
         # a capture's fixes carry mono = their GNSS time
-        return [f for f in iter_fixes(fh, date=date, reference_date=reference)
-                if f.time is not None]
+        fixes = (f for f in iter_fixes(fh, date=date, reference_date=reference)
+                 if f.time is not None)
+        while True:
+            window = list(itertools.islice(fixes, BULK_WINDOW))
+            if not window:
+                return
+            if engine is not None:
+                engine.use_drive_geometry(window)
+            for f in window:
+                assert f.time is not None
+                yield f.time, 0, f
 
 
 def _speeds(path: Path, cfg: Config, offset_s: float = 0.0,
@@ -85,10 +102,7 @@ def replay_events(drive: Path, cfg: Config, *, stats: Counter[str] | None = None
                     roads=RoadLimits.for_config(cfg))
     streams: list[Iterator[tuple[float, int, Fix | SpeedSample | Ignition]]] = []
     if d.gnss is not None:
-        fixes = _fixes(d.gnss, d.date, ref)
-        if bulk:
-            engine.use_drive_geometry(fixes)
-        streams.append((f.time, 0, f) for f in fixes if f.time is not None)
+        streams.append(_fixes(d.gnss, d.date, ref, engine if bulk else None))
     if d.can is not None and (cfg.can.mode == "obd" or (cfg.can.dbc is not None
                                                         and cfg.can.speed_signal)):
         streams.append(_speeds(d.can, cfg, d.can_time_offset_s, warn))

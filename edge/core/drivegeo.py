@@ -18,6 +18,7 @@ falls back to the live evaluation, so the events are the same either way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -37,13 +38,6 @@ CHUNK = 8  # fixes per query box
 _TINY = 5e-324
 
 
-def usable(fix: Fix) -> bool:
-    """A fix the rules take for geometry (valid, timed, on the globe)."""
-    lat, lon = fix.lat, fix.lon
-    return (fix.valid and fix.time is not None and lat is not None and lon is not None
-            and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)
-
-
 class DriveGeometry:
     """Precomputed ``locate`` and crossing answers for the fixes of one drive."""
 
@@ -51,35 +45,40 @@ class DriveGeometry:
 
     def __init__(self, zones: Zones, fixes: Iterable[Fix],
                  hysteresis: Callable[[float | None], float]) -> None:
+        import numpy as np
+
         self.zones = zones
         self.pairs = 0  # (fix, zone) pairs evaluated
-        pts: list[tuple[float, float, float]] = []
-        segs: list[tuple[float, float, float, float]] = []
-        seg_h: list[float] = []  # the later fix's hysteresis
-        seg_dt: list[float] = []
-        hyst: dict[float | None, float] = {}
-        prev_t: float | None = None
-        prev_lat = prev_lon = 0.0
-        for f in fixes:
-            t, lat, lon = f.time, f.lat, f.lon
-            if (t is None or not f.valid or lat is None or lon is None
-                    or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)):
-                continue
-            h = hyst.get(f.hdop)
-            if h is None:
-                h = hyst[f.hdop] = hysteresis(f.hdop)
-            pts.append((lat, lon, h))
-            if prev_t is None or t > prev_t:  # the rules' order: later fixes only
-                if prev_t is not None:
-                    segs.append((prev_lat, prev_lon, lat, lon))
-                    seg_h.append(h)
-                    seg_dt.append(t - prev_t)
-                prev_t, prev_lat, prev_lon = t, lat, lon
-        self._located: dict[tuple[float, float, float], Located] = dict.fromkeys(pts, _EMPTY)
+        self._located: dict[tuple[float, float, float], Located] = {}
         self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
+        fl = list(fixes)
+        if not fl:
+            return
+        # the fixes the rules take (valid, timed, on the globe), as arrays
+        t = np.array([f.time for f in fl], dtype=float)  # None -> nan
+        lat = np.array([f.lat for f in fl], dtype=float)
+        lon = np.array([f.lon for f in fl], dtype=float)
+        hdop = np.array([f.hdop for f in fl], dtype=float)
+        ok = (np.array([f.valid for f in fl], dtype=bool) & np.isfinite(t)
+              & (lat >= -90.0) & (lat <= 90.0) & (lon >= -180.0) & (lon <= 180.0))
+        t, lat, lon, hdop = t[ok], lat[ok], lon[ok], hdop[ok]
+        if not len(t):
+            return
+        # the hysteresis of each distinct HDOP, as the rules compute it
+        u, inv = np.unique(hdop, return_inverse=True)
+        h = np.array([hysteresis(None if math.isnan(v) else v) for v in u.tolist()])[inv]
+        pts = list(zip(lat.tolist(), lon.tolist(), h.tolist(), strict=True))
+        self._located = dict.fromkeys(pts, _EMPTY)
+        # the rules' order: a fix not later than every fix before it is dropped; a
+        # segment joins consecutive fixes that were kept
+        before = np.maximum.accumulate(t)
+        kept = np.ones(len(t), dtype=bool)
+        kept[1:] = t[1:] > before[:-1]
+        k = np.flatnonzero(kept)
+        a, b = k[:-1], k[1:]
         if zones.tree is not None:
-            self._locate_all(pts)
-            self._cross_all(segs, seg_h, seg_dt)
+            self._locate_all(pts, lat, lon, h)
+            self._cross_all(lat[a], lon[a], lat[b], lon[b], h[b], t[b] - t[a])
 
     # ------------------------------------------------------------------ lookups
 
@@ -156,12 +155,11 @@ class DriveGeometry:
         f = self.zones.table().frames
         return f[zone, 0], f[zone, 1], f[zone, 2], f[zone, 3]
 
-    def _locate_all(self, pts: list[tuple[float, float, float]]) -> None:
+    def _locate_all(self, pts: list[tuple[float, float, float]], lat: Any, lon: Any,
+                    h: Any) -> None:
         import numpy as np
         import shapely
 
-        p = np.array(pts, dtype=float).reshape(-1, 3)
-        lat, lon, h = p[:, 0], p[:, 1], p[:, 2]
         r = h * SLACK + SLACK_M
         dlat = r / M_PER_DEG
         dlon = r / (M_PER_DEG * np.maximum(np.cos(np.radians(lat)), MIN_COS))
@@ -228,32 +226,30 @@ class DriveGeometry:
         run = np.cumsum(~same) - 1
         self._located.update(zip(pts, [answers[r] for r in run.tolist()], strict=True))
 
-    def _cross_all(self, segs: list[tuple[float, float, float, float]], seg_h: list[float],
-                   seg_dt: list[float]) -> None:
+    def _cross_all(self, lat1: Any, lon1: Any, lat2: Any, lon2: Any, h: Any,
+                   dt: Any) -> None:
         import numpy as np
         import shapely
 
-        if not segs:
+        if not len(lat1):
             return
         tab = self.zones.table()
-        s = np.array(segs, dtype=float)
-        lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        segs = list(zip(lat1.tolist(), lon1.tolist(), lat2.tolist(), lon2.tolist(),
+                        strict=True))
         # the rules ask only when the fixes are far enough apart (not jitter) and not a
         # jump (``Rules._crossings``); the others are left out, with a margin so that
         # rounding cannot leave out one they ask about (and if it did, they would
         # measure it themselves)
         dx = ((lon2 - lon1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(lat2))
         seg = np.sqrt(dx * dx + (lat2 - lat1) ** 2) * M_PER_DEG
-        asked = (seg > 2.0 * np.array(seg_h) * (1 - 1e-6)) & (
-            seg <= MAX_CROSS_MPS * np.array(seg_dt) * (1 + 1e-6))
+        asked = (seg > 2.0 * h * (1 - 1e-6)) & (seg <= MAX_CROSS_MPS * dt * (1 + 1e-6))
         # the ones certainly not asked have no crossing either way
         self._hits.update(dict.fromkeys(segs, _NO_HITS))
         keep = np.flatnonzero(asked)
         if not len(keep):
             return
-        s = s[keep]
         segs = [segs[k] for k in keep.tolist()]
-        lat1, lon1, lat2, lon2 = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        lat1, lon1, lat2, lon2 = lat1[keep], lon1[keep], lat2[keep], lon2[keep]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round
         lo, hi = np.where(wraps, hi, lo), np.where(wraps, lo + 360.0, hi)

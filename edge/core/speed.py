@@ -69,12 +69,12 @@ class OverspeedTracker:
         last speed is above the new threshold."""
         if limit.kmh == self.limit and limit.source == self.source and road == self.road:
             return []
+        out = self.tick(t)  # samples that stopped long ago end the episode as unknown
         old_thr = self.threshold()
         self.limit, self.source, self.road = limit.kmh, limit.source, road
         thr = self.threshold()
         v = self._last_v
         fresh = self._last_t is not None and t - self._last_t <= self.cfg.gap_s
-        out: list[tuple[float, dict[str, object]]] = []
         ep = self._ep
         if ep is not None:
             left = ep.source.startswith("road:") and not limit.source.startswith("road:")

@@ -89,7 +89,7 @@ class TripTracker:
         out = self.tick(t)
         last = self._last
         self._last = (t, v)
-        s = self._stats()
+        s = self._trip or self._cand
         if last is not None and s is not None:
             dt = t - last[0]
             if 0 < dt <= self.gap_s:
@@ -163,6 +163,8 @@ class TripTracker:
             return []
         if trip.stop_since is not None and t - trip.stop_since >= self.cfg.end_s:
             return [self._end(trip.stop_since + self.cfg.end_s, "stopped", trip.stop_since)]
+        if self._last is not None and t - self._last[0] < self.cfg.end_s:
+            return []  # data still coming (``_no_data`` would say the same)
         return self._no_data(t)
 
     def _no_data(self, t: float) -> list[tuple[float, dict[str, object]]]:

@@ -524,9 +524,9 @@ class ZoneLocator:
     distance (and less than its distance to the hysteresis line), the answer cannot have
     changed and no geometry is touched. Far candidates keep a lower bound from their
     bounding box instead. A polygon met for the first time is only asked whether it
-    holds the point (``intersects_xy``); its distance is measured once the answer
-    repeats (worth keeping) or when the hysteresis line matters (a watched zone the
-    point is outside).
+    holds the point (``intersects_xy``); its distance is measured when it is asked
+    again at the next fix (the car stays near it: the distance is worth keeping) or
+    when the hysteresis line matters (a watched zone the point is outside).
     """
 
     __slots__ = ("_entries", "_q", "_r", "_uses", "evaluations", "queries", "zones")
@@ -544,7 +544,7 @@ class ZoneLocator:
     def _requery(self, lat: float, lon: float, h: float) -> None:
         # a box left at once (jumping fixes) shrinks; a box driven through grows back
         r = self._r / 2.0 if self._uses <= 1 else self._r * 2.0
-        r = self._r = min(R_MAX_M, max(r, 2.0 * h + 8.0))
+        r = self._r = min(R_MAX_M, max(r, h + 4.0))
         kx = M_PER_DEG * max(math.cos(math.radians(lat)), MIN_COS)  # LocalFrame.at
         ky = M_PER_DEG
         dlat = r / ky
@@ -589,6 +589,11 @@ class ZoneLocator:
         inside: list[int] = []
         near: list[int] = []
         zones = self.zones.zones
+        intersects_xy: Any = None
+        if zones:
+            import shapely
+
+            intersects_xy = shapely.intersects_xy
         for e in self._entries:
             st = e[3]
             i = e[4]
@@ -636,7 +641,7 @@ class ZoneLocator:
             self.evaluations += 1
             if z.shape == "polygon" and st != _IN and st != _OUT:
                 zx, zy = z.frame.xy(lat, lon)
-                if z.contains_xy(zx, zy):
+                if intersects_xy(z.geom, zx, zy):  # Zone.contains_xy, without the call
                     e[3] = _IN
                     inside.append(i)
                     near.append(i)

@@ -34,6 +34,16 @@ def test_bundled_drive_replays_the_same_in_bulk_and_fix_by_fix(drive: Path) -> N
     assert bulk == live
 
 
+def test_replay_in_small_windows_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.commands.replay as replay
+
+    drive = DRIVES[0]
+    cfg = load_config(drive / "config.toml")
+    live = [e.to_bytes() for e in replay_events(drive, cfg, bulk=False)]
+    monkeypatch.setattr(replay, "BULK_WINDOW", 7)  # windows change inside every stretch
+    assert [e.to_bytes() for e in replay_events(drive, cfg, bulk=True)] == live
+
+
 def _both(zs: Zones, items: list[Fix | SpeedSample], **cfg: Any) -> tuple[list[Event], ...]:
     out = []
     rc = config(**cfg)

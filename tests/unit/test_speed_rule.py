@@ -299,3 +299,12 @@ def test_a_run_above_a_lower_limit_does_not_count_toward_a_higher_one() -> None:
     (start,) = [e for e in events if e.kind == "overspeed"]
     assert start.time == pytest.approx(T0 + 5)
     assert (start.body["limit_kmh"], start.body["duration_s"]) == (35.0, 3.0)
+
+
+def test_samples_stopped_long_before_a_limit_change_end_the_episode_as_unknown() -> None:
+    rules = Rules(config(speed={"limit_kmh": 50.0, "min_duration_s": 1.0, "gap_s": 10.0}),
+                  zones(SCHOOL))
+    feed(rules, [fix(0, 1000, 0)] + ramp(0.1, 5, 80, 10))
+    events = rules.on_fix(fix(60, 0, 0))  # into the school a minute after the last sample
+    assert [(e.body["phase"], e.body["reason"]) for e in events if e.kind == "overspeed"] == [
+        ("end", "unknown")]
