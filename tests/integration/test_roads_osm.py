@@ -257,3 +257,39 @@ def test_edge_report_draws_the_matched_road_limit(world: World) -> None:
     assert sum(a == b for a, b in zip(kmh, want, strict=True)) >= 0.95 * len(ts)
     out = render(load_drive(d.dir), cfg, events, world.tmp / "report.png")
     assert out.stat().st_size > 30_000
+
+
+def test_an_untagged_suburb_gets_the_country_fallbacks(tmp_path: Path) -> None:
+    """pyrosm's other extract: a Finnish suburb where almost no way has a maxspeed tag.
+    The car is held to FI's defaults by road class (limit_source road:default)."""
+    pbf = helsinki_pbf("test.osm.pbf")
+    s = build_index(pbf, tmp_path / "sub.db")
+    assert float(s["explicit_limit_share"]) < 0.05  # type: ignore[arg-type]
+    index = RoadIndex(tmp_path / "sub.db")
+    graph = Graph(index)
+    tags = way_tags(pbf)
+    rng = __import__("random").Random(5)
+    ids = sorted(graph.segs)
+    w = World(tmp_path, tmp_path / "sub.db", s, index, graph, tags, {})
+    seed = 0
+    while len(w.routes) < 8:
+        seed += 1
+        route = follow(graph, rng.choice(ids), 3000, seed=seed)
+        if route.length_m >= 500:
+            w.routes[f"sub-{seed}"] = route
+    total = ok = 0
+    sources: Counter[str] = Counter()
+    events: list[dict[str, object]] = []
+    for name in w.routes:
+        d = _drive(w, name)
+        n, good, _ = _accuracy(w, name, d, events)
+        total += n
+        ok += good
+        for rec in replay(d, config(tmp_path, w.index_path)):
+            if rec["type"] == "telemetry":
+                sources[str(rec.get("speed_limit_source"))] += 1
+    print(f"roads (suburb): {ok}/{total} moving fixes right ({ok / total:.2%}), {sources}")
+    assert total > 500
+    assert ok / total >= 0.98
+    assert events == []
+    assert sources["road:default"] > 0.8 * sum(sources.values())
