@@ -293,3 +293,32 @@ def test_an_untagged_suburb_gets_the_country_fallbacks(tmp_path: Path) -> None:
     assert ok / total >= 0.98
     assert events == []
     assert sources["road:default"] > 0.8 * sum(sources.values())
+
+
+def test_edge_replay_cli_publishes_road_limits(world: World) -> None:
+    """The same through the command a user runs: overspeed alerts name the road."""
+    import json
+
+    name = max(world.routes, key=lambda n: len({truth_kmh(world.tags, pc)
+                                                for pc in world.routes[n].pieces}) * 1e5
+               + world.routes[n].length_m)  # the most limits, then the longest
+    d = _drive(world, name, offset_kmh=10.0, factor=1.0)
+    cfg = world.tmp / "replay.toml"
+    cfg.write_text(f'thing = "car-osm"\n[rules.speed]\nmin_duration_s = 3\n'
+                   f'[roads]\nindex = "{world.index_path}"\n[telemetry]\ninterval_s = 1\n'
+                   f'[uplink]\nkind = "file"\npath = "{world.tmp / "u.jsonl"}"\n'
+                   f'[outbox]\npath = "{world.tmp / "replay-outbox.db"}"\n')
+    out = world.tmp / "replay.jsonl"
+    r = subprocess.run([sys.executable, "-m", "edge", "replay", str(d.dir), "--config", str(cfg),
+                        "--out", str(out)], capture_output=True, text=True, check=False,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(line) for line in out.read_text().splitlines()]
+    alerts = [m for m in msgs if m["topic"] == "vehicles/car-osm/events/overspeed"]
+    starts = [m["payload"] for m in alerts if m["payload"]["phase"] == "start"]
+    assert starts and all(p["limit_source"].startswith("road:") for p in starts)
+    assert len({p["limit_kmh"] for p in starts}) >= 2
+    assert sum(bool(p.get("road")) for p in starts) >= len(starts) / 2  # name (ref)
+    assert any(m["payload"].get("reason") == "limit_changed" for m in alerts)
+    tel = [m["payload"] for m in msgs if m["topic"] == "vehicles/car-osm/telemetry"]
+    assert tel and tel[-1]["speed_limit_source"].startswith("road:")
