@@ -224,7 +224,7 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
         for e in starts:  # nothing invented: each start names a way the car is on (give or
             # take the 40 m of a junction) and that way's limit
             s, _ = d.state_at(int(e["ts"]) / 1000)  # type: ignore[call-overload]
-            near = [d.route.piece_at(x) for x in (s - 40, s - 20, s, s + 20, s + 40)]
+            near = [pc for pc in d.route.pieces if pc.to_m >= s - 40 and pc.from_m <= s + 40]
             src = str(e["limit_source"])
             if e["limit_kmh"] not in {truth_kmh(world.tags, pc) for pc in near}:
                 wrong.append((name, e))
@@ -237,7 +237,8 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
           f"{starts_total} starts, {len(neighbour)} named after a neighbouring way")
     assert found > 40
     assert missed == []
-    assert len(neighbour) <= 0.1 * starts_total, neighbour
+    print(*neighbour, sep="\n")
+    assert len(neighbour) <= 0.05 * starts_total, neighbour
     assert wrong == [], "\n".join(map(str, wrong))
 
 
