@@ -257,3 +257,16 @@ def test_an_index_that_fails_to_read_counts_in_health_and_the_default_applies(
     assert eng.rules.speed.limit == 90.0 and eng.rules.speed.source == "default"
     h = eng.health()["rules"]["overspeed"]["roads"]
     assert h["read_errors"] == 10 and "ProgrammingError" in h["last_error"]
+
+
+@pytest.mark.parametrize(("roads", "field"), [
+    ({"radius_m": -1}, "roads.radius_m"), ({"priority": "road"}, "roads.priority"),
+    ({"index": 7}, "roads.index"), ({"colour": "red"}, "roads.colour"),
+])
+def test_bad_roads_config_names_the_field(tmp_path: Path, roads: dict[str, object],
+                                          field: str) -> None:
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"thing": "t", "roads": roads}, base=tmp_path)
+    assert exc.value.field == field
