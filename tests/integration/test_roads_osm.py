@@ -215,7 +215,9 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
         for a, b, lim in stretches:
             if b - a < 8:
                 continue
-            hits = [e for e in starts if t0 + a <= int(e["ts"]) / 1000 <= t0 + b + 1  # type: ignore[call-overload]
+            # an episode that runs on over a limit change restarts at the change itself
+            # (not debounced again), which the 0.5 s truth sampling may place just before a
+            hits = [e for e in starts if t0 + a - 1 <= int(e["ts"]) / 1000 <= t0 + b + 1  # type: ignore[call-overload]
                     and e["limit_kmh"] == lim]
             if not hits:
                 missed.append((name, a, b, lim))
@@ -224,7 +226,7 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
         for e in starts:  # nothing invented: each start names a way the car is on (give or
             # take the 40 m of a junction) and that way's limit
             s, _ = d.state_at(int(e["ts"]) / 1000)  # type: ignore[call-overload]
-            near = [d.route.piece_at(x) for x in (s - 40, s - 20, s, s + 20, s + 40)]
+            near = [pc for pc in d.route.pieces if pc.to_m >= s - 40 and pc.from_m <= s + 40]
             src = str(e["limit_source"])
             if e["limit_kmh"] not in {truth_kmh(world.tags, pc) for pc in near}:
                 wrong.append((name, e))
@@ -237,7 +239,8 @@ def test_every_episode_is_found_when_exceeding_by_10_kmh(world: World) -> None:
           f"{starts_total} starts, {len(neighbour)} named after a neighbouring way")
     assert found > 40
     assert missed == []
-    assert len(neighbour) <= 0.1 * starts_total, neighbour
+    print(*neighbour, sep="\n")
+    assert len(neighbour) <= 0.05 * starts_total, neighbour
     assert wrong == [], "\n".join(map(str, wrong))
 
 
@@ -257,3 +260,68 @@ def test_edge_report_draws_the_matched_road_limit(world: World) -> None:
     assert sum(a == b for a, b in zip(kmh, want, strict=True)) >= 0.95 * len(ts)
     out = render(load_drive(d.dir), cfg, events, world.tmp / "report.png")
     assert out.stat().st_size > 30_000
+
+
+def test_an_untagged_suburb_gets_the_country_fallbacks(tmp_path: Path) -> None:
+    """pyrosm's other extract: a Finnish suburb where almost no way has a maxspeed tag.
+    The car is held to FI's defaults by road class (limit_source road:default)."""
+    pbf = helsinki_pbf("test.osm.pbf")
+    s = build_index(pbf, tmp_path / "sub.db")
+    assert float(s["explicit_limit_share"]) < 0.05  # type: ignore[arg-type]
+    index = RoadIndex(tmp_path / "sub.db")
+    graph = Graph(index)
+    tags = way_tags(pbf)
+    rng = __import__("random").Random(5)
+    ids = sorted(graph.segs)
+    w = World(tmp_path, tmp_path / "sub.db", s, index, graph, tags, {})
+    seed = 0
+    while len(w.routes) < 8:
+        seed += 1
+        route = follow(graph, rng.choice(ids), 3000, seed=seed)
+        if route.length_m >= 500:
+            w.routes[f"sub-{seed}"] = route
+    total = ok = 0
+    sources: Counter[str] = Counter()
+    events: list[dict[str, object]] = []
+    for name in w.routes:
+        d = _drive(w, name)
+        n, good, _ = _accuracy(w, name, d, events)
+        total += n
+        ok += good
+        for rec in replay(d, config(tmp_path, w.index_path)):
+            if rec["type"] == "telemetry":
+                sources[str(rec.get("speed_limit_source"))] += 1
+    print(f"roads (suburb): {ok}/{total} moving fixes right ({ok / total:.2%}), {sources}")
+    assert total > 500
+    assert ok / total >= 0.98
+    assert events == []
+    assert sources["road:default"] > 0.8 * sum(sources.values())
+
+
+def test_edge_replay_cli_publishes_road_limits(world: World) -> None:
+    """The same through the command a user runs: overspeed alerts name the road."""
+    import json
+
+    name = max(world.routes, key=lambda n: len({truth_kmh(world.tags, pc)
+                                                for pc in world.routes[n].pieces}) * 1e5
+               + world.routes[n].length_m)  # the most limits, then the longest
+    d = _drive(world, name, offset_kmh=10.0, factor=1.0)
+    cfg = world.tmp / "replay.toml"
+    cfg.write_text(f'thing = "car-osm"\n[rules.speed]\nmin_duration_s = 3\n'
+                   f'[roads]\nindex = "{world.index_path}"\n[telemetry]\ninterval_s = 1\n'
+                   f'[uplink]\nkind = "file"\npath = "{world.tmp / "u.jsonl"}"\n'
+                   f'[outbox]\npath = "{world.tmp / "replay-outbox.db"}"\n')
+    out = world.tmp / "replay.jsonl"
+    r = subprocess.run([sys.executable, "-m", "edge", "replay", str(d.dir), "--config", str(cfg),
+                        "--out", str(out)], capture_output=True, text=True, check=False,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(line) for line in out.read_text().splitlines()]
+    alerts = [m for m in msgs if m["topic"] == "vehicles/car-osm/events/overspeed"]
+    starts = [m["payload"] for m in alerts if m["payload"]["phase"] == "start"]
+    assert starts and all(p["limit_source"].startswith("road:") for p in starts)
+    assert len({p["limit_kmh"] for p in starts}) >= 2
+    assert sum(bool(p.get("road")) for p in starts) >= len(starts) / 2  # name (ref)
+    assert any(m["payload"].get("reason") == "limit_changed" for m in alerts)
+    tel = [m["payload"] for m in msgs if m["topic"] == "vehicles/car-osm/telemetry"]
+    assert tel and tel[-1]["speed_limit_source"].startswith("road:")

@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 COUNTRY = "FI"
 
 
-def helsinki_pbf() -> Path:
+def helsinki_pbf(name: str = "Helsinki.osm.pbf") -> Path:
+    """One of the extracts scripts/fetch_osm.py puts in the cache (skip when missing)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import fetch_osm
     finally:
         sys.path.pop(0)
-    p = fetch_osm.pbf_path()
+    p = fetch_osm.pbf_path(name)
     if not p.is_file():
         pytest.skip(f"{p} missing: run `make testdata` (scripts/fetch_osm.py)")
     return p

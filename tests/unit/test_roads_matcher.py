@@ -251,3 +251,34 @@ def test_not_an_index_is_a_clear_error(tmp_path: Path) -> None:
         RoadIndex(bad)
     with pytest.raises(RoadIndexError, match="no such file"):
         RoadIndex(tmp_path / "missing.db")
+
+
+def test_an_index_that_fails_to_read_counts_in_health_and_the_default_applies(
+        tmp_path: Path) -> None:
+    path = build(tmp_path / "roads.db")
+    eng = _engine(path, tmp_path)
+    fixes = drive([(-300.0, 0.0), (300.0, 0.0)], 10.0)
+    for f in fixes[:10]:
+        eng.on_fix(f)
+    assert eng.rules.speed.limit == 50.0
+    roads = eng.rules.roads
+    assert roads is not None
+    roads.index.db.close()  # the file gone bad under the daemon
+    for f in fixes[10:20]:
+        eng.on_fix(f)
+    assert eng.rules.speed.limit == 90.0 and eng.rules.speed.source == "default"
+    h = eng.health()["rules"]["overspeed"]["roads"]
+    assert h["read_errors"] == 10 and "ProgrammingError" in h["last_error"]
+
+
+@pytest.mark.parametrize(("roads", "field"), [
+    ({"radius_m": -1}, "roads.radius_m"), ({"priority": "road"}, "roads.priority"),
+    ({"index": 7}, "roads.index"), ({"colour": "red"}, "roads.colour"),
+])
+def test_bad_roads_config_names_the_field(tmp_path: Path, roads: dict[str, object],
+                                          field: str) -> None:
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"thing": "t", "roads": roads}, base=tmp_path)
+    assert exc.value.field == field
