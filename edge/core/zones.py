@@ -127,34 +127,6 @@ class Zone:
         # outside is what intersects_xy says, even a rounding away from the edge
         return max(float(shapely.distance(self.geom, shapely.Point(x, y))), _TINY)
 
-    def contains_xy(self, x: float, y: float) -> bool:
-        """Inside or on the edge (``signed_distance_xy <= 0``), for polygons without
-        measuring the distance."""
-        if self.shape == "polygon":
-            import shapely
-
-            return bool(shapely.intersects_xy(self.geom, x, y))
-        return self.signed_distance_xy(x, y) <= 0.0
-
-    def signed_distances_xy(self, xs: Any, ys: Any) -> Any:
-        """``signed_distance_xy`` for arrays of points (numpy), value for value equal."""
-        import numpy as np
-        import shapely
-
-        if self.shape == "circle":
-            return np.sqrt(xs * xs + ys * ys) - self.pad
-        pts = shapely.points(xs, ys)
-        if self.shape == "corridor":
-            return shapely.distance(self.geom, pts) - self.pad
-        inside = shapely.intersects_xy(self.geom, xs, ys)
-        return np.where(inside, -shapely.distance(self.edge, pts),
-                        np.maximum(shapely.distance(self.geom, pts), _TINY))
-
-    def xy_arrays(self, lats: Any, lons: Any) -> tuple[Any, Any]:
-        """``frame.xy`` for arrays of points: the same operations, the same floats."""
-        f = self.frame
-        return ((lons - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx, (lats - f.lat0) * f.ky
-
     def segment_hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
         """Whether the straight segment between two points touches the zone."""
         import shapely
@@ -641,7 +613,7 @@ class ZoneLocator:
             self.evaluations += 1
             if z.shape == "polygon" and st != _IN and st != _OUT:
                 zx, zy = z.frame.xy(lat, lon)
-                if intersects_xy(z.geom, zx, zy):  # Zone.contains_xy, without the call
+                if intersects_xy(z.geom, zx, zy):  # signed_distance_xy's own test
                     e[3] = _IN
                     inside.append(i)
                     near.append(i)
