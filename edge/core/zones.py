@@ -501,10 +501,15 @@ class ZoneLocator:
     when the hysteresis line matters (a watched zone the point is outside).
     """
 
-    __slots__ = ("_entries", "_q", "_r", "_uses", "evaluations", "queries", "zones")
+    __slots__ = ("_entries", "_ixy", "_q", "_r", "_uses", "evaluations", "queries", "zones")
 
     def __init__(self, zones: Zones, *, radius_m: float = R_MAX_M) -> None:
         self.zones = zones
+        self._ixy: Any = None  # shapely.intersects_xy, once there are zones to ask
+        if zones.zones:
+            import shapely
+
+            self._ixy = shapely.intersects_xy
         self._r = radius_m
         self._uses = 0  # locate calls answered from the current query box
         self._q: tuple[float, float, float, float] | None = None  # lat0, lon0, kx, ky
@@ -561,11 +566,7 @@ class ZoneLocator:
         inside: list[int] = []
         near: list[int] = []
         zones = self.zones.zones
-        intersects_xy: Any = None
-        if zones:
-            import shapely
-
-            intersects_xy = shapely.intersects_xy
+        intersects_xy = self._ixy
         for e in self._entries:
             st = e[3]
             i = e[4]
@@ -612,7 +613,9 @@ class ZoneLocator:
             z = zones[i]
             self.evaluations += 1
             if z.shape == "polygon" and st != _IN and st != _OUT:
-                zx, zy = z.frame.xy(lat, lon)
+                f = z.frame  # f.xy(lat, lon), inline
+                zx = ((lon - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx
+                zy = (lat - f.lat0) * f.ky
                 if intersects_xy(z.geom, zx, zy):  # signed_distance_xy's own test
                     e[3] = _IN
                     inside.append(i)
