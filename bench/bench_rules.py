@@ -125,7 +125,7 @@ def _replay(zones: Zones, fixes: list[Fix]) -> float:
 
 
 def _measure(zones: Zones, fixes: list[Fix]) -> tuple[float, float]:
-    import shapely  # the baseline only
+    import shapely  # the bare STRtree baseline
 
     tree = shapely.STRtree([shapely.box(*z.bounds) for z in zones.zones])
 

@@ -73,6 +73,8 @@ class Rules:
         self.poi = PoiTracker(config.poi)
         self.trip = TripTracker(config.trip, gap_s=config.speed.gap_s)
         self._fix: tuple[float, float, float] | None = None  # t, lat, lon of last valid fix
+        self._rounded_for: tuple[float, float, float] | None = None
+        self._rounded: tuple[float | None, float | None] = (None, None)
         self._prev_inside: Set[int] = _NONE
         self._inside_list: list[int] = []
         self._last_event_t = float("-inf")
@@ -92,10 +94,12 @@ class Rules:
         t = max(t, self._last_event_t)
         self._last_event_t = t
         self._events[kind] += 1
-        lat = lon = None
-        if self._fix is not None:
-            lat = round(self._fix[1], 7)
-            lon = round(self._fix[2], 7)
+        fix = self._fix
+        if fix is not self._rounded_for:  # once per fix, however many events it makes
+            self._rounded_for = fix
+            self._rounded = (None, None) if fix is None else (round(fix[1], 7),
+                                                              round(fix[2], 7))
+        lat, lon = self._rounded
         return Event(kind=kind, time=t, body=body, lat=lat, lon=lon, clock=clock)
 
     def _seen(self, t: float) -> None:

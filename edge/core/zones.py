@@ -127,34 +127,6 @@ class Zone:
         # outside is what intersects_xy says, even a rounding away from the edge
         return max(float(shapely.distance(self.geom, shapely.Point(x, y))), _TINY)
 
-    def contains_xy(self, x: float, y: float) -> bool:
-        """Inside or on the edge (``signed_distance_xy <= 0``), for polygons without
-        measuring the distance."""
-        if self.shape == "polygon":
-            import shapely
-
-            return bool(shapely.intersects_xy(self.geom, x, y))
-        return self.signed_distance_xy(x, y) <= 0.0
-
-    def signed_distances_xy(self, xs: Any, ys: Any) -> Any:
-        """``signed_distance_xy`` for arrays of points (numpy), value for value equal."""
-        import numpy as np
-        import shapely
-
-        if self.shape == "circle":
-            return np.sqrt(xs * xs + ys * ys) - self.pad
-        pts = shapely.points(xs, ys)
-        if self.shape == "corridor":
-            return shapely.distance(self.geom, pts) - self.pad
-        inside = shapely.intersects_xy(self.geom, xs, ys)
-        return np.where(inside, -shapely.distance(self.edge, pts),
-                        np.maximum(shapely.distance(self.geom, pts), _TINY))
-
-    def xy_arrays(self, lats: Any, lons: Any) -> tuple[Any, Any]:
-        """``frame.xy`` for arrays of points: the same operations, the same floats."""
-        f = self.frame
-        return ((lons - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx, (lats - f.lat0) * f.ky
-
     def segment_hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> bool:
         """Whether the straight segment between two points touches the zone."""
         import shapely
@@ -529,10 +501,15 @@ class ZoneLocator:
     when the hysteresis line matters (a watched zone the point is outside).
     """
 
-    __slots__ = ("_entries", "_q", "_r", "_uses", "evaluations", "queries", "zones")
+    __slots__ = ("_entries", "_ixy", "_q", "_r", "_uses", "evaluations", "queries", "zones")
 
     def __init__(self, zones: Zones, *, radius_m: float = R_MAX_M) -> None:
         self.zones = zones
+        self._ixy: Any = None  # shapely.intersects_xy, once there are zones to ask
+        if zones.zones:
+            import shapely
+
+            self._ixy = shapely.intersects_xy
         self._r = radius_m
         self._uses = 0  # locate calls answered from the current query box
         self._q: tuple[float, float, float, float] | None = None  # lat0, lon0, kx, ky
@@ -589,11 +566,7 @@ class ZoneLocator:
         inside: list[int] = []
         near: list[int] = []
         zones = self.zones.zones
-        intersects_xy: Any = None
-        if zones:
-            import shapely
-
-            intersects_xy = shapely.intersects_xy
+        intersects_xy = self._ixy
         for e in self._entries:
             st = e[3]
             i = e[4]
@@ -640,8 +613,10 @@ class ZoneLocator:
             z = zones[i]
             self.evaluations += 1
             if z.shape == "polygon" and st != _IN and st != _OUT:
-                zx, zy = z.frame.xy(lat, lon)
-                if intersects_xy(z.geom, zx, zy):  # Zone.contains_xy, without the call
+                f = z.frame  # f.xy(lat, lon), inline
+                zx = ((lon - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx
+                zy = (lat - f.lat0) * f.ky
+                if intersects_xy(z.geom, zx, zy):  # signed_distance_xy's own test
                     e[3] = _IN
                     inside.append(i)
                     near.append(i)
