@@ -30,6 +30,9 @@ import pytest
 from sim.serve import bench_config
 from tests.greengrass.conftest import BUILD, ROOT, GgLite
 
+# a first run builds gg-lite's rootfs (~1-2 min) inside the fixture's setup
+pytestmark = pytest.mark.timeout(900)
+
 DAEMON = "com.vehicleedge.Daemon"
 ZONES = "com.vehicleedge.Zones"
 SIM = "com.vehicleedge.Simulator"
