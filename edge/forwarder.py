@@ -19,20 +19,19 @@ rows it carries):
 * Telemetry rows are claimed ``batch_max`` per unit and published as one
   ``telemetry_batch`` of at most the uplink's ``max_payload`` bytes before compression
   (128 KiB; ~7 kB through nucleus lite's IPC): batches are split by bytes, not only by
-  count. With ``compression`` gzip or
-  zstd and an uplink that carries MQTT 5 user properties, the batch is compressed and
-  declared with the user property ``content-encoding``; otherwise it goes as JSON.
+  count. With ``compression`` gzip or zstd and an uplink that carries MQTT 5 user
+  properties, the batch is compressed and declared with the user property
+  ``content-encoding``; otherwise it goes as JSON.
 * ``IotQuota``: 100 publishes/s and 512 KiB/s (bytes on the wire) per connection.
 * Outcomes: PUBACK < 0x80 -> ``ack`` (rows leave); ``PublishRejected`` -> ``reject``
   (dropped and counted, never retried); ``PublishFailed`` (this publish failed on a
   working connection: nucleus lite offline) -> the unit goes back to the head of the
-  stage and every worker holds off for a capped, jittered backoff, then one publish
-  probes until one succeeds (the backoff resets; counted in ``publish_failures``,
-  logged once) -- no reconnect; any other
-  ``UplinkError`` -> the connection is given up (rows back to ready, same place). A
-  row leaves the outbox only after its PUBACK. Acks and rejects are queued and settled
-  in batches by one task, one transaction per batch (flushed
-  ``settle_linger_s`` after the first outcome, at once from ``settle_max``).
+  stage, every worker holds off for a capped, jittered backoff, then one publish at a
+  time probes until one succeeds (the backoff resets; counted in ``publish_failures``,
+  logged once; no reconnect); any other ``UplinkError`` -> the connection is given up
+  (rows back to ready, same place). A row leaves the outbox only after its PUBACK. Acks
+  and rejects are queued and settled in batches by one task, one transaction per batch
+  (flushed ``settle_linger_s`` after the first outcome, at once from ``settle_max``).
 * Every claimed row is settled or released before ``run`` returns (also when it is
   cancelled): the queued outcomes and the releases go in one last transaction.
 """

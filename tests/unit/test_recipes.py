@@ -331,6 +331,9 @@ def test_daemon_reads_the_zones_component_through_the_root_path(
     assert "ComponentDependencies" not in daemon
     zones = rendered["com.vehicleedge.Zones"]["Manifests"][0]["Lifecycle"]["run"]["Script"]
     assert "mv -f {work:path}/zones.geojson.new {work:path}/zones.geojson" in zones
+    # lite runs it again on every deployment: an unchanged file must not be replaced
+    assert zones.startswith(
+        "if cmp -s {artifacts:path}/zones.geojson {work:path}/zones.geojson; then")
     for m in daemon["Manifests"]:
         env = m["Lifecycle"]["run"]["Setenv"]
         assert env["VEHICLE_EDGE_ZONES"] == (
