@@ -112,13 +112,23 @@ class Engine:
         self._last_time = None
         return closing
 
+    @property
+    def latest_time(self) -> float | None:
+        """The latest time handed to the rules (None before any input)."""
+        return self._last_time
+
     def tick(self, time: float) -> list[Envelope]:
-        return self._wrap(self.rules.tick(time))
+        """``time`` from ``now()``: on GNSS time once a valid fix anchors the clock."""
+        return self._wrap(_stamped(self.rules.tick(time), self._clock_name()))
 
     def close(self, time: float | None = None) -> list[Envelope]:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
-        return self._wrap(self.rules.close(time))
+        return self._wrap(_stamped(self.rules.close(time), self._clock_name()))
+
+    def _clock_name(self) -> str:
+        a = self._anchor
+        return "gnss" if a is not None and a.time is not None else "system"
 
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))
