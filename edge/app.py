@@ -140,11 +140,17 @@ def load_zones_for(config: Config, *, optional: bool = False) -> Any:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] | None = None,
+                 can_clock: Callable[[], float] | None = None) -> None:
         self.config = config
         # the wall clock events fall back on before a valid fix (and the GNSS source's
         # rollover reference): the host's; ``edge sim`` passes the replayed drive's
         self.clock: Callable[[], float] = clock or time.time
+        # and the clock of durations that maps sample times onto GNSS time: the monotonic
+        # clock live; the drive's clock under ``edge sim`` (like a log's in edge replay)
+        self.mono: Callable[[], float] = clock or time.monotonic
+        self._drive_clock = clock is not None
+        self._can_clock = can_clock or clock  # edge sim: the time of the CAN reader
         self.started_mono = time.monotonic()
         self.engine: Engine | None = None
         self.outbox: Outbox | None = None
@@ -336,8 +342,7 @@ class Daemon:
         if cfg.can.interface != "none" and (only is None or "can" in only):
             from edge.sources.can import CanSource
 
-            built.append(("can", CanSource(
-                cfg.can, clock=None if self.clock is time.time else self.clock)))
+            built.append(("can", CanSource(cfg.can, clock=self._can_clock)))
         return built
 
     def _start_sources(self, tg: asyncio.TaskGroup, built: list[tuple[str, Any]]) -> None:
@@ -499,7 +504,7 @@ class Daemon:
         await asyncio.gather(*sources, *aux, return_exceptions=True)
         # 2. rules flush: open overspeed episodes and trips end
         assert self.engine is not None
-        now, _ = self.engine.now(time.monotonic(), self.clock())
+        now, _ = self.engine.now(self.mono(), self.clock())
         self._enqueue(self.engine.close(now))
         # 3. the writer commits everything queued
         self._writer_idle.clear()
@@ -752,7 +757,11 @@ class Daemon:
                                           > self.config.rules.trip.resume_gap_s):
                 # no GNSS time to measure the restart's gap: the old trip ends
                 self._enqueue(engine.resume_now(None))
-            now, _ = engine.now(time.monotonic(), self.clock())
+            now, _ = engine.now(self.mono(), self.clock())
+            if self._drive_clock and engine.latest_time is not None:
+                # under edge sim the readers trail the replay's clock by what sits in the
+                # sources' queues: time passes for the rules as far as they have read
+                now = min(now, engine.latest_time)
             self._enqueue(engine.tick(now))
             for name, src in self._sources:
                 if name == "can":
@@ -817,7 +826,7 @@ class Daemon:
         while True:
             body = self.health()
             await asyncio.to_thread(self._write_health_file, dict(body))
-            now, clock = self.engine.now(time.monotonic(), self.clock())
+            now, clock = self.engine.now(self.mono(), self.clock())
             self._enqueue([self.engine.envelopes.make(
                 Event(kind="health", time=now, body=body, clock=clock))])
             await asyncio.sleep(self.config.health.interval_s)

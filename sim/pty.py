@@ -36,6 +36,7 @@ class PtySerial:
         os.set_blocking(self._master, False)
         self.path: str = os.ttyname(self._slave)
         self.written_bytes = 0
+        self.written_units = 0  # = written_bytes (the name the replay's clock reads)
         self.dropped_bytes = 0
         self.received_bytes = 0  # written by the daemon towards the "device"
         self._reader_loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +97,7 @@ class PtySerial:
             finally:
                 loop.remove_writer(self._master)
         self.written_bytes += sent
+        self.written_units = self.written_bytes
         self.dropped_bytes += len(view) - sent
         return sent
 

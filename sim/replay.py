@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,12 +49,31 @@ class BusCanSink:
             self._bus = can.Bus(interface=interface, channel=channel)
         self._can = can
         self.unplugged = False
+        self.written_units = 0  # frames sent (with pending(): the listener's read position)
 
-    def send(self, arbitration_id: int, data: bytes, extended: bool = False) -> None:
+    @property
+    def plugged(self) -> bool:
+        return not self.unplugged
+
+    def send(self, arbitration_id: int, data: bytes, extended: bool = False) -> bool:
         if self.unplugged:
-            return
+            return False
         self._bus.send(self._can.Message(arbitration_id=arbitration_id, data=data,
                                          is_extended_id=extended))
+        self.written_units += 1
+        return True
+
+    def pending(self) -> int:
+        """Frames sent that a listener has not received yet (virtual: the fullest of the
+        other buses' queues; a real interface has its own flow control: 0)."""
+        if self.interface != "virtual":
+            return 0
+        from can.interfaces import virtual
+
+        with virtual.channels_lock:
+            queues = list(virtual.channels.get(self.channel, []))
+        own = getattr(self._bus, "queue", None)
+        return max((q.qsize() for q in queues if q is not own), default=0)
 
     def is_open(self) -> bool:
         """True once someone else listens (virtual: another bus joined the channel; a
@@ -112,6 +133,8 @@ class Replayer:
         progress: Callable[[float, float], None] | None = None,
         yield_every: int = 64,
         wait_reader_s: float | None = None,
+        nmea_lead: int | None = None,
+        can_lead: int | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive (or None for as fast as possible)")
@@ -128,21 +151,92 @@ class Replayer:
         # source): nothing is written before, because opening a port flushes its input
         # (pyserial's open does) -- bytes written earlier would be lost, the drive's start
         self.reader_ready: Callable[[], bool] | None = None
+        # how far the writer may run ahead of the reader (the sink's ``pending()``: bytes
+        # for a pty, frames for a virtual bus); None: only the sink's buffer limits it.
+        # Kept small, the reader lives the replay's clock a fraction of a second behind.
+        self.leads: dict[str, int | None] = {"gnss": nmea_lead, "can": can_lead}
+        # what the reader has taken of each stream, when the reader can tell (``edge
+        # sim``: the daemon's GNSS source's bytes and CAN source's frames): exact, where a
+        # pty's FIONREAD misses what the kernel has not handed to the line discipline yet
+        self.readers: dict[str, Callable[[], int]] = {}
         self.stats = ReplayStats()
         self._span: tuple[float, float] | None = None
         self._t: float | None = None  # timeline time of the last item delivered
         self._t_wall = 0.0
+        # per stream, (units written up to the end of an item, its time): with the sink's
+        # pending() they tell the time of the last item the reader has taken
+        self._marks: dict[str, deque[tuple[int, float]]] = {"gnss": deque(), "can": deque()}
+        self._read_t: dict[str, float | None] = {"gnss": None, "can": None}
+        self._clock_lock = threading.Lock()
 
-    def clock(self) -> float:
-        """The drive's clock: the timeline time of the last item delivered (advancing
-        with the wall clock times ``rate`` in between). ``edge sim`` hands it to the
-        daemon as its wall clock, so a 2018 drive is lived in 2018: CAN and GNSS of the
-        recording meet in one timeline whatever the host's date."""
+    def can_clock(self) -> float:
+        """The drive's clock as the CAN reader lives it (the time of the last frame it
+        took): what the daemon stamps CAN samples with under ``edge sim``."""
+        return self.clock(only="can")
+
+    def clock(self, only: str | None = None) -> float:
+        """The drive's clock as the reader lives it: the timeline time of the last item
+        delivered (advancing with the wall clock times ``rate`` in between), held back
+        to the last item a reader has taken while a stream has unread items. ``edge sim``
+        hands it to the daemon as its clock, so a 2018 drive is lived in 2018 and CAN
+        and GNSS of the recording meet in one timeline whatever the host's date or the
+        replay's speed. Thread-safe (the CAN source may read it from its thread)."""
         if self._t is None:
             return self.span()[0]
-        if self.rate is None:
-            return self._t
-        return self._t + (time.monotonic() - self._t_wall) * self.rate
+        t = self._t
+        if self.rate is not None:
+            t += (time.monotonic() - self._t_wall) * self.rate
+        with self._clock_lock:
+            for kind, marks in self._marks.items():
+                if only is not None and kind != only:
+                    continue
+                if not marks:
+                    continue
+                reader = self.readers.get(kind)
+                if reader is not None:
+                    read = reader()
+                else:
+                    sink = self.nmea if kind == "gnss" else self.can
+                    pending = getattr(sink, "pending", None)
+                    if pending is None:
+                        continue
+                    read = int(getattr(sink, "written_units", 0)) - int(pending())
+                while marks and marks[0][0] <= read:
+                    self._read_t[kind] = marks.popleft()[1]
+                if marks:  # unread items: the reader is at its last taken one
+                    taken = self._read_t[kind]
+                    t = min(t, taken if taken is not None else marks[0][1])
+        return t
+
+    def _written(self, kind: str) -> int:
+        """Units of ``kind`` delivered: NMEA bytes, CAN frames (data and error)."""
+        if kind == "gnss":
+            return self.nmea.written_bytes if self.nmea is not None else 0
+        return self.stats.can_frames + self.stats.can_errors
+
+    def pending(self, kind: str) -> int | None:
+        """Units of ``kind`` written that the reader has not taken (None: unknown)."""
+        reader = self.readers.get(kind)
+        if reader is not None:
+            return max(0, self._written(kind) - reader())
+        sink = self.nmea if kind == "gnss" else self.can
+        fn = getattr(sink, "pending", None)
+        return None if fn is None else int(fn())
+
+    def _mark(self, kind: str, t: float) -> None:
+        if kind in self.readers:
+            units: object = self._written(kind)
+        else:
+            sink = self.nmea if kind == "gnss" else self.can
+            units = getattr(sink, "written_units", None)
+            if getattr(sink, "pending", None) is None:
+                return
+        if isinstance(units, int):
+            with self._clock_lock:
+                marks = self._marks[kind]
+                marks.append((units, t))
+                if len(marks) > 100_000:  # nobody reads: stop tracking, bounded memory
+                    marks.popleft()
 
     def span(self) -> tuple[float, float]:
         """(first, last) timeline time of the drive."""
@@ -189,6 +283,22 @@ class Replayer:
             return
         if inspect.isawaitable(result):
             await result
+
+    async def _pace(self, kind: str) -> None:
+        """Wait until the reader is at most ``leads[kind]`` behind. A reader that does
+        not catch up within 5 s ends the pacing of that stream (said once)."""
+        limit = self.leads[kind]
+        behind = self.pending(kind)
+        if behind is None or limit is None or behind <= limit:
+            return
+        deadline = time.monotonic() + 5.0
+        while (behind := self.pending(kind) or 0) > limit:
+            if time.monotonic() >= deadline:
+                log.warning("sim.replay_reader_stalled", stream=kind, pending=behind,
+                            reason="the reader stopped reading; pacing off for this stream")
+                self.leads[kind] = None
+                return
+            await asyncio.sleep(0.0005)
 
     def _sink_open(self) -> bool:
         opened = getattr(self.can, "opened", None)
@@ -261,10 +371,13 @@ class Replayer:
             if n >= self.yield_every:
                 n = 0
                 await asyncio.sleep(0)
+            if self.leads.get(kind) is not None:
+                await self._pace(kind)
             self._t, self._t_wall = t, time.monotonic()
             if kind == "gnss":
                 if self.nmea is not None:
                     await self.nmea.write(data + b"\r\n")
+                    self._mark("gnss", t)
                     self.stats.nmea_lines += 1
                     if self.stats.nmea_lines == 1 and self.wait_reader_s:
                         t_wait = time.monotonic()
@@ -275,6 +388,7 @@ class Replayer:
             elif kind == "can":
                 if self.can is not None:
                     await self._send_can(data)
+                    self._mark("can", t)
             elif kind == "ctl":
                 t_ctl = time.monotonic()
                 await self._control(data)

@@ -32,6 +32,10 @@ from sim.replay import BusCanSink, Replayer, VirtualCanSink
 log = structlog.get_logger()
 
 CanMode = Literal["slcan", "virtual", "socketcan", "auto"]
+# how far the replay may run ahead of what the daemon has read: a few lines / frames, so
+# the drive's clock the daemon lives is the clock of what it reads, at any rate
+NMEA_LEAD_BYTES = 512  # ~7 NMEA lines: under 0.2 s of a 10 Hz receiver's drive time
+CAN_LEAD_FRAMES = 16
 
 
 class Progress:
@@ -182,13 +186,27 @@ async def run_sim(
         await replayer.run()
 
     async def main(stop: asyncio.Event) -> None:
-        daemon = Daemon(cfg, clock=replayer.clock)
+        daemon = Daemon(cfg, clock=replayer.clock, can_clock=replayer.can_clock)
 
         def gnss_open() -> bool:
             return any(name == "gnss" and bool(src.health().get("connected"))
                        for name, src in daemon.sources())
 
         replayer.reader_ready = gnss_open
+
+        def taken(kind: str) -> Callable[[], int]:
+            attr = "bytes_read" if kind == "gnss" else "received"
+
+            def read() -> int:
+                for name, src in daemon.sources():
+                    if name == kind:
+                        return int(getattr(src, attr))
+                return 0
+            return read
+
+        replayer.readers = {kind: taken(kind) for kind, present in
+                            (("gnss", pty is not None), ("can", sink is not None)) if present}
+        replayer.leads = {"gnss": NMEA_LEAD_BYTES, "can": CAN_LEAD_FRAMES}
         if on_daemon is not None:
             on_daemon(daemon)  # tests read its sources' counters after the run
         daemon_task = asyncio.create_task(daemon.run(stop), name="sim-daemon")

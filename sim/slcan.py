@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
+import struct
 import tempfile
+import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +60,7 @@ class SlcanPtyAdapter:
         self.received: list[tuple[int, bytes, bool]] = []  # frames the host transmitted
         self.bitrate_cmd: str | None = None
         self.sent = 0
+        self.written_units = 0  # bytes of frames written whole (with pending(): read position)
         self.dropped = 0
         self._master = -1
         self._slave = -1
@@ -143,6 +148,17 @@ class SlcanPtyAdapter:
     def wait_open(self, timeout: float = 5.0) -> bool:
         return self.opened.wait(timeout)
 
+    def pending(self) -> int:
+        """Bytes sent to the host that it has not read yet (0 when unplugged)."""
+        with self._lock:
+            if self._slave < 0:
+                return 0
+            try:
+                buf = fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0")
+            except OSError:
+                return 0
+        return int(struct.unpack("i", buf)[0])
+
     # ------------------------------------------------------------------ to the host
     def send(
         self,
@@ -168,17 +184,35 @@ class SlcanPtyAdapter:
             line += f"{self._ms:04X}"
         return self.send_raw((line + "\r").encode())
 
-    def send_raw(self, raw: bytes) -> bool:
-        """Write bytes as they are (for malformed lines and other abuse)."""
-        with self._lock:
-            if self._master < 0:
-                return False
-            try:
-                n = os.write(self._master, raw)
-            except OSError:
-                self.dropped += 1
-                return False
-        if n != len(raw):  # partial write: the host will see a garbled line, as in life
+    def send_raw(self, raw: bytes, *, wait_s: float = 1.0) -> bool:
+        """Write bytes as they are (for malformed lines and other abuse). When the pty is
+        full the rest waits up to ``wait_s`` for the host to read, as an adapter's FIFO
+        would: a slow host gets every frame whole; one that stops reading gets a
+        truncated line (a real overrun), counted in ``dropped``."""
+        view = memoryview(raw)
+        sent = 0
+        deadline = None
+        while sent < len(view):
+            with self._lock:
+                if self._master < 0:
+                    return False
+                try:
+                    sent += os.write(self._master, view[sent:])
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.dropped += 1
+                    return False
+                master = self._master
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + wait_s
+            if now >= deadline:
+                break
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [master], [], min(0.01, deadline - now))
+        self.written_units += sent
+        if sent != len(view):
             self.dropped += 1
             return False
         self.sent += 1

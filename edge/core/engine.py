@@ -137,10 +137,17 @@ class Engine:
         self._last_time = None
         return closing
 
+    @property
+    def latest_time(self) -> float | None:
+        """The latest time handed to the rules (None before any input)."""
+        return self._last_time
+
     def tick(self, time: float) -> list[Envelope]:
+        """``time`` from ``now()``: on GNSS time once a valid fix anchors the clock."""
         if self._resume is not None:
             return []
-        return self._wrap(_sourced(self.rules.tick(time), self.arbiter.health()["source"]))
+        return self._wrap(_stamped(_sourced(self.rules.tick(time), self.arbiter.health()["source"]),
+                                   self._clock_name()))
 
     # ------------------------------------------------------------------ restarts
 
@@ -176,7 +183,9 @@ class Engine:
     def close(self, time: float | None = None) -> list[Envelope]:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
-        return self._wrap(_sourced(self.rules.close(time), self.arbiter.health()["source"]))
+        return self._wrap(_stamped(_sourced(self.rules.close(time),
+                                            self.arbiter.health()["source"]),
+                                   self._clock_name()))
 
     def _diagnostics(self, clock: str) -> list[Event]:
         """The speed arbiter's plausibility verdicts as ``diagnostic`` events (alerts)."""
@@ -200,6 +209,10 @@ class Engine:
         gcfg = self.config.rules.geofence
         self.rules.use_drive_geometry(DriveGeometry(
             self.rules.zones, fixes, lambda hdop: hysteresis_for(gcfg, hdop)))
+
+    def _clock_name(self) -> str:
+        a = self._anchor
+        return "gnss" if a is not None and a.time is not None else "system"
 
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))

@@ -66,7 +66,10 @@ class CanSource:
                 f"slcan adapters take {', '.join(str(b) for b in sorted(SLCAN_BITRATES))}",
             )
         self.config = config
-        self._clock = clock  # None: the bus timestamps; ``edge sim``: the drive's clock
+        # None: bus timestamps and the monotonic clock; ``edge sim``: the drive's clock for
+        # both (the sim's replay is the one clock, as a log's timestamps are in a replay)
+        self._clock = clock
+        self.received = 0  # every frame read from the bus, wanted or not (edge sim paces on it)
         self._poller: ObdPoller | None = None
         self._decoder: FrameDecoder | None = None
         if config.mode == "obd":
@@ -282,7 +285,7 @@ class CanSource:
             self._push(msg, mono)
 
     def _on_readable(self, bus: Any) -> None:
-        mono = time.monotonic()
+        mono = time.monotonic() if self._clock is None else self._clock()
         for _ in range(DRAIN_PER_WAKEUP):
             try:
                 msg = bus.recv(0)
@@ -295,6 +298,7 @@ class CanSource:
                 return
             if msg is None:
                 return
+            self.received += 1
             self._push(msg, mono)
 
     def _start_reader(self, bus: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -331,9 +335,11 @@ class CanSource:
                 try:
                     msg = bus.recv(0.1)
                     while msg is not None:
+                        self.received += 1
                         if msg.is_error_frame or (msg.arbitration_id in wanted
                                                   and msg.is_extended_id == extended):
-                            batch.append((msg, time.monotonic()))
+                            batch.append((msg, time.monotonic() if self._clock is None
+                                          else self._clock()))
                             if len(batch) >= DRAIN_PER_WAKEUP:
                                 break
                         msg = bus.recv(0)

@@ -85,6 +85,12 @@ class GnssSource:
         self.config = config
         self._clock = clock or time.time  # the host's (``edge sim``: the drive's)
         self._decoder = NmeaDecoder(assembler or _default_assembler(config, clock))
+        # ``edge sim``: durations on the drive's clock too (a fix's mono is its GNSS time,
+        # as in a replay), so the daemon's time mapping does not depend on the replay speed
+        self._mono: Callable[[], float] = time.monotonic
+        if clock is not None:
+            self._mono = clock
+            self._decoder.assembler.replay = True
         self._connected = False
         self._failures = 0  # consecutive, for the backoff and the log level
         self._counters: dict[str, int] = dict.fromkeys(
@@ -121,6 +127,11 @@ class GnssSource:
             self._counters["disconnects"] += 1
             self._lost(reason)
             await asyncio.sleep(self._next_delay())
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the port so far (``edge sim`` paces its writer on it)."""
+        return self._counters["bytes"]
 
     def health(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -177,7 +188,7 @@ class GnssSource:
                 self._failures = 0
                 log.info("gnss.receiving", port=self.config.port)
             self._counters["bytes"] += len(data)
-            self._deliver(decoder.feed(data, time.monotonic()), emit)
+            self._deliver(decoder.feed(data, self._mono()), emit)
 
         loop.add_reader(fd, on_readable)
         try:

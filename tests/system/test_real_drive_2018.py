@@ -122,16 +122,18 @@ def test_a_drive_without_speed_from_its_signal_is_a_warning_with_counts(tmp_path
     assert "frames" in r.stderr and "comment lines" in r.stderr
 
 
-def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path) -> None:
-    # edge sim: the unmodified daemon on ptys/virtual CAN, with the drive's clock: the
-    # same single trip and overspeed pair, at the true 2018 UTC times (no clock_step)
+@pytest.mark.parametrize("can", ["virtual", "slcan"])
+def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path, can: str) -> None:
+    # edge sim: the unmodified daemon on ptys and CAN (virtual bus or the slcan adapter),
+    # with the drive's clock: the same single trip and overspeed pair as edge replay, at
+    # the true 2018 UTC times (no clock_step), within a second of replay's
     cfg = tmp_path / "config.toml"
     text = CONFIG.read_text().replace(str(DRIVE / "published.jsonl"),
                                       str(tmp_path / "published.jsonl"))
     text = text.replace(str(DRIVE / "outbox.db"), str(tmp_path / "outbox.db"))
     cfg.write_text(text.replace('zones = "zones.geojson"', f'zones = "{DRIVE / "zones.geojson"}"'))
     r = subprocess.run([*EDGE, "sim", str(DRIVE), "--config", str(cfg), "--max", "--can",
-                        "virtual"], capture_output=True, text=True, timeout=180)
+                        can], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     events = []
     for line in (tmp_path / "published.jsonl").read_text().splitlines():
@@ -140,6 +142,16 @@ def test_sim_max_lives_the_drive_in_2018_too(tmp_path: Path) -> None:
             if isinstance(x, dict) and x.get("type") in ("trip", "overspeed", "geofence", "poi"):
                 events.append(x)
     check_one_timeline(events)
+    out = tmp_path / "replay.jsonl"
+    edge("replay", str(DRIVE), "--config", str(CONFIG), "--out", str(out))
+    replayed = alerts([json.loads(x) for x in out.read_text().splitlines()])
+
+    def key(e: dict[str, Any]) -> tuple[str, str]:
+        return e["type"], str(e.get("phase") or e.get("transition") or e.get("poi"))
+
+    assert [key(e) for e in events] == [key(e) for e in replayed]
+    for live, rep in zip(events, replayed, strict=True):
+        assert abs(live["ts"] - rep["ts"]) <= 1000, (live, rep)
 
 
 def test_report_draws_it_with_the_opendbc_dbc(tmp_path: Path) -> None:
