@@ -633,6 +633,8 @@ class Outbox:
                     break
             if n:
                 self._bump_locked(f"expired_{lane.name.lower()}", n)
+                self._once(log, f"expired:{lane.name}", "outbox: rows past their lane's TTL"
+                           " dropped", lane=lane.name.lower(), rows=n, ttl_s=ttl)
                 total += n
         return total
 
@@ -681,6 +683,8 @@ class Outbox:
                 n += len(take)
         if n:
             self._bump_locked(f"evicted_{lane.name.lower()}", n)
+            self._once(log, f"evicted:{lane.name}", "outbox: oldest rows evicted to make room",
+                       lane=lane.name.lower(), rows=n, path=str(self.path))
         return n, freed
 
     def _bump_locked(self, name: str, n: int) -> None:
