@@ -436,7 +436,10 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        r.acquire(spare=RESERVE_SPARE)
+        # whole, and only when the disk has room besides: not from under the alerts
+        free = free_bytes(self.path.parent) or 0
+        if free >= r.target - r.held + max(RESERVE_SPARE, self.min_free_bytes):
+            r.acquire(spare=RESERVE_SPARE)
 
     def _lane_totals_locked(self) -> dict[Lane, tuple[int, int]]:
         return {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(
