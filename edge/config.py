@@ -162,7 +162,7 @@ class OutboxConfig:
     # space held beside the outbox for alerts only (released to them on a full disk)
     reserve_mb: float = 0.25
     # below this free space: WAL checkpointed every commit, lower lanes stop growing
-    min_free_mb: float = 1.0
+    min_free_mb: float = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

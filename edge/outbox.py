@@ -32,8 +32,8 @@ the same database at the same time: nothing is cached across transactions.
 * Disk pressure (``edge.outbox.Disk``): the outbox holds a reserve file beside the
   database (``reserve_bytes``) that is released only to alerts and trip edges. Below
   ``min_free_bytes`` of free space the WAL is checkpointed after every commit and the
-  lower lanes stop growing (each put of telemetry/health evicts as many bytes of older
-  lower-lane rows). When SQLite reports the disk full, the put first makes room by
+  lower lanes stop growing (each put of telemetry, or health, evicts as many bytes of
+  that lane's oldest rows). When SQLite reports the disk full, the put first makes room by
   evicting lower lanes; if that is not enough its lower-lane rows are dropped (counted
   per lane) and its alerts get the reserve. Only when even that fails does ``put``
   raise (the daemon then holds the alerts in memory and retries).
@@ -123,6 +123,10 @@ EXPIRE_EVERY_S = 30.0
 # how often (at most) the free space of the outbox's file system is looked at outside
 # put (every put looks: one statvfs, about a microsecond)
 DISK_EVERY_S = 1.0
+# disk pressure ends only once free space is back above min_free + this
+PRESSURE_HYSTERESIS = 128 * 1024
+# the WAL is truncated to this under disk pressure (journal_size_limit)
+PRESSURE_WAL_BYTES = 64 * 1024
 # how often (at most) a reserve that was released is taken back
 RESERVE_RETRY_S = 5.0
 # the reserve never takes the last bytes of a disk: the WAL needs room to work at all
@@ -254,6 +258,7 @@ class Outbox:
         self.migrated_from: int | None = None
         self.pressure = False
         self.free: int | None = None
+        self.wal_bytes = 0
         self.full_events = 0
         # drops that could not be written yet (the disk was full): folded into the
         # next transaction that commits
@@ -348,15 +353,16 @@ class Outbox:
         self.migrated_from = version
 
     def _wal_limits(self, *, pressure: bool) -> None:
-        """Normally the WAL is checkpointed every ~1 MiB and truncated back to 1 MiB;
-        under disk pressure after every commit (the next writer rewinds it and reuses
-        its space) and truncated to 64 KiB."""
+        """Normally the WAL is checkpointed every ~256 KiB and truncated back to 256 KiB
+        (a bigger WAL buys little here and is what fills a small disk first); under disk
+        pressure after every commit (the next writer rewinds it and reuses its space)
+        and truncated to 64 KiB."""
         if pressure:
             self._db.execute("PRAGMA wal_autocheckpoint=1")
-            self._db.execute("PRAGMA journal_size_limit=65536")
+            self._db.execute(f"PRAGMA journal_size_limit={PRESSURE_WAL_BYTES}")
         else:
-            self._db.execute("PRAGMA wal_autocheckpoint=256")
-            self._db.execute("PRAGMA journal_size_limit=1048576")
+            self._db.execute("PRAGMA wal_autocheckpoint=64")
+            self._db.execute("PRAGMA journal_size_limit=262144")
 
     @classmethod
     def from_config(cls, cfg: OutboxConfig, **kwargs: Any) -> Outbox:
@@ -391,13 +397,25 @@ class Outbox:
             return
         self._next_disk = mono + DISK_EVERY_S
         self.free = free_bytes(self.path.parent)
-        pressure = self.free is not None and self.free < self.min_free_bytes
+        try:
+            self.wal_bytes = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            self.wal_bytes = 0
+        if self.free is None:
+            pressure = False
+        else:
+            # the WAL's space comes back at a checkpoint: it counts as free here
+            room = self.free + max(0, self.wal_bytes - PRESSURE_WAL_BYTES)
+            if self.pressure:  # hysteresis: the WAL's own breathing does not flap it
+                pressure = room < self.min_free_bytes + PRESSURE_HYSTERESIS
+            else:
+                pressure = room < self.min_free_bytes
         if pressure != self.pressure:
             self.pressure = pressure
             if pressure:
-                log.warning("outbox: disk space low, telemetry and health stop growing",
-                            path=str(self.path), free_bytes=self.free,
-                            min_free_bytes=self.min_free_bytes)
+                self._once(log, "pressure", "outbox: disk space low, telemetry and health"
+                           " stop growing", path=str(self.path), free_bytes=self.free,
+                           min_free_bytes=self.min_free_bytes)
             else:
                 log.info("outbox: disk space ok again", path=str(self.path),
                          free_bytes=self.free)
@@ -418,7 +436,10 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA incremental_vacuum")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        r.acquire(spare=RESERVE_SPARE)
+        # whole, and only when the disk has room besides: not from under the alerts
+        free = free_bytes(self.path.parent) or 0
+        if free >= r.target - r.held + max(RESERVE_SPARE, self.min_free_bytes):
+            r.acquire(spare=RESERVE_SPARE)
 
     def _lane_totals_locked(self) -> dict[Lane, tuple[int, int]]:
         return {Lane(lane): (int(n), int(b)) for lane, n, b in self._db.execute(
@@ -587,11 +608,13 @@ class Outbox:
         if expire:
             dropped += self._expire_locked(now)
         if rotate:
-            # low on space: the lower lanes do not grow, each put of theirs replaces
-            # as many bytes of their oldest rows
-            lower = sum(len(r[3]) for r in rows if Lane(r[1]) in LOWER)
-            if lower:
-                dropped += self._evict_lower_locked(lower, spare={r[0] for r in rows})
+            # low on space: the lower lanes do not grow, each put of telemetry (health)
+            # replaces as many bytes of the oldest telemetry (health)
+            spare = {r[0] for r in rows}
+            for lane in LOWER:
+                added = sum(len(r[3]) for r in rows if r[1] == lane)
+                if added:
+                    dropped += self._evict_lane_locked(lane, added, spare)[0]
         return dropped + self._evict_locked()
 
     def _evict_lower_locked(self, nbytes: int, spare: set[str] | None = None) -> int:
@@ -633,6 +656,8 @@ class Outbox:
                     break
             if n:
                 self._bump_locked(f"expired_{lane.name.lower()}", n)
+                self._once(log, f"expired:{lane.name}", "outbox: rows past their lane's TTL"
+                           " dropped", lane=lane.name.lower(), rows=n, ttl_s=ttl)
                 total += n
         return total
 
@@ -681,6 +706,8 @@ class Outbox:
                 n += len(take)
         if n:
             self._bump_locked(f"evicted_{lane.name.lower()}", n)
+            self._once(log, f"evicted:{lane.name}", "outbox: oldest rows evicted to make room",
+                       lane=lane.name.lower(), rows=n, path=str(self.path))
         return n, freed
 
     def _bump_locked(self, name: str, n: int) -> None:
@@ -791,6 +818,7 @@ class Outbox:
         """Free space, pressure and the reserve, for health and ``edge status``."""
         self._check_disk()
         return disk_report(self.path, free=self.free, pressure=self.pressure,
+                           wal_bytes=self.wal_bytes,
                            min_free_bytes=self.min_free_bytes,
                            reserve_target=self.reserve.target,
                            reserve_held=self.reserve.held,
@@ -914,14 +942,16 @@ class Outbox:
 
 
 def disk_report(path: Path, *, free: int | None = None, pressure: bool | None = None,
-                min_free_bytes: int = 0, reserve_target: int = 0, reserve_held: int = 0,
-                reserve_releases: int = 0, full_events: int = 0) -> dict[str, Any]:
+                wal_bytes: int = 0, min_free_bytes: int = 0, reserve_target: int = 0,
+                reserve_held: int = 0, reserve_releases: int = 0,
+                full_events: int = 0) -> dict[str, Any]:
     if free is None:
         free = free_bytes(Path(path).parent)
     if pressure is None:
         pressure = free is not None and free < min_free_bytes
     return {
         "free_bytes": free,
+        "wal_bytes": wal_bytes,
         "min_free_bytes": min_free_bytes,
         "pressure": pressure,
         "reserve_bytes": reserve_held,

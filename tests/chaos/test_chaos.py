@@ -469,7 +469,7 @@ def test_near_full_disk_broker_down_for_the_whole_drive_then_up(
                      evicted_health=counters.get("evicted_health", 0),
                      evicted_alert=counters.get("evicted_alert", 0),
                      reserve_kb=round(int(str(disk_health.get("reserve_bytes", 0))) / 1024))
-            assert wal_max <= 256 * 1024, wal_max
+            assert wal_max <= 320 * 1024, wal_max  # ~256 KiB checkpoint + one commit
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 

@@ -3,6 +3,7 @@ query plans, a size-capped file system, backoff."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -214,6 +215,49 @@ def test_full_tmpfs_rotates_telemetry_and_takes_every_alert(tmp_path: Path) -> N
         assert st["counters"].get("evicted_telemetry", 0) + st["counters"].get(
             "dropped_full_telemetry", 0) > 0
         assert st["disk"]["pressure"] is True
+        assert ob.integrity_ok()
+        ob.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_the_reserve_is_released_only_to_alerts_and_taken_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.outbox
+
+    monkeypatch.setattr(edge.outbox, "RESERVE_RETRY_S", 0.0)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount not permitted here: {r.stderr.decode().strip()}")
+    try:
+        ob = Outbox(mnt / "o.db", max_bytes=1 << 40, reserve_bytes=128 * 1024,
+                    min_free_bytes=64 * 1024)
+        assert ob.disk()["reserve_bytes"] == 128 * 1024
+        ob.put([env(i, Lane.TELEMETRY, 500) for i in range(20)])
+        filler = mnt / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:
+            while True:  # the rest of the disk goes to someone else
+                f.write(b"\0" * 4096)
+                f.flush()
+        for i in range(20, 200):  # telemetry on a full disk: the reserve stays
+            ob.put([env(i, Lane.TELEMETRY, 2000)])
+        st = ob.stats()
+        assert st["disk"]["reserve_bytes"] == 128 * 1024 and st["disk"]["reserve_releases"] == 0
+        assert st["counters"]["dropped_full_telemetry"] > 0  # counted, not raised
+        for i in range(30):  # alerts: the telemetry's room first, then the reserve
+            ob.put([env(i, Lane.ALERT, 3000)])
+        st = ob.stats()
+        assert st["lanes"]["alert"]["ready"] == 30, st
+        assert st["disk"]["reserve_releases"] == 1 and st["disk"]["reserve_bytes"] == 0
+        assert st["lanes"]["telemetry"]["ready"] == 0  # every telemetry row went first
+        assert "evicted_alert" not in st["counters"]
+        filler.unlink()  # space again: the reserve is taken back at the next write
+        ob.put([env(999, Lane.TELEMETRY)])
+        assert ob.disk()["reserve_bytes"] == 128 * 1024
         assert ob.integrity_ok()
         ob.close()
     finally:

@@ -171,3 +171,25 @@ def test_state_documents_commit_with_their_envelopes(tmp_path: Path) -> None:
     again = Outbox(tmp_path / "o.db")
     assert again.load_state() == {"rules": {"trip": None}, "other": [1, 2]}
     again.close()
+
+
+def test_every_kind_of_drop_is_logged_once_per_lane(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    one = len(env(0, size=1000).to_bytes())
+    t = [1_800_000_000.0]
+    ob = Outbox(tmp_path / "o.db", max_bytes=one * 4, ttl_s={Lane.HEALTH: 60.0},
+                clock=lambda: t[0])
+    with capture_logs() as logs:
+        for i in range(10):
+            ob.put([env(i, Lane.TELEMETRY, 1000)])
+        ob.put([env(0, Lane.HEALTH)])
+        t[0] += 120
+        ob.expire()
+        ob.expire()
+    warned = [(e["event"], e.get("lane")) for e in logs if e["log_level"] == "warning"]
+    assert warned == [("outbox: oldest rows evicted to make room", "telemetry"),
+                      ("outbox: rows past their lane's TTL dropped", "health")]
+    st = ob.stats()["counters"]
+    assert st["evicted_telemetry"] == 7 and st["expired_health"] == 1  # 6, then 1 for health
+    ob.close()
