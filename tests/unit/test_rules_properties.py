@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.core.geofence import GeofenceTracker
 from edge.core.rules import Rules
 from edge.model import Event
 from tests.unit.test_rules_kit import T0, circle, config, fix, speed, square, zones
@@ -156,3 +157,32 @@ def test_drives_are_coherent(drive: list[tuple[Any, ...]]) -> None:
             events += rules.on_speed(speed(t, kmh))
     events += rules.close(T0 + drive[-1][1] + 1)
     check(rules, events)
+
+
+class _NoShortcut(GeofenceTracker):
+    """The tracker without its 'same answer, nothing pending' shortcut."""
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        self._quiet = False
+        return super().update(*args, **kwargs)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drives(), st.sampled_from([0.0, 2.0]))
+def test_the_geofence_shortcut_changes_nothing(drive: list[tuple[Any, ...]],
+                                               debounce: float) -> None:
+    out = []
+    for shortcut in (True, False):
+        rc = config(geofence={"debounce_s": debounce, "gap_s": 30.0})
+        rules = Rules(rc, ZONES)
+        if not shortcut:
+            rules.geofence = _NoShortcut(rc.geofence, ZONES)
+        events: list[Event] = []
+        for kind, t, x, y, hdop, kmh in drive:
+            if kind == "fix":
+                events += rules.on_fix(fix(t, x, y, hdop=hdop))
+            else:
+                events += rules.on_speed(speed(t, kmh))
+                events += rules.tick(T0 + t)
+        out.append(events)
+    assert out[0] == out[1]
