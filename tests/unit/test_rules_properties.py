@@ -149,14 +149,21 @@ def drives(draw: st.DrawFn) -> list[tuple[str, float, float, float, float | None
 def test_drives_are_coherent(drive: list[tuple[Any, ...]]) -> None:
     rules = Rules(config(speed={"min_duration_s": 1.0, "end_after_s": 1.0},
                          trip={"end_s": 20.0}), ZONES)
+    events = feed_drive(rules, drive)
+    events += rules.close(T0 + drive[-1][1] + 1)
+    check(rules, events)
+
+
+def feed_drive(rules: Rules, drive: list[tuple[Any, ...]], tick: bool = False) -> list[Event]:
     events: list[Event] = []
     for kind, t, x, y, hdop, kmh in drive:
         if kind == "fix":
             events += rules.on_fix(fix(t, x, y, hdop=hdop))
         else:
             events += rules.on_speed(speed(t, kmh))
-    events += rules.close(T0 + drive[-1][1] + 1)
-    check(rules, events)
+            if tick:
+                events += rules.tick(T0 + t)
+    return events
 
 
 class _NoShortcut(GeofenceTracker):
@@ -177,12 +184,5 @@ def test_the_geofence_shortcut_changes_nothing(drive: list[tuple[Any, ...]],
         rules = Rules(rc, ZONES)
         if not shortcut:
             rules.geofence = _NoShortcut(rc.geofence, ZONES)
-        events: list[Event] = []
-        for kind, t, x, y, hdop, kmh in drive:
-            if kind == "fix":
-                events += rules.on_fix(fix(t, x, y, hdop=hdop))
-            else:
-                events += rules.on_speed(speed(t, kmh))
-                events += rules.tick(T0 + t)
-        out.append(events)
+        out.append(feed_drive(rules, drive, tick=True))
     assert out[0] == out[1]
