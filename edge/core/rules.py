@@ -66,6 +66,7 @@ class Rules:
         self._loc = ZoneLocator(self.zones)
         self._drive: DriveGeometry | None = None  # answers computed for a whole drive
         self._has_pois = bool(self.zones.pois)
+        self._has_limits = bool(self.zones.limit_claims(range(len(self.zones.zones))))
         self._fix_gap_s = config.geofence.gap_s
         self._speed_gap_s = config.speed.gap_s
         self.geofence = GeofenceTracker(config.geofence, self.zones)
@@ -146,7 +147,7 @@ class Rules:
         changed = inside != self._inside_list
         if changed:
             self._inside_list = inside
-            if self.roads is None:
+            if self.roads is None and self._has_limits:
                 for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                     out.append(self._emit("overspeed", at, b, "gnss"))
         if self.roads is not None:  # the road under the car changes without a zone change
@@ -202,10 +203,12 @@ class Rules:
         hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
         if hits is not None and not hits:
             return []  # foreseen: no fence on this segment
+        dy = lat2 - lat1
+        if abs(dy) * M_PER_DEG > MAX_CROSS_MPS * dt:
+            return []  # a jump (the north-south part alone is too far)
         # equirectangular is plenty for a segment between two fixes
         kx = math.cos(math.radians(lat2))
         dx = wrap_lon(lon2 - lon1) * kx
-        dy = lat2 - lat1
         seg = math.sqrt(dx * dx + dy * dy) * M_PER_DEG
         if seg <= 2.0 * h or seg > MAX_CROSS_MPS * dt:
             return []  # jitter, or a jump (not a drive through a fence)
@@ -299,6 +302,7 @@ class Rules:
         self._loc = loc
         self._drive = None
         self._has_pois = bool(zones.pois)
+        self._has_limits = bool(zones.limit_claims(range(len(zones.zones))))
         self._prev_inside = set(inside_now or ())
         self._inside_list = list(inside_now or ())
         self._zones_error = None

@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.core.geofence import GeofenceTracker
 from edge.core.rules import Rules
 from edge.model import Event
 from tests.unit.test_rules_kit import T0, circle, config, fix, speed, square, zones
@@ -148,11 +149,40 @@ def drives(draw: st.DrawFn) -> list[tuple[str, float, float, float, float | None
 def test_drives_are_coherent(drive: list[tuple[Any, ...]]) -> None:
     rules = Rules(config(speed={"min_duration_s": 1.0, "end_after_s": 1.0},
                          trip={"end_s": 20.0}), ZONES)
+    events = feed_drive(rules, drive)
+    events += rules.close(T0 + drive[-1][1] + 1)
+    check(rules, events)
+
+
+def feed_drive(rules: Rules, drive: list[tuple[Any, ...]], tick: bool = False) -> list[Event]:
     events: list[Event] = []
     for kind, t, x, y, hdop, kmh in drive:
         if kind == "fix":
             events += rules.on_fix(fix(t, x, y, hdop=hdop))
         else:
             events += rules.on_speed(speed(t, kmh))
-    events += rules.close(T0 + drive[-1][1] + 1)
-    check(rules, events)
+            if tick:
+                events += rules.tick(T0 + t)
+    return events
+
+
+class _NoShortcut(GeofenceTracker):
+    """The tracker without its 'same answer, nothing pending' shortcut."""
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        self._quiet = False
+        return super().update(*args, **kwargs)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drives(), st.sampled_from([0.0, 2.0]))
+def test_the_geofence_shortcut_changes_nothing(drive: list[tuple[Any, ...]],
+                                               debounce: float) -> None:
+    out = []
+    for shortcut in (True, False):
+        rc = config(geofence={"debounce_s": debounce, "gap_s": 30.0})
+        rules = Rules(rc, ZONES)
+        if not shortcut:
+            rules.geofence = _NoShortcut(rc.geofence, ZONES)
+        out.append(feed_drive(rules, drive, tick=True))
+    assert out[0] == out[1]

@@ -308,3 +308,14 @@ def test_samples_stopped_long_before_a_limit_change_end_the_episode_as_unknown()
     events = rules.on_fix(fix(60, 0, 0))  # into the school a minute after the last sample
     assert [(e.body["phase"], e.body["reason"]) for e in events if e.kind == "overspeed"] == [
         ("end", "unknown")]
+
+
+def test_a_reload_without_speed_zones_puts_the_default_back() -> None:
+    rules = Rules(config(speed={"limit_kmh": 50.0}), zones(SCHOOL))
+    rules.on_fix(fix(0, 0, 0))
+    assert rules.health()["overspeed"]["limit_kmh"] == 30.0
+    rules.reload(zones(circle("plain", 0, 0, 150)))
+    assert rules.health()["overspeed"]["limit_kmh"] == 50.0
+    rules.on_fix(fix(1, 500, 0))
+    rules.on_fix(fix(2, 0, 0))
+    assert rules.health()["overspeed"]["limit_kmh"] == 50.0
