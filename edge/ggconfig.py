@@ -39,6 +39,7 @@ from typing import Any, Self
 import structlog
 
 from edge.config import Config, config_from_dict
+from edge.core.backoff import Backoff
 from edge.errors import ConfigError, EdgeError, UplinkError
 from edge.uplinks.greengrass import map_ipc_error, open_ipc_connection
 
@@ -317,7 +318,7 @@ class GreengrassConfigWatcher:
 
     async def _reconnect(self) -> None:
         self._close_client()
-        delay = 0.5
+        backoff = Backoff(base_s=0.5, cap_s=self._reconnect_max_s)  # capped, jittered
         first = True
         while True:
             try:
@@ -331,8 +332,7 @@ class GreengrassConfigWatcher:
                 (log.warning if first else log.debug)("ggconfig_reconnect_failed",
                                                       reason=str(exc))
                 first = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_s)
+            await asyncio.sleep(backoff.next())
 
     async def _apply(self, value: Mapping[str, Any]) -> None:
         try:
