@@ -31,6 +31,8 @@ import dataclasses
 import inspect
 import os
 import time
+import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +41,7 @@ from typing import Any, Self
 import structlog
 
 from edge.config import Config, config_from_dict
+from edge.core.backoff import Backoff
 from edge.errors import ConfigError, EdgeError, UplinkError
 from edge.uplinks.greengrass import map_ipc_error, open_ipc_connection
 
@@ -64,12 +67,15 @@ def component_config_to_dict(
     ``AWS_IOT_THING_NAME`` when the configuration leaves it empty, and ``rules.zones``
     from ``VEHICLE_EDGE_ZONES`` (the recipe points it at com.vehicleedge.Zones' file)
     when the configuration leaves it unset or null. The file need not exist yet: the
-    daemon's zones watcher loads it when the Zones component installs it.
+    daemon's zones watcher loads it when the Zones component installs it. A string where
+    a key wants a number or a boolean is converted when it reads as one: nucleus lite
+    stores the scalars of a YAML recipe or deployment as strings (``baud: 9600`` arrives
+    as ``"9600"``).
     """
     e = os.environ if env is None else env
-    out: dict[str, Any] = _clean(
+    out: dict[str, Any] = _from_strings(_clean(
         {k: v for k, v in value.items() if k not in GREENGRASS_ONLY_KEYS}
-    )
+    ), Config)
     if not out.get("thing") and e.get(THING_ENV):
         out["thing"] = e[THING_ENV]
     zones = e.get(ZONES_ENV)
@@ -77,6 +83,41 @@ def component_config_to_dict(
     if zones and isinstance(rules, Mapping) and "zones" not in rules:
         out["rules"] = {**rules, "zones": zones}
     return out
+
+
+def _from_strings(value: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``value`` with strings turned into the int, float or bool its ``cls`` field wants
+    (where they read as one; anything else is left for validation to name)."""
+    hints = typing.get_type_hints(cls)
+    out = dict(value)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        v, t = out[f.name], hints[f.name]
+        if isinstance(t, type) and dataclasses.is_dataclass(t) and isinstance(v, dict):
+            out[f.name] = _from_strings(v, t)
+        elif isinstance(v, str):
+            out[f.name] = _scalar_from_string(v, t)
+    return out
+
+
+def _scalar_from_string(text: str, hint: Any) -> Any:
+    kinds: set[Any] = set()
+    for a in typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
+        if typing.get_origin(a) is typing.Literal:
+            kinds.update(type(x) for x in typing.get_args(a))
+        else:
+            kinds.add(a)
+    if str in kinds or Path in kinds:
+        return text
+    s = text.strip()
+    if bool in kinds and s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    for kind in (int, float):
+        if kind in kinds:
+            with contextlib.suppress(ValueError):
+                return kind(s)
+    return text
 
 
 def _clean(value: Any) -> Any:
@@ -317,7 +358,7 @@ class GreengrassConfigWatcher:
 
     async def _reconnect(self) -> None:
         self._close_client()
-        delay = 0.5
+        backoff = Backoff(base_s=0.5, cap_s=self._reconnect_max_s)  # capped, jittered
         first = True
         while True:
             try:
@@ -331,8 +372,7 @@ class GreengrassConfigWatcher:
                 (log.warning if first else log.debug)("ggconfig_reconnect_failed",
                                                       reason=str(exc))
                 first = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_s)
+            await asyncio.sleep(backoff.next())
 
     async def _apply(self, value: Mapping[str, Any]) -> None:
         try:

@@ -168,10 +168,11 @@ def test_zones_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None
     assert nucleus.strip().splitlines()[-1] == "0", "an IPC message over lite's 10,000 B"
     pid = gg.main_pid(DAEMON)
 
-    # 3. a configuration merge is applied in place: same process
+    # 3. a configuration merge is applied in place: same process (the value as a string,
+    #    the way lite stores a YAML deployment's scalars)
     applied = s["greengrass"]["updates_applied"]
     d = gg.run("deploy", "--update",
-               f"{DAEMON}=" + json.dumps({"MERGE": {"telemetry": {"interval_s": 2.0}}}),
+               f"{DAEMON}=" + json.dumps({"MERGE": {"telemetry": {"interval_s": "2"}}}),
                check=False)
     print(f"deploy --update (config merge): {d.seconds:.1f} s")
     assert d.rc == 0 and "SUCCEEDED" in d.out, d.out

@@ -371,6 +371,27 @@ def test_component_config_to_dict_mirrors_toml() -> None:
                               env={"AWS_IOT_THING_NAME": THING})
 
 
+def test_strings_from_a_yaml_recipe_read_as_the_numbers_they_are() -> None:
+    """Nucleus lite stores the scalars of a YAML recipe or deployment as strings
+    (``baud: 9600`` -> ``"9600"``): where a key wants a number or a boolean, a string
+    that reads as one is taken; strings stay strings where the key is text."""
+    value = {"gnss": {"baud": "9600", "port": "/dev/ttyACM0", "max_hdop": "2.5"},
+             "can": {"channel": "123", "bitrate": " 250000 ", "fd": "true"},
+             "uplink": {"kind": "greengrass", "protocol": "311", "port": "8883"},
+             "rules": {"speed": {"limit_kmh": "50"}}, "log": {"events": "False"}}
+    cfg = config_from_component(value, env={"AWS_IOT_THING_NAME": THING})
+    assert (cfg.gnss.baud, cfg.gnss.max_hdop, cfg.gnss.port) == (9600, 2.5, "/dev/ttyACM0")
+    assert (cfg.can.channel, cfg.can.bitrate, cfg.can.fd) == ("123", 250000, True)
+    assert (cfg.uplink.protocol, cfg.uplink.port) == (311, 8883)
+    assert cfg.rules.speed.limit_kmh == 50 and cfg.log.events is False
+    # what does not read as one is still an error naming the key
+    for bad, field in (({"gnss": {"baud": "fast"}}, "gnss.baud"),
+                       ({"uplink": {"protocol": "4"}}, "uplink.protocol"),
+                       ({"log": {"events": "yes"}}, "log.events")):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            config_from_component(bad, env={"AWS_IOT_THING_NAME": THING})
+
+
 def test_zones_come_from_the_zones_component_when_config_leaves_them_unset(
     sock_dir: Path, tmp_path: Path
 ) -> None:
