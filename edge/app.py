@@ -338,7 +338,8 @@ class Daemon:
         if cfg.gnss.port and (only is None or "gnss" in only):
             from edge.sources.gnss import GnssSource
 
-            built.append(("gnss", GnssSource(cfg.gnss, clock=self.clock)))
+            built.append(("gnss", GnssSource(
+                cfg.gnss, clock=self.clock if self._drive_clock else None)))
         if cfg.can.interface != "none" and (only is None or "can" in only):
             from edge.sources.can import CanSource
 

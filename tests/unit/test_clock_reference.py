@@ -61,3 +61,26 @@ def test_live_assembler_keeps_agreeing_dates_and_fixes_rollovers(tmp_path: Path,
     monkeypatch.setattr(gnss, "BUILD_DATE", "2999-01-01")
     a = gnss._default_assembler(cfg, clock=None)
     assert _first_date(a, "220899") == "2019-04-07"
+
+
+def test_the_live_daemon_does_not_take_its_host_clock_on_trust(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    # edge run has no drive clock: its GNSS source decides on the host clock's
+    # plausibility itself and measures durations on the monotonic clock
+    import dataclasses
+
+    from edge.app import Daemon
+    from edge.config import load_config
+
+    monkeypatch.setattr(gnss, "NTP_SYNCED_FLAG", tmp_path / "synchronized")
+    monkeypatch.setattr(gnss, "BUILD_DATE", "2999-01-01")  # this host's clock: implausible
+    cfg = load_config(Path(__file__).resolve().parents[2] / "sim" / "drives" / "city"
+                      / "config.toml")
+    cfg = dataclasses.replace(cfg, gnss=dataclasses.replace(cfg.gnss, port="/dev/null"))
+    daemon = Daemon(cfg)
+    src = dict(daemon._build_sources(cfg, {"gnss"}))["gnss"]
+    assembler = src._decoder.assembler
+    assert assembler.replay is False and assembler.reference_date is None
+    # so a receiver's 2018 date is a rollover live (the 2019 floor), not history
+    assert _first_date(assembler, "200818") == "2038-04-05"
