@@ -402,6 +402,17 @@ class Replayer:
         if self.progress is not None:
             self.progress(last - first, last - first)
 
+    async def _wait_taken(self, timeout_s: float = 30.0) -> None:
+        """At the end: wait until the readers that can tell have taken everything (the
+        drive's last lines are delivered, not left in a buffer when the run stops)."""
+        deadline = time.monotonic() + timeout_s
+        for kind in list(self.readers):
+            while (self.pending(kind) or 0) > 0:
+                if time.monotonic() >= deadline:
+                    log.warning("sim.replay_not_taken", stream=kind, pending=self.pending(kind))
+                    return
+                await asyncio.sleep(0.005)
+
     async def run(self) -> None:
         start = time.monotonic()
         try:
@@ -409,6 +420,7 @@ class Replayer:
                 await self._once()
                 self.stats.loops += 1
                 if not self.loop:
+                    await self._wait_taken()
                     break
         finally:
             self.stats.wall_s = time.monotonic() - start
