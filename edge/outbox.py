@@ -120,9 +120,6 @@ END""",
 
 # how often (at most) put() looks for rows past their TTL
 EXPIRE_EVERY_S = 30.0
-# how often (at most) the free space of the outbox's file system is looked at outside
-# put (every put looks: one statvfs, about a microsecond)
-DISK_EVERY_S = 1.0
 # disk pressure ends only once free space is back above min_free + this
 PRESSURE_HYSTERESIS = 128 * 1024
 # the WAL is truncated to this under disk pressure (journal_size_limit)
@@ -252,7 +249,6 @@ class Outbox:
         self._lock = threading.Lock()
         self._last_fsync = -1e18
         self._next_expire = -1e18
-        self._next_disk = -1e18
         self._next_reserve = -1e18
         self.recovered = 0
         self.migrated_from: int | None = None
@@ -283,7 +279,7 @@ class Outbox:
         # the schema's pages out of the WAL at once: a small disk starts with a short WAL
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._check_disk(force=True)
+        self._check_disk()
         if self.reserve.target:
             self.reserve.acquire(spare=RESERVE_SPARE)
 
@@ -391,11 +387,9 @@ class Outbox:
 
     # ------------------------------------------------------------------ disk
 
-    def _check_disk(self, *, force: bool = False) -> None:
-        mono = time.monotonic()
-        if not force and mono < self._next_disk:
-            return
-        self._next_disk = mono + DISK_EVERY_S
+    def _check_disk(self) -> None:
+        """Free space now, and whether the outbox is under disk pressure (with the
+        WAL limits that go with it). Only under the lock (it sets PRAGMAs)."""
         self.free = free_bytes(self.path.parent)
         try:
             self.wal_bytes = os.stat(f"{self.path}-wal").st_size
@@ -518,7 +512,7 @@ class Outbox:
         docs = [(k, json.dumps(v, separators=(",", ":")), now)
                 for k, v in (state or {}).items()]
         with self._lock:
-            self._check_disk(force=True)
+            self._check_disk()  # every put: one statvfs, about a microsecond
             expire = now >= self._next_expire and bool(self.ttl_s)
             try:
                 dropped = int(self._write(
@@ -815,9 +809,11 @@ class Outbox:
     # ------------------------------------------------------------------ inspection
 
     def disk(self) -> dict[str, Any]:
-        """Free space, pressure and the reserve, for health and ``edge status``."""
-        self._check_disk()
-        return disk_report(self.path, free=self.free, pressure=self.pressure,
+        """Free space, pressure and the reserve, for health and ``edge status`` (free
+        space read now; the pressure as the last write decided it: this changes nothing
+        and may run beside a write in another thread)."""
+        return disk_report(self.path, free=free_bytes(self.path.parent),
+                           pressure=self.pressure,
                            wal_bytes=self.wal_bytes,
                            min_free_bytes=self.min_free_bytes,
                            reserve_target=self.reserve.target,
