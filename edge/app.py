@@ -155,9 +155,11 @@ class Daemon:
         self.engine: Engine | None = None
         self.outbox: Outbox | None = None
         self._queue: deque[Envelope] = deque()
-        # rule-state snapshots by the id() of the queued envelope they follow
-        self._state_for: dict[int, dict[str, Any]] = {}
+        # rule-state snapshots (numbered) by the id() of the queued envelope they follow
+        self._state_for: dict[int, tuple[int, dict[str, Any]]] = {}
         self._snapped_at = -1e18
+        self._snaps = 0
+        self._snap_written = 0  # the newest snapshot committed
         self._queued = asyncio.Event()
         self._new_rows = asyncio.Event()
         self._writer_idle = asyncio.Event()
@@ -211,7 +213,8 @@ class Daemon:
             if mono - self._snapped_at >= STATE_EVERY_S or any(
                     e.lane <= Lane.TRIP for e in envelopes):
                 # the rules' state after these events rides with the last of them
-                self._state_for[id(envelopes[-1])] = self.engine.snapshot()
+                self._snaps += 1
+                self._state_for[id(envelopes[-1])] = (self._snaps, self.engine.snapshot())
                 self._snapped_at = mono
         for env in envelopes:
             if len(self._queue) >= QUEUE_MAX:
@@ -587,7 +590,7 @@ class Daemon:
                     continue
             else:
                 batch = list(itertools.islice(self._queue, 500))
-            state = self._state_of(batch)
+            snap_n, state = self._state_of(batch)
             try:
                 await asyncio.to_thread(self.outbox.put, batch, state, hold_lower=True)
             except OutboxError as exc:
@@ -600,6 +603,7 @@ class Daemon:
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
+            self._snap_written = snap_n
             left = self.outbox.batch_left
             self._remove(batch, keep=left)
             if left:
@@ -620,15 +624,18 @@ class Daemon:
             self.counters["accepted"] += len(batch) - len(left) - self.outbox.batch_dropped
             self._new_rows.set()
 
-    def _state_of(self, batch: list[Envelope]) -> dict[str, Any] | None:
+    def _state_of(self, batch: list[Envelope]) -> tuple[int, dict[str, Any] | None]:
         """The newest rule-state snapshot taken with an envelope of ``batch``: it is
-        committed in the same transaction as the events it follows."""
-        snap = None
+        committed in the same transaction as the events it follows — unless a newer one
+        went already (telemetry held back by a full disk commits after newer alerts)."""
+        best: tuple[int, dict[str, Any]] | None = None
         for env in batch:
             got = self._state_for.get(id(env))
-            if got is not None:
-                snap = got
-        return None if snap is None else {"rules": snap}
+            if got is not None and (best is None or got[0] > best[0]):
+                best = got
+        if best is None or best[0] <= self._snap_written:
+            return self._snap_written, None
+        return best[0], {"rules": best[1]}
 
     def _remove(self, batch: list[Envelope], *, keep: list[Envelope]) -> None:
         """Take the committed envelopes of ``batch`` off the queue (by identity: the

@@ -120,13 +120,12 @@ END""",
 
 # how often (at most) put() looks for rows past their TTL
 EXPIRE_EVERY_S = 30.0
-# how often (at most) the free space of the outbox's file system is looked at outside
-# put (every put looks: one statvfs, about a microsecond)
-DISK_EVERY_S = 1.0
 # disk pressure ends only once free space is back above min_free + this
 PRESSURE_HYSTERESIS = 128 * 1024
 # the WAL is truncated to this under disk pressure (journal_size_limit)
 PRESSURE_WAL_BYTES = 64 * 1024
+# less free space than this: the WAL is kept to ~256 KiB instead of ~1 MiB
+SMALL_DISK_BYTES = 16 * MB
 # how often (at most) a reserve that was released is taken back
 RESERVE_RETRY_S = 5.0
 # the reserve never takes the last bytes of a disk: the WAL needs room to work at all
@@ -252,13 +251,13 @@ class Outbox:
         self._lock = threading.Lock()
         self._last_fsync = -1e18
         self._next_expire = -1e18
-        self._next_disk = -1e18
         self._next_reserve = -1e18
         self.recovered = 0
         self.migrated_from: int | None = None
         self.pressure = False
         self.free: int | None = None
         self.wal_bytes = 0
+        self._wal_level = ""
         self.full_events = 0
         # drops that could not be written yet (the disk was full): folded into the
         # next transaction that commits
@@ -283,7 +282,7 @@ class Outbox:
         # the schema's pages out of the WAL at once: a small disk starts with a short WAL
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._check_disk(force=True)
+        self._check_disk()
         if self.reserve.target:
             self.reserve.acquire(spare=RESERVE_SPARE)
 
@@ -299,7 +298,7 @@ class Outbox:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         else:
             db.execute("PRAGMA journal_mode=WAL")
-        self._wal_limits(pressure=False)
+        self._wal_limits("small")  # until the first look at the free space
         # a 1 MiB page cache (SQLite's default is 2 MiB): the queue is read in index
         # order, a big cache buys nothing on a gateway that counts megabytes
         db.execute("PRAGMA cache_size=-1024")
@@ -352,17 +351,18 @@ class Outbox:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.migrated_from = version
 
-    def _wal_limits(self, *, pressure: bool) -> None:
-        """Normally the WAL is checkpointed every ~256 KiB and truncated back to 256 KiB
-        (a bigger WAL buys little here and is what fills a small disk first); under disk
-        pressure after every commit (the next writer rewinds it and reuses its space)
-        and truncated to 64 KiB."""
-        if pressure:
-            self._db.execute("PRAGMA wal_autocheckpoint=1")
-            self._db.execute(f"PRAGMA journal_size_limit={PRESSURE_WAL_BYTES}")
-        else:
-            self._db.execute("PRAGMA wal_autocheckpoint=64")
-            self._db.execute("PRAGMA journal_size_limit=262144")
+    def _wal_limits(self, level: str) -> None:
+        """How big the WAL may grow: with room to spare (``roomy``) it is checkpointed
+        every ~1 MiB and truncated back to 1 MiB (fewer checkpoints, faster group
+        commits); on a small disk (``small``: less than ``SMALL_DISK_BYTES`` free) every
+        ~256 KiB, since the WAL is what fills a small disk first; under disk pressure
+        after every commit (the next writer rewinds it and reuses its space), truncated
+        to 64 KiB."""
+        pages, limit = {"pressure": (1, PRESSURE_WAL_BYTES), "small": (64, 256 * 1024),
+                        "roomy": (256, 1024 * 1024)}[level]
+        self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        self._db.execute(f"PRAGMA journal_size_limit={limit}")
+        self._wal_level = level
 
     @classmethod
     def from_config(cls, cfg: OutboxConfig, **kwargs: Any) -> Outbox:
@@ -391,11 +391,9 @@ class Outbox:
 
     # ------------------------------------------------------------------ disk
 
-    def _check_disk(self, *, force: bool = False) -> None:
-        mono = time.monotonic()
-        if not force and mono < self._next_disk:
-            return
-        self._next_disk = mono + DISK_EVERY_S
+    def _check_disk(self) -> None:
+        """Free space now, and whether the outbox is under disk pressure (with the
+        WAL limits that go with it). Only under the lock (it sets PRAGMAs)."""
         self.free = free_bytes(self.path.parent)
         try:
             self.wal_bytes = os.stat(f"{self.path}-wal").st_size
@@ -410,6 +408,11 @@ class Outbox:
                 pressure = room < self.min_free_bytes + PRESSURE_HYSTERESIS
             else:
                 pressure = room < self.min_free_bytes
+        level = "pressure" if pressure else "small" if (
+            self.free is not None and self.free < SMALL_DISK_BYTES) else "roomy"
+        if level != self._wal_level:
+            with contextlib.suppress(sqlite3.Error):
+                self._wal_limits(level)
         if pressure != self.pressure:
             self.pressure = pressure
             if pressure:
@@ -419,8 +422,6 @@ class Outbox:
             else:
                 log.info("outbox: disk space ok again", path=str(self.path),
                          free_bytes=self.free)
-            with contextlib.suppress(sqlite3.Error):
-                self._wal_limits(pressure=pressure)
 
     def _retake_reserve(self) -> None:
         """Take back a released reserve once the file system has the space again (after
@@ -518,7 +519,7 @@ class Outbox:
         docs = [(k, json.dumps(v, separators=(",", ":")), now)
                 for k, v in (state or {}).items()]
         with self._lock:
-            self._check_disk(force=True)
+            self._check_disk()  # every put: one statvfs, about a microsecond
             expire = now >= self._next_expire and bool(self.ttl_s)
             try:
                 dropped = int(self._write(
@@ -815,9 +816,11 @@ class Outbox:
     # ------------------------------------------------------------------ inspection
 
     def disk(self) -> dict[str, Any]:
-        """Free space, pressure and the reserve, for health and ``edge status``."""
-        self._check_disk()
-        return disk_report(self.path, free=self.free, pressure=self.pressure,
+        """Free space, pressure and the reserve, for health and ``edge status`` (free
+        space read now; the pressure as the last write decided it: this changes nothing
+        and may run beside a write in another thread)."""
+        return disk_report(self.path, free=free_bytes(self.path.parent),
+                           pressure=self.pressure,
                            wal_bytes=self.wal_bytes,
                            min_free_bytes=self.min_free_bytes,
                            reserve_target=self.reserve.target,

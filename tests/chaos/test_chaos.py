@@ -48,6 +48,7 @@ from tests.support.chaos import (
     wait_until,
     write_config,
 )
+from tests.support.disk import tmpfs
 
 
 @dataclass
@@ -434,10 +435,7 @@ def test_near_full_disk_broker_down_for_the_whole_drive_then_up(
     """The issue's report: a 2 MiB tmpfs with 1 MiB already used, the broker unreachable
     for the whole drive, then back. Every accepted alert is delivered; telemetry (then
     health) is what gives way; the WAL stays small; the daemon says the disk is low."""
-    disk = tmp_path / "disk"
-    if not _tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
         _fill(disk / "filler", 1024 * 1024)
         for r in _rig(tmp_path, broker, scale, outbox=disk / "outbox.db"):
             r.net.down()
@@ -470,8 +468,6 @@ def test_near_full_disk_broker_down_for_the_whole_drive_then_up(
                      evicted_alert=counters.get("evicted_alert", 0),
                      reserve_kb=round(int(str(disk_health.get("reserve_bytes", 0))) / 1024))
             assert wal_max <= 320 * 1024, wal_max  # ~256 KiB checkpoint + one commit
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_purge_of_the_telemetry_lane_while_the_daemon_runs_evicts_no_alert(
@@ -542,10 +538,7 @@ def test_start_on_a_disk_too_full_to_open_then_little_space(
     """The daemon starts with 16 KiB free (not even room for SQLite's shared memory):
     it runs, says so (health, ``edge status``), holds its messages in memory; with a
     little room (256 KiB) it opens the outbox, commits what it held and goes on."""
-    disk = tmp_path / "disk"
-    if not _tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
         for r in _rig(tmp_path, broker, scale, outbox=disk / "outbox.db"):
             free = shutil.disk_usage(disk).free
             _fill(disk / "filler", free - 16 * 1024)
@@ -569,8 +562,6 @@ def test_start_on_a_disk_too_full_to_open_then_little_space(
             assert wait_until(partial(_accepted_at_least, r, 10), 20), r.daemon.stderr_tail()
             r.finish("start-disk-full", record_tally, free_at_start_kb=16, held_in_memory=held,
                      then_free_kb=256)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 class _DoubledScale(CanFeeder):

@@ -7,7 +7,6 @@ import contextlib
 import os
 import random
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from edge.core.backoff import Backoff
 from edge.errors import OutboxError
 from edge.model import Envelope, Lane
 from edge.outbox import CLAIM_SQL, Outbox
+from tests.support.disk import tmpfs
 
 
 def env(i: int, lane: Lane = Lane.TELEMETRY, size: int = 10) -> Envelope:
@@ -196,13 +196,7 @@ def test_backoff_is_capped_jittered_and_resets() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_full_tmpfs_rotates_telemetry_and_takes_every_alert(tmp_path: Path) -> None:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"mount not permitted here: {r.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "mnt", "512k") as mnt:
         ob = Outbox(mnt / "o.db", max_bytes=1 << 40, reserve_bytes=64 * 1024,
                     min_free_bytes=256 * 1024)
         assert ob.stats()["disk"]["reserve_bytes"] == 64 * 1024
@@ -217,8 +211,6 @@ def test_full_tmpfs_rotates_telemetry_and_takes_every_alert(tmp_path: Path) -> N
         assert st["disk"]["pressure"] is True
         assert ob.integrity_ok()
         ob.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -227,13 +219,7 @@ def test_the_reserve_is_released_only_to_alerts_and_taken_back(
     import edge.outbox
 
     monkeypatch.setattr(edge.outbox, "RESERVE_RETRY_S", 0.0)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"mount not permitted here: {r.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
         ob = Outbox(mnt / "o.db", max_bytes=1 << 40, reserve_bytes=128 * 1024,
                     min_free_bytes=64 * 1024)
         assert ob.disk()["reserve_bytes"] == 128 * 1024
@@ -260,5 +246,3 @@ def test_the_reserve_is_released_only_to_alerts_and_taken_back(
         assert ob.disk()["reserve_bytes"] == 128 * 1024
         assert ob.integrity_ok()
         ob.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
