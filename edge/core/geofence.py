@@ -96,7 +96,8 @@ class GeofenceTracker:
         self._gap = False  # in a gap: fences not stored are stale too
         self._watch: set[int] = set()
         self.transitions = 0
-        self._quiet = False  # see update(): the last answer settled every fence
+        # see update(): before this time, the same answer as last time changes nothing
+        self._due = -math.inf
         self._last_in: list[int] = []
         self._last_near: list[int] = []
 
@@ -126,7 +127,7 @@ class GeofenceTracker:
         if not self._known or self._gap:
             return
         self._gap = True
-        self._quiet = False
+        self._due = -math.inf
         for s in self._st.values():
             s.stale = True
             s.pending = None
@@ -149,8 +150,10 @@ class GeofenceTracker:
         if not self._st and not inside and self._known:
             self._gap = False
             return []
-        if self._quiet and inside == self._last_in and near == self._last_near:
-            return []  # settled, and the same answer as last time: nothing can change
+        if t < self._due and inside == self._last_in and near == self._last_near:
+            # the same answer as last time and no debounce or dwell timer due: the
+            # pass below would change nothing
+            return []
         zones = self.zones.zones
         fences = self.zones.fence_index
         inside_f = fences.intersection(inside)
@@ -206,13 +209,28 @@ class GeofenceTracker:
         self._gap = False
         self._watch = {i for i, s in self._st.items() if s.state is not False}
         self.transitions += len(out)
-        # settled: every stored fence inside for good, nothing pending, no dwell to come
-        self._quiet = all(
-            s.state is True and s.pending is None and not s.stale
-            and (s.dwelled or zones[i].dwell_s is None) for i, s in self._st.items())
+        self._due = self._next_due()
         self._last_in = inside if isinstance(inside, list) else list(inside)
         self._last_near = near if isinstance(near, list) else list(near)
         return out
+
+    def _next_due(self) -> float:
+        """Until when the same answer again changes nothing: the earliest debounce or
+        dwell deadline (a little early, so that rounding cannot skip one; the full
+        pass decides those), -inf while a fence is stale (a second pass settles it)."""
+        due = math.inf
+        zones = self.zones.zones
+        debounce = self.cfg.debounce_s
+        for i, s in self._st.items():
+            if s.stale:
+                return -math.inf
+            if s.pending is not None:
+                due = min(due, s.pending_since + debounce
+                          - 1e-12 * (abs(s.pending_since) + abs(debounce)) - 1e-9)
+            dwell = zones[i].dwell_s
+            if s.state and not s.dwelled and dwell is not None:
+                due = min(due, s.since + dwell - 1e-12 * (abs(s.since) + abs(dwell)) - 1e-9)
+        return due
 
     def crossed(self, indices: Iterable[int]) -> list[Transition]:
         out = [Transition(zone=self.zones.zones[i], transition="crossed") for i in sorted(indices)]
@@ -240,7 +258,7 @@ class GeofenceTracker:
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
-        self._quiet = False
+        self._due = -math.inf
         self._watch = {i for i, s in moved.items() if s.state is not False}
         self.transitions += len(out)
         return out

@@ -140,8 +140,12 @@ class Rules:
             self._hdop = hdop
             self._h_fix = hysteresis_for(self.cfg.geofence, hdop)
         h = self._h = self._h_fix
-        got = self._drive.locate(lat, lon, h) if self._drive is not None else None
-        inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
+        got = self._drive.step(lat, lon, h) if self._drive is not None else None
+        if got is not None:
+            inside, near, hits = got
+        else:
+            inside, near = self._loc.locate(lat, lon, h, geo.watched)
+            hits = None
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
         changed = inside != self._inside_list
@@ -155,9 +159,10 @@ class Rules:
             for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                 out.append(self._emit("overspeed", at, b, "gnss"))
 
-        # geofences
-        if prev is not None and not gap and not geo.in_gap:
-            crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside)
+        # geofences (``hits`` empty: the drive's geometry says no fence on the segment)
+        if prev is not None and not gap and not geo.in_gap and (hits is None or hits):
+            crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside,
+                                      hits)
         else:
             crossed = []
         prev_pos = (prev[1], prev[2]) if prev is not None and not gap else None
@@ -198,9 +203,10 @@ class Rules:
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
-        inside: list[int],
+        inside: list[int], hits: frozenset[int] | None = None,
     ) -> list[int]:
-        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
+        """Fences the segment from the previous fix drove through; ``hits``: the fences
+        the segment touches when the drive's geometry knows them (None: measure)."""
         if hits is not None and not hits:
             return []  # foreseen: no fence on this segment
         dy = lat2 - lat1

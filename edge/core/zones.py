@@ -151,6 +151,7 @@ class ZoneTable:
     pad: Any
     geom: Any  # object array of the prepared shapely geometries
     fence: Any  # bool: kind == "fence"
+    xy_bounds: Any  # (n, 4): the box of each shape in its frame, grown by ``pad``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,14 +174,19 @@ class Zones:
             zs = self.zones
             geom = np.empty(len(zs), dtype=object)
             geom[:] = [z.geom for z in zs]
+            import shapely
+
+            pad = np.array([z.pad for z in zs], dtype=float)
+            xy_bounds = shapely.bounds(geom).reshape(-1, 4) + np.outer(pad, [-1, -1, 1, 1])
             self._table.append(ZoneTable(
                 frames=np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky)
                                  for z in zs], dtype=float).reshape(-1, 4),
                 bounds=np.array([z.bounds for z in zs], dtype=float).reshape(-1, 4),
                 shape=np.array([_SHAPE_CODE[z.shape] for z in zs], dtype=np.int8),
-                pad=np.array([z.pad for z in zs], dtype=float),
+                pad=pad,
                 geom=geom,
-                fence=np.array([z.kind == "fence" for z in zs], dtype=bool)))
+                fence=np.array([z.kind == "fence" for z in zs], dtype=bool),
+                xy_bounds=xy_bounds))
         return self._table[0]
 
     @property
