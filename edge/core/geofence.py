@@ -135,25 +135,28 @@ class GeofenceTracker:
     def update(
         self,
         t: float,
-        inside: Iterable[int],
-        near: Iterable[int],
-        pos: tuple[float, float] | None = None,
-        prev_pos: tuple[float, float] | None = None,
+        inside: list[int],
+        near: list[int],
+        lat: float | None = None,
+        lon: float | None = None,
+        prev: tuple[float, float, float] | None = None,
         pass_m: float = math.inf,
     ) -> list[Transition]:
-        """Advance every fence with one valid fix at ``t`` (``pos`` = its lat, lon;
-        ``prev_pos`` = the previous valid fix's).
+        """Advance every fence with one valid fix at ``t`` (``lat``, ``lon``; ``prev``
+        = the previous valid fix's time, lat, lon).
 
         A fence entered by a single fix that the next fix already left (too short to
         pass the debounce) is reported ``crossed`` when the fixes before and after it
         are more than ``pass_m`` apart (it drove through; a spike comes back)."""
-        if not self._st and not inside and self._known:
-            self._gap = False
-            return []
         if t < self._due and inside == self._last_in and near == self._last_near:
             # the same answer as last time and no debounce or dwell timer due: the
             # pass below would change nothing
             return []
+        if not self._st and not inside and self._known:
+            self._gap = False
+            return []
+        pos = (lat, lon) if lat is not None and lon is not None else None
+        prev_pos = (prev[1], prev[2]) if prev is not None else None
         zones = self.zones.zones
         fences = self.zones.fence_index
         inside_f = fences.intersection(inside)
@@ -207,30 +210,35 @@ class GeofenceTracker:
                 del self._st[i]
         self._known = True
         self._gap = False
-        self._watch = {i for i, s in self._st.items() if s.state is not False}
         self.transitions += len(out)
-        self._due = self._next_due()
-        self._last_in = inside if isinstance(inside, list) else list(inside)
-        self._last_near = near if isinstance(near, list) else list(near)
+        self._settle()
+        self._last_in = inside
+        self._last_near = near
         return out
 
-    def _next_due(self) -> float:
-        """Until when the same answer again changes nothing: the earliest debounce or
-        dwell deadline (a little early, so that rounding cannot skip one; the full
-        pass decides those), -inf while a fence is stale (a second pass settles it)."""
+    def _settle(self) -> None:
+        """After a pass: the watched fences, and until when the same answer again
+        changes nothing (``_due``): the earliest debounce or dwell deadline, a little
+        early so that rounding cannot skip one (the full pass decides those); -inf
+        while a fence is stale (a second pass settles it)."""
         due = math.inf
+        watch = set()
         zones = self.zones.zones
         debounce = self.cfg.debounce_s
         for i, s in self._st.items():
+            if s.state is not False:
+                watch.add(i)
             if s.stale:
-                return -math.inf
-            if s.pending is not None:
+                due = -math.inf
+            elif s.pending is not None:
                 due = min(due, s.pending_since + debounce
                           - 1e-12 * (abs(s.pending_since) + abs(debounce)) - 1e-9)
-            dwell = zones[i].dwell_s
-            if s.state and not s.dwelled and dwell is not None:
-                due = min(due, s.since + dwell - 1e-12 * (abs(s.since) + abs(dwell)) - 1e-9)
-        return due
+            if s.state and not s.dwelled:
+                dwell = zones[i].dwell_s
+                if dwell is not None:
+                    due = min(due, s.since + dwell - 1e-12 * (abs(s.since) + abs(dwell)) - 1e-9)
+        self._watch = watch
+        self._due = due
 
     def crossed(self, indices: Iterable[int]) -> list[Transition]:
         out = [Transition(zone=self.zones.zones[i], transition="crossed") for i in sorted(indices)]

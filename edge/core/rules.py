@@ -124,14 +124,16 @@ class Rules:
             count["invalid_fixes"] += 1
             return self.tick(t) if t is not None and math.isfinite(t) else []
         prev = self._fix
-        if prev is not None and t <= prev[0]:
-            count["reordered_fixes"] += 1
-            return []
+        gap = False
+        if prev is not None:
+            if t <= prev[0]:
+                count["reordered_fixes"] += 1
+                return []
+            gap = t - prev[0] > self._fix_gap_s
         if self._last_input_t is None or t > self._last_input_t:
             self._last_input_t = t
         out: list[Event] = []
         geo = self.geofence
-        gap = prev is not None and t - prev[0] > self._fix_gap_s
         if gap:
             geo.mark_gap()
         self._fix = (t, lat, lon)
@@ -140,7 +142,8 @@ class Rules:
             self._hdop = hdop
             self._h_fix = hysteresis_for(self.cfg.geofence, hdop)
         h = self._h = self._h_fix
-        got = self._drive.step(lat, lon, h) if self._drive is not None else None
+        drive = self._drive
+        got = drive.step(lat, lon, h) if drive is not None else None
         if got is not None:
             inside, near, hits = got
         else:
@@ -148,14 +151,15 @@ class Rules:
             hits = None
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
+        roads = self.roads
         changed = inside != self._inside_list
         if changed:
             self._inside_list = inside
-            if self.roads is None and self._has_limits:
+            if roads is None and self._has_limits:
                 for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                     out.append(self._emit("overspeed", at, b, "gnss"))
-        if self.roads is not None:  # the road under the car changes without a zone change
-            self.roads.on_fix(fix)
+        if roads is not None:  # the road under the car changes without a zone change
+            roads.on_fix(fix)
             for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                 out.append(self._emit("overspeed", at, b, "gnss"))
 
@@ -165,9 +169,10 @@ class Rules:
                                       hits)
         else:
             crossed = []
-        prev_pos = (prev[1], prev[2]) if prev is not None and not gap else None
-        for tr in geo.update(t, inside, near, (lat, lon), prev_pos, 2.0 * h):
-            out.append(self._emit("geofence", t, tr.body(), "gnss"))
+        trs = geo.update(t, inside, near, lat, lon, None if gap else prev, 2.0 * h)
+        if trs:
+            for tr in trs:
+                out.append(self._emit("geofence", t, tr.body(), "gnss"))
         if crossed:
             for tr in geo.crossed(crossed):
                 out.append(self._emit("geofence", t, tr.body(), "gnss"))

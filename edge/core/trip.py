@@ -86,8 +86,14 @@ class TripTracker:
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
         # a trip whose end deadline passed ends at that deadline, before this sample
-        out = self.tick(t)
+        # (``tick``, asked only when it can have something to say)
         last = self._last
+        trip = self._trip
+        if trip is not None and self._ignition is None and (
+                trip.stop_since is not None or last is None or t - last[0] >= self.cfg.end_s):
+            out = self.tick(t)
+        else:
+            out = []
         self._last = (t, v)
         s = self._trip or self._cand
         if last is not None and s is not None:
