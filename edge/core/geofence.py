@@ -155,8 +155,6 @@ class GeofenceTracker:
         if not self._st and not inside and self._known:
             self._gap = False
             return []
-        pos = (lat, lon) if lat is not None and lon is not None else None
-        prev_pos = (prev[1], prev[2]) if prev is not None else None
         zones = self.zones.zones
         fences = self.zones.fence_index
         inside_f = fences.intersection(inside)
@@ -165,14 +163,15 @@ class GeofenceTracker:
         gap = self._gap
         out: list[Transition] = []
         debounce = self.cfg.debounce_s
-        todo = inside_f.union(self._st)
+        sts = self._st
+        todo = inside_f.union(sts)
         if first:
             todo |= near_f
-        for i in sorted(todo):
-            st = self._st.get(i)
+        for i in sorted(todo) if len(todo) > 1 else todo:
+            st = sts.get(i)
             if st is None:
                 st = _Fence(state=None if first else False, stale=gap)
-                self._st[i] = st
+                sts[i] = st
             target = (i in near_f) if st.state else (i in inside_f)
             if st.state is None and not target:
                 # never known: clearly outside settles it; within the hysteresis band
@@ -181,8 +180,8 @@ class GeofenceTracker:
                 if i not in near_f:
                     st.state = False
             elif st.state is not None and target == st.state:
-                if st.pending and st.pending_pos is not None and pos is not None and (
-                    haversine_m(*st.pending_pos, *pos) > pass_m
+                if st.pending and st.pending_pos is not None and lat is not None and (
+                    lon is not None and haversine_m(*st.pending_pos, lat, lon) > pass_m
                 ):
                     out.append(Transition(zone=zones[i], transition="crossed"))
                 st.pending = None
@@ -191,7 +190,7 @@ class GeofenceTracker:
                 if st.pending is not target:
                     st.pending = target
                     st.pending_since = t
-                    st.pending_pos = prev_pos
+                    st.pending_pos = (prev[1], prev[2]) if prev is not None else None
                 if t - st.pending_since >= debounce:
                     kind = ("inside" if st.state is None else "enter") if target else "exit"
                     gap_flag = st.stale and st.state is not None
@@ -207,7 +206,7 @@ class GeofenceTracker:
                 st.dwelled = True
                 out.append(Transition(zone=zones[i], transition="dwell"))
             if st.state is False and st.pending is None and not st.stale:
-                del self._st[i]
+                del sts[i]
         self._known = True
         self._gap = False
         self.transitions += len(out)
