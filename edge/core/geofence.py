@@ -96,10 +96,11 @@ class GeofenceTracker:
         self._gap = False  # in a gap: fences not stored are stale too
         self._watch: set[int] = set()
         self.transitions = 0
-        # see update(): before this time, the same answer as last time changes nothing
-        self._due = -math.inf
-        self._last_in: list[int] = []
-        self._last_near: list[int] = []
+        # the answer (inside, near) of the last pass, and until when the same answer
+        # again changes nothing (no debounce or dwell timer due; -inf: not settled)
+        self.last_inside: list[int] = []
+        self.last_near: list[int] = []
+        self.quiet_until = -math.inf
 
     @property
     def in_gap(self) -> bool:
@@ -127,7 +128,7 @@ class GeofenceTracker:
         if not self._known or self._gap:
             return
         self._gap = True
-        self._due = -math.inf
+        self.quiet_until = -math.inf
         for s in self._st.values():
             s.stale = True
             s.pending = None
@@ -148,7 +149,7 @@ class GeofenceTracker:
         A fence entered by a single fix that the next fix already left (too short to
         pass the debounce) is reported ``crossed`` when the fixes before and after it
         are more than ``pass_m`` apart (it drove through; a spike comes back)."""
-        if t < self._due and inside == self._last_in and near == self._last_near:
+        if t < self.quiet_until and inside == self.last_inside and near == self.last_near:
             # the same answer as last time and no debounce or dwell timer due: the
             # pass below would change nothing
             return []
@@ -211,8 +212,8 @@ class GeofenceTracker:
         self._gap = False
         self.transitions += len(out)
         self._settle()
-        self._last_in = inside
-        self._last_near = near
+        self.last_inside = inside
+        self.last_near = near
         return out
 
     def _settle(self) -> None:
@@ -237,7 +238,7 @@ class GeofenceTracker:
                 if dwell is not None:
                     due = min(due, s.since + dwell - 1e-12 * (abs(s.since) + abs(dwell)) - 1e-9)
         self._watch = watch
-        self._due = due
+        self.quiet_until = due
 
     def crossed(self, indices: Iterable[int]) -> list[Transition]:
         out = [Transition(zone=self.zones.zones[i], transition="crossed") for i in sorted(indices)]
@@ -265,7 +266,7 @@ class GeofenceTracker:
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
-        self._due = -math.inf
+        self.quiet_until = -math.inf
         self._watch = {i for i, s in moved.items() if s.state is not False}
         self.transitions += len(out)
         return out

@@ -152,7 +152,7 @@ class Rules:
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
         roads = self.roads
-        changed = inside != self._inside_list
+        changed = inside is not self._inside_list and inside != self._inside_list
         if changed:
             self._inside_list = inside
             if roads is None and self._has_limits:
@@ -164,14 +164,15 @@ class Rules:
                 out.append(self._emit("overspeed", at, b, "gnss"))
 
         # geofences (``hits`` empty: the drive's geometry says no fence on the segment)
-        if prev is not None and not gap and not geo.in_gap and (hits is None or hits):
+        if (hits is None or hits) and prev is not None and not gap and not geo.in_gap:
             crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside,
                                       hits)
         else:
             crossed = []
-        trs = geo.update(t, inside, near, lat, lon, None if gap else prev, 2.0 * h)
-        if trs:
-            for tr in trs:
+        # the very answer of the last pass, no timer due: the pass would change nothing
+        # (the drive's geometry hands out the same lists while the answer repeats)
+        if not (t < geo.quiet_until and inside is geo.last_inside and near is geo.last_near):
+            for tr in geo.update(t, inside, near, lat, lon, None if gap else prev, 2.0 * h):
                 out.append(self._emit("geofence", t, tr.body(), "gnss"))
         if crossed:
             for tr in geo.crossed(crossed):
