@@ -218,7 +218,7 @@ class GeofenceTracker:
 
     def _settle(self) -> None:
         """After a pass: the watched fences, and until when the same answer again
-        changes nothing (``_due``): the earliest debounce or dwell deadline, a little
+        changes nothing (``quiet_until``): the earliest debounce or dwell deadline, a little
         early so that rounding cannot skip one (the full pass decides those); -inf
         while a fence is stale (a second pass settles it)."""
         due = math.inf
@@ -230,13 +230,14 @@ class GeofenceTracker:
                 watch.add(i)
             if s.stale:
                 due = -math.inf
-            elif s.pending is not None:
-                due = min(due, s.pending_since + debounce
-                          - 1e-12 * (abs(s.pending_since) + abs(debounce)) - 1e-9)
+            elif s.pending is not None and s.pending_since + debounce < due:
+                due = s.pending_since + debounce
             if s.state and not s.dwelled:
                 dwell = zones[i].dwell_s
-                if dwell is not None:
-                    due = min(due, s.since + dwell - 1e-12 * (abs(s.since) + abs(dwell)) - 1e-9)
+                if dwell is not None and s.since + dwell < due:
+                    due = s.since + dwell
+        if math.isfinite(due):
+            due -= 1e-12 * abs(due) + 1e-9  # rounding of ``t - since >= d`` stays covered
         self._watch = watch
         self.quiet_until = due
 

@@ -100,8 +100,8 @@ class TripTracker:
             dt = t - last[0]
             if 0 < dt <= self.gap_s:
                 s.distance_m += (v + last[1]) / 2.0 / 3.6 * dt
-        if s is not None:
-            s.max_kmh = max(s.max_kmh, v)
+        if s is not None and v > s.max_kmh:
+            s.max_kmh = v
         if self._ignition is not None:
             if self._trip is None and self._ignition:
                 out.append(self._start(t, v, _Stats(start=t, max_kmh=v)))
