@@ -85,10 +85,23 @@ class TripTracker:
         }
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
-        # a trip whose end deadline passed ends at that deadline, before this sample
-        # (``tick``, asked only when it can have something to say)
         last = self._last
         trip = self._trip
+        cfg = self.cfg
+        if (trip is not None and last is not None and trip.stop_since is None
+                and self._ignition is None and v >= cfg.start_kmh and t - last[0] < cfg.end_s):
+            # the common case, a trip driving on (the path below, without what cannot
+            # happen here: no end due, no start, no stop)
+            self._last = (t, v)
+            dt = t - last[0]
+            if 0 < dt <= self.gap_s:
+                trip.distance_m += (v + last[1]) / 2.0 / 3.6 * dt
+            if v > trip.max_kmh:
+                trip.max_kmh = v
+            self._harsh(t, v, trip)
+            return []
+        # a trip whose end deadline passed ends at that deadline, before this sample
+        # (``tick``, asked only when it can have something to say)
         if trip is not None and self._ignition is None and (
                 trip.stop_since is not None or last is None or t - last[0] >= self.cfg.end_s):
             out = self.tick(t)

@@ -541,7 +541,9 @@ class ZoneLocator:
         dlat = r / ky
         dlon = r / kx
         x0, y0, x1, y1 = lon - dlon, max(-90.0, lat - dlat), lon + dlon, min(90.0, lat + dlat)
-        if x0 < -180.0 or x1 > 180.0:
+        if self._box is None:  # no zones
+            idxs = []
+        elif x0 < -180.0 or x1 > 180.0:
             idxs = sorted(self.zones.query_box(x0, y0, x1, y1))
         else:  # ``Zones.query_box`` without the turns, on a one-box array (faster)
             import shapely
