@@ -154,7 +154,8 @@ class GeofenceTracker:
             # pass below would change nothing
             return []
         if not self._st and not inside and self._known:
-            self._gap = False
+            self._gap = False  # in no fence and none stored: nothing to track, no timer
+            self.last_inside, self.last_near, self.quiet_until = inside, near, math.inf
             return []
         zones = self.zones.zones
         fences = self.zones.fence_index
