@@ -507,20 +507,22 @@ class ZoneLocator:
     when the hysteresis line matters (a watched zone the point is outside).
     """
 
-    __slots__ = ("_box", "_entries", "_geom", "_ixy", "_q", "_r", "_tree_zone", "_uses",
-                 "evaluations", "queries", "zones")
+    __slots__ = ("_box", "_entries", "_geom", "_ixy", "_mkbox", "_q", "_r", "_tree_zone",
+                 "_uses", "evaluations", "queries", "zones")
 
     def __init__(self, zones: Zones, *, radius_m: float = R_MAX_M) -> None:
         self.zones = zones
         self._ixy: Any = None  # shapely.intersects_xy, once there are zones to ask
         self._geom: Any = None  # the zones' geometries as an array (see locate)
         self._box: Any = None  # a one-box array to query the tree with
+        self._mkbox: Any = None  # shapely.box
         self._tree_zone: list[int] = []
         if zones.zones:
             import numpy as np
             import shapely
 
             self._ixy = shapely.intersects_xy
+            self._mkbox = shapely.box
             self._geom = zones.table().geom
             self._box = np.empty(1, dtype=object)
             self._tree_zone = zones.tree_zone.tolist()
@@ -546,9 +548,7 @@ class ZoneLocator:
         elif x0 < -180.0 or x1 > 180.0:
             idxs = sorted(self.zones.query_box(x0, y0, x1, y1))
         else:  # ``Zones.query_box`` without the turns, on a one-box array (faster)
-            import shapely
-
-            self._box[0] = shapely.box(x0, y0, x1, y1)
+            self._box[0] = self._mkbox(x0, y0, x1, y1)
             tz = self._tree_zone
             idxs = sorted({tz[k] for k in self.zones.tree.query(self._box)[1].tolist()})
         entries: list[list[Any]] = []
