@@ -36,12 +36,19 @@ SLACK = 1.01  # frames differ slightly from the search box's: search a little wi
 SLACK_M = 2.0
 CHUNK = 8  # fixes per query box
 _TINY = 5e-324
+FAR_M = 1.0  # a pair this much beyond the hysteresis of a zone's box is not measured
 
 
 class DriveGeometry:
-    """Precomputed ``locate`` and crossing answers for the fixes of one drive."""
+    """Precomputed ``locate`` and crossing answers for the fixes of one drive.
 
-    __slots__ = ("_hits", "_located", "pairs", "zones")
+    The rules ask about the drive's fixes in order (``step``): the answer for the next
+    expected fix is found by comparing three floats with it, no lookup at all. A fix
+    out of that order is looked up by position (``locate``), and its crossing is left
+    to the live path."""
+
+    __slots__ = ("_answers", "_chain", "_h", "_hits", "_k", "_lat", "_lon", "_n", "_where",
+                 "pairs", "zones")
 
     def __init__(self, zones: Zones, fixes: Iterable[Fix],
                  hysteresis: Callable[[float | None], float]) -> None:
@@ -49,9 +56,18 @@ class DriveGeometry:
 
         self.zones = zones
         self.pairs = 0  # (fix, zone) pairs evaluated
-        self._located: dict[tuple[float, float, float], Located] = {}
-        self._hits: dict[tuple[float, float, float, float], frozenset[int]] = {}
-        fl = list(fixes)
+        # the fixes the rules take, in their order: per fix its lat, lon, hysteresis,
+        # its (inside, near) answer and the fences the segment from the one before hits
+        self._lat: list[float] = []
+        self._lon: list[float] = []
+        self._h: list[float] = []
+        self._answers: list[Located] = []
+        self._hits: dict[int, frozenset[int]] = {}
+        self._n = 0
+        self._k = 0  # the next fix expected
+        self._chain = False  # the fix before the expected one was answered in order
+        self._where: dict[tuple[float, float, float], int] | None = None
+        fl = fixes if isinstance(fixes, list) else list(fixes)
         if not fl:
             return
         # the fixes the rules take (valid, timed, on the globe), as arrays
@@ -64,32 +80,59 @@ class DriveGeometry:
         t, lat, lon, hdop = t[ok], lat[ok], lon[ok], hdop[ok]
         if not len(t):
             return
+        # the rules' order: a fix not later than every fix before it is dropped
+        kept = np.ones(len(t), dtype=bool)
+        kept[1:] = t[1:] > np.maximum.accumulate(t)[:-1]
+        t, lat, lon, hdop = t[kept], lat[kept], lon[kept], hdop[kept]
         # the hysteresis of each distinct HDOP, as the rules compute it
         u, inv = np.unique(hdop, return_inverse=True)
         h = np.array([hysteresis(None if math.isnan(v) else v) for v in u.tolist()])[inv]
-        pts = list(zip(lat.tolist(), lon.tolist(), h.tolist(), strict=True))
-        self._located = dict.fromkeys(pts, _EMPTY)
-        # the rules' order: a fix not later than every fix before it is dropped; a
-        # segment joins consecutive fixes that were kept
-        before = np.maximum.accumulate(t)
-        kept = np.ones(len(t), dtype=bool)
-        kept[1:] = t[1:] > before[:-1]
-        k = np.flatnonzero(kept)
-        a, b = k[:-1], k[1:]
-        if zones.tree is not None:
-            self._locate_all(pts, lat, lon, h)
-            self._cross_all(lat[a], lon[a], lat[b], lon[b], h[b], t[b] - t[a])
+        n = self._n = len(t)
+        self._lat = lat.tolist()
+        self._lon = lon.tolist()
+        self._h = h.tolist()
+        if zones.tree is None:
+            self._answers = [_EMPTY] * n
+            return
+        self._answers = self._locate_all(lat, lon, h)
+        # a segment joins consecutive fixes
+        self._cross_all(lat[:-1], lon[:-1], lat[1:], lon[1:], h[1:], t[1:] - t[:-1])
 
     # ------------------------------------------------------------------ lookups
+
+    def step(self, lat: float, lon: float, h: float
+             ) -> tuple[list[int], list[int], frozenset[int] | None] | None:
+        """(inside, near, hits) for the fix the rules take next: ``locate``'s answer,
+        and the fences the segment from the fix before touches (None: not foreseen,
+        the rules measure it). None when this fix was not foreseen at all."""
+        k = self._k
+        if k < self._n and self._lat[k] == lat and self._lon[k] == lon and self._h[k] == h:
+            hits = self._hits.get(k, _NO_HITS) if self._chain else None
+            self._k = k + 1
+            self._chain = True
+            a = self._answers[k]
+            return a[0], a[1], hits
+        # out of order: answered by position, the segment left to the rules
+        self._chain = False
+        i = self._index(lat, lon, h)
+        if i is None:
+            return None
+        self._k = i + 1
+        a = self._answers[i]
+        return a[0], a[1], None
 
     def locate(self, lat: float, lon: float, h: float) -> Located | None:
         """(inside, near) as ``ZoneLocator.locate`` gives them (``near`` exact for every
         zone), or None when this fix was not foreseen."""
-        return self._located.get((lat, lon, h))
+        i = self._index(lat, lon, h)
+        return None if i is None else self._answers[i]
 
-    def hits(self, lat1: float, lon1: float, lat2: float, lon2: float) -> frozenset[int] | None:
-        """Fences the segment touches (``Zone.segment_hits``), or None if not foreseen."""
-        return self._hits.get((lat1, lon1, lat2, lon2))
+    def _index(self, lat: float, lon: float, h: float) -> int | None:
+        if self._where is None:  # built only when a fix comes out of order
+            self._where = {}
+            for i, key in enumerate(zip(self._lat, self._lon, self._h, strict=True)):
+                self._where.setdefault(key, i)
+        return self._where.get((lat, lon, h))
 
     # ------------------------------------------------------------------ bulk passes
 
@@ -148,15 +191,18 @@ class DriveGeometry:
             lon_ok |= (zb[:, 0] + shift <= ix1) & (zb[:, 2] + shift >= ix0)
         ok = lat_ok & lon_ok
         nz = len(self.zones.zones)
-        key = np.unique(item[ok].astype(np.int64) * nz + zone[ok])
+        # sorted, duplicates (a box met in two turns) dropped; np.unique is many times
+        # slower here (it hashes before it sorts)
+        key = np.sort(item[ok].astype(np.int64) * nz + zone[ok])
+        if len(key) > 1:
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         return key // nz, key % nz
 
     def _frames(self, zone: Any) -> tuple[Any, Any, Any, Any]:
         f = self.zones.table().frames
         return f[zone, 0], f[zone, 1], f[zone, 2], f[zone, 3]
 
-    def _locate_all(self, pts: list[tuple[float, float, float]], lat: Any, lon: Any,
-                    h: Any) -> None:
+    def _locate_all(self, lat: Any, lon: Any, h: Any) -> list[Located]:
         import numpy as np
         import shapely
 
@@ -165,21 +211,31 @@ class DriveGeometry:
         dlon = r / (M_PER_DEG * np.maximum(np.cos(np.radians(lat)), MIN_COS))
         fi, zi = self._query(lon - dlon, np.maximum(lat - dlat, -90.0), lon + dlon,
                              np.minimum(lat + dlat, 90.0))
-        self.pairs += len(fi)
+        tab = self.zones.table()
         lon0, lat0, kx, ky = self._frames(zi)
         # Zone.frame.xy, operation for operation
         xs = ((lon[fi] - lon0 + 180.0) % 360.0 - 180.0) * kx
         ys = (lat[fi] - lat0) * ky
-        tab = self.zones.table()
+        hf = h[fi]
         shape = tab.shape[zi]
+        # a pair farther from the zone's box in its frame (grown by the radius / half
+        # width) than the hysteresis is neither inside nor near: no geometry to ask.
+        # FAR_M leaves a pair that rounding could put either side for GEOS to judge.
+        xb = tab.xy_bounds[zi]
+        bx = np.maximum(np.maximum(xb[:, 0] - xs, xs - xb[:, 2]), 0.0)
+        by = np.maximum(np.maximum(xb[:, 1] - ys, ys - xb[:, 3]), 0.0)
+        keep = np.flatnonzero((bx * bx + by * by <= (hf + FAR_M) ** 2) | (shape == CIRCLE))
+        fi, zi, xs, ys, hf, shape = fi[keep], zi[keep], xs[keep], ys[keep], hf[keep], shape[keep]
+        self.pairs += len(fi)
         pad = tab.pad[zi]
         geom = tab.geom[zi]
         sd = np.empty(len(fi))
         circle = shape == CIRCLE
         sd[circle] = np.sqrt(xs[circle] * xs[circle] + ys[circle] * ys[circle]) - pad[circle]
         corridor = shape == CORRIDOR
-        sd[corridor] = shapely.distance(
-            geom[corridor], shapely.points(xs[corridor], ys[corridor])) - pad[corridor]
+        if corridor.any():
+            sd[corridor] = shapely.distance(
+                geom[corridor], shapely.points(xs[corridor], ys[corridor])) - pad[corridor]
         poly = shape == POLYGON
         gp, xp, yp = geom[poly], xs[poly], ys[poly]
         inside_p = shapely.intersects_xy(gp, xp, yp)
@@ -187,15 +243,16 @@ class DriveGeometry:
         # here); outside is what intersects_xy says (``Zone.signed_distance_xy``)
         sdp = np.full(len(gp), -1.0)
         out_p = ~inside_p
-        sdp[out_p] = np.maximum(shapely.distance(
-            gp[out_p], shapely.points(xp[out_p], yp[out_p])), _TINY)
+        if out_p.any():
+            sdp[out_p] = np.maximum(shapely.distance(
+                gp[out_p], shapely.points(xp[out_p], yp[out_p])), _TINY)
         sd[poly] = sdp
-        near = sd <= h[fi]
+        near = sd <= hf
         inside = sd <= 0.0
         # per fix: its slice of the near pairs (sorted by fix, then zone) and of the
         # inside ones; a fix with the same answer as the one before shares its lists
         # (consecutive fixes mostly do: the rules then see nothing changed)
-        n = len(pts)
+        n = len(lat)
         fn, zn = fi[near], zi[near]
         fin, zin = fi[inside], zi[inside]
         n_cnt = np.bincount(fn, minlength=n)
@@ -224,31 +281,27 @@ class DriveGeometry:
                               strict=True):
             answers.append((in_z[c:d], near_z[a:b]) if b > a else _EMPTY)
         run = np.cumsum(~same) - 1
-        self._located.update(zip(pts, [answers[r] for r in run.tolist()], strict=True))
+        return [answers[r] for r in run.tolist()]
 
     def _cross_all(self, lat1: Any, lon1: Any, lat2: Any, lon2: Any, h: Any,
                    dt: Any) -> None:
+        """The fences hit by the segment into each fix (keyed by that fix's index)."""
         import numpy as np
         import shapely
 
         if not len(lat1):
             return
         tab = self.zones.table()
-        segs = list(zip(lat1.tolist(), lon1.tolist(), lat2.tolist(), lon2.tolist(),
-                        strict=True))
         # the rules ask only when the fixes are far enough apart (not jitter) and not a
         # jump (``Rules._crossings``); the others are left out, with a margin so that
         # rounding cannot leave out one they ask about (and if it did, they would
-        # measure it themselves)
+        # measure it themselves); the ones certainly not asked have no crossing
         dx = ((lon2 - lon1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(lat2))
         seg = np.sqrt(dx * dx + (lat2 - lat1) ** 2) * M_PER_DEG
         asked = (seg > 2.0 * h * (1 - 1e-6)) & (seg <= MAX_CROSS_MPS * dt * (1 + 1e-6))
-        # the ones certainly not asked have no crossing either way
-        self._hits.update(dict.fromkeys(segs, _NO_HITS))
         keep = np.flatnonzero(asked)
         if not len(keep):
             return
-        segs = [segs[k] for k in keep.tolist()]
         lat1, lon1, lat2, lon2 = lat1[keep], lon1[keep], lat2[keep], lon2[keep]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round
@@ -272,10 +325,10 @@ class DriveGeometry:
         hit[padded] = shapely.dwithin(geom[padded], lines[padded], pad[padded])
         hit[~padded] = shapely.intersects(geom[~padded], lines[~padded])
         found: dict[int, set[int]] = {}
-        for k, z in zip(si[hit].tolist(), zi[hit].tolist(), strict=True):
+        # segment j joins fix j and fix j + 1
+        for k, z in zip((keep[si[hit]] + 1).tolist(), zi[hit].tolist(), strict=True):
             found.setdefault(k, set()).add(z)
-        for k, got in found.items():
-            self._hits[segs[k]] = frozenset(got)
+        self._hits = {k: frozenset(got) for k, got in found.items()}
 
 
 def limits_along(zones: Zones, speed: SpeedRuleConfig,

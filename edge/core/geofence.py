@@ -96,9 +96,11 @@ class GeofenceTracker:
         self._gap = False  # in a gap: fences not stored are stale too
         self._watch: set[int] = set()
         self.transitions = 0
-        self._quiet = False  # see update(): the last answer settled every fence
-        self._last_in: list[int] = []
-        self._last_near: list[int] = []
+        # the answer (inside, near) of the last pass, and until when the same answer
+        # again changes nothing (no debounce or dwell timer due; -inf: not settled)
+        self.last_inside: list[int] = []
+        self.last_near: list[int] = []
+        self.quiet_until = -math.inf
 
     @property
     def in_gap(self) -> bool:
@@ -126,7 +128,7 @@ class GeofenceTracker:
         if not self._known or self._gap:
             return
         self._gap = True
-        self._quiet = False
+        self.quiet_until = -math.inf
         for s in self._st.values():
             s.stale = True
             s.pending = None
@@ -134,23 +136,27 @@ class GeofenceTracker:
     def update(
         self,
         t: float,
-        inside: Iterable[int],
-        near: Iterable[int],
-        pos: tuple[float, float] | None = None,
-        prev_pos: tuple[float, float] | None = None,
+        inside: list[int],
+        near: list[int],
+        lat: float | None = None,
+        lon: float | None = None,
+        prev: tuple[float, float, float] | None = None,
         pass_m: float = math.inf,
     ) -> list[Transition]:
-        """Advance every fence with one valid fix at ``t`` (``pos`` = its lat, lon;
-        ``prev_pos`` = the previous valid fix's).
+        """Advance every fence with one valid fix at ``t`` (``lat``, ``lon``; ``prev``
+        = the previous valid fix's time, lat, lon).
 
         A fence entered by a single fix that the next fix already left (too short to
         pass the debounce) is reported ``crossed`` when the fixes before and after it
         are more than ``pass_m`` apart (it drove through; a spike comes back)."""
-        if not self._st and not inside and self._known:
-            self._gap = False
+        if t < self.quiet_until and inside == self.last_inside and near == self.last_near:
+            # the same answer as last time and no debounce or dwell timer due: the
+            # pass below would change nothing
             return []
-        if self._quiet and inside == self._last_in and near == self._last_near:
-            return []  # settled, and the same answer as last time: nothing can change
+        if not self._st and not inside and self._known:
+            self._gap = False  # in no fence and none stored: nothing to track, no timer
+            self.last_inside, self.last_near, self.quiet_until = inside, near, math.inf
+            return []
         zones = self.zones.zones
         fences = self.zones.fence_index
         inside_f = fences.intersection(inside)
@@ -159,14 +165,15 @@ class GeofenceTracker:
         gap = self._gap
         out: list[Transition] = []
         debounce = self.cfg.debounce_s
-        todo = inside_f.union(self._st)
+        sts = self._st
+        todo = inside_f.union(sts)
         if first:
             todo |= near_f
-        for i in sorted(todo):
-            st = self._st.get(i)
+        for i in sorted(todo) if len(todo) > 1 else todo:
+            st = sts.get(i)
             if st is None:
                 st = _Fence(state=None if first else False, stale=gap)
-                self._st[i] = st
+                sts[i] = st
             target = (i in near_f) if st.state else (i in inside_f)
             if st.state is None and not target:
                 # never known: clearly outside settles it; within the hysteresis band
@@ -175,8 +182,8 @@ class GeofenceTracker:
                 if i not in near_f:
                     st.state = False
             elif st.state is not None and target == st.state:
-                if st.pending and st.pending_pos is not None and pos is not None and (
-                    haversine_m(*st.pending_pos, *pos) > pass_m
+                if st.pending and st.pending_pos is not None and lat is not None and (
+                    lon is not None and haversine_m(*st.pending_pos, lat, lon) > pass_m
                 ):
                     out.append(Transition(zone=zones[i], transition="crossed"))
                 st.pending = None
@@ -185,7 +192,7 @@ class GeofenceTracker:
                 if st.pending is not target:
                     st.pending = target
                     st.pending_since = t
-                    st.pending_pos = prev_pos
+                    st.pending_pos = (prev[1], prev[2]) if prev is not None else None
                 if t - st.pending_since >= debounce:
                     kind = ("inside" if st.state is None else "enter") if target else "exit"
                     gap_flag = st.stale and st.state is not None
@@ -201,18 +208,39 @@ class GeofenceTracker:
                 st.dwelled = True
                 out.append(Transition(zone=zones[i], transition="dwell"))
             if st.state is False and st.pending is None and not st.stale:
-                del self._st[i]
+                del sts[i]
         self._known = True
         self._gap = False
-        self._watch = {i for i, s in self._st.items() if s.state is not False}
         self.transitions += len(out)
-        # settled: every stored fence inside for good, nothing pending, no dwell to come
-        self._quiet = all(
-            s.state is True and s.pending is None and not s.stale
-            and (s.dwelled or zones[i].dwell_s is None) for i, s in self._st.items())
-        self._last_in = inside if isinstance(inside, list) else list(inside)
-        self._last_near = near if isinstance(near, list) else list(near)
+        self._settle()
+        self.last_inside = inside
+        self.last_near = near
         return out
+
+    def _settle(self) -> None:
+        """After a pass: the watched fences, and until when the same answer again
+        changes nothing (``quiet_until``): the earliest debounce or dwell deadline, a little
+        early so that rounding cannot skip one (the full pass decides those); -inf
+        while a fence is stale (a second pass settles it)."""
+        due = math.inf
+        watch = set()
+        zones = self.zones.zones
+        debounce = self.cfg.debounce_s
+        for i, s in self._st.items():
+            if s.state is not False:
+                watch.add(i)
+            if s.stale:
+                due = -math.inf
+            elif s.pending is not None and s.pending_since + debounce < due:
+                due = s.pending_since + debounce
+            if s.state and not s.dwelled:
+                dwell = zones[i].dwell_s
+                if dwell is not None and s.since + dwell < due:
+                    due = s.since + dwell
+        if math.isfinite(due):
+            due -= 1e-12 * abs(due) + 1e-9  # rounding of ``t - since >= d`` stays covered
+        self._watch = watch
+        self.quiet_until = due
 
     def crossed(self, indices: Iterable[int]) -> list[Transition]:
         out = [Transition(zone=self.zones.zones[i], transition="crossed") for i in sorted(indices)]
@@ -240,7 +268,7 @@ class GeofenceTracker:
                 out.append(Transition(zone=z, transition="inside"))
         self.zones = zones
         self._st = moved
-        self._quiet = False
+        self.quiet_until = -math.inf
         self._watch = {i for i, s in moved.items() if s.state is not False}
         self.transitions += len(out)
         return out

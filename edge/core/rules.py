@@ -124,14 +124,16 @@ class Rules:
             count["invalid_fixes"] += 1
             return self.tick(t) if t is not None and math.isfinite(t) else []
         prev = self._fix
-        if prev is not None and t <= prev[0]:
-            count["reordered_fixes"] += 1
-            return []
+        gap = False
+        if prev is not None:
+            if t <= prev[0]:
+                count["reordered_fixes"] += 1
+                return []
+            gap = t - prev[0] > self._fix_gap_s
         if self._last_input_t is None or t > self._last_input_t:
             self._last_input_t = t
         out: list[Event] = []
         geo = self.geofence
-        gap = prev is not None and t - prev[0] > self._fix_gap_s
         if gap:
             geo.mark_gap()
         self._fix = (t, lat, lon)
@@ -140,29 +142,38 @@ class Rules:
             self._hdop = hdop
             self._h_fix = hysteresis_for(self.cfg.geofence, hdop)
         h = self._h = self._h_fix
-        got = self._drive.locate(lat, lon, h) if self._drive is not None else None
-        inside, near = got if got is not None else self._loc.locate(lat, lon, h, geo.watched)
+        drive = self._drive
+        got = drive.step(lat, lon, h) if drive is not None else None
+        if got is not None:
+            inside, near, hits = got
+        else:
+            inside, near = self._loc.locate(lat, lon, h, geo.watched)
+            hits = None
 
         # the speed limit where the car is (used by on_speed); a change ends an episode
-        changed = inside != self._inside_list
+        roads = self.roads
+        changed = inside is not self._inside_list and inside != self._inside_list
         if changed:
             self._inside_list = inside
-            if self.roads is None and self._has_limits:
+            if roads is None and self._has_limits:
                 for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                     out.append(self._emit("overspeed", at, b, "gnss"))
-        if self.roads is not None:  # the road under the car changes without a zone change
-            self.roads.on_fix(fix)
+        if roads is not None:  # the road under the car changes without a zone change
+            roads.on_fix(fix)
             for at, b in self.speed.set_limit(t, *self._limit_at(inside)):
                 out.append(self._emit("overspeed", at, b, "gnss"))
 
-        # geofences
-        if prev is not None and not gap and not geo.in_gap:
-            crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside)
+        # geofences (``hits`` empty: the drive's geometry says no fence on the segment)
+        if (hits is None or hits) and prev is not None and not gap and not geo.in_gap:
+            crossed = self._crossings(prev[1], prev[2], lat, lon, h, t - prev[0], inside,
+                                      hits)
         else:
             crossed = []
-        prev_pos = (prev[1], prev[2]) if prev is not None and not gap else None
-        for tr in geo.update(t, inside, near, (lat, lon), prev_pos, 2.0 * h):
-            out.append(self._emit("geofence", t, tr.body(), "gnss"))
+        # the very answer of the last pass, no timer due: the pass would change nothing
+        # (the drive's geometry hands out the same lists while the answer repeats)
+        if not (t < geo.quiet_until and inside is geo.last_inside and near is geo.last_near):
+            for tr in geo.update(t, inside, near, lat, lon, None if gap else prev, 2.0 * h):
+                out.append(self._emit("geofence", t, tr.body(), "gnss"))
         if crossed:
             for tr in geo.crossed(crossed):
                 out.append(self._emit("geofence", t, tr.body(), "gnss"))
@@ -198,9 +209,10 @@ class Rules:
 
     def _crossings(
         self, lat1: float, lon1: float, lat2: float, lon2: float, h: float, dt: float,
-        inside: list[int],
+        inside: list[int], hits: frozenset[int] | None = None,
     ) -> list[int]:
-        hits = self._drive.hits(lat1, lon1, lat2, lon2) if self._drive is not None else None
+        """Fences the segment from the previous fix drove through; ``hits``: the fences
+        the segment touches when the drive's geometry knows them (None: measure)."""
         if hits is not None and not hits:
             return []  # foreseen: no fence on this segment
         dy = lat2 - lat1

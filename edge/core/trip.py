@@ -85,17 +85,36 @@ class TripTracker:
         }
 
     def on_speed(self, t: float, v: float) -> list[tuple[float, dict[str, object]]]:
-        # a trip whose end deadline passed ends at that deadline, before this sample
-        out = self.tick(t)
         last = self._last
+        trip = self._trip
+        cfg = self.cfg
+        if (trip is not None and last is not None and trip.stop_since is None
+                and self._ignition is None and v >= cfg.start_kmh and t - last[0] < cfg.end_s):
+            # the common case, a trip driving on (the path below, without what cannot
+            # happen here: no end due, no start, no stop)
+            self._last = (t, v)
+            dt = t - last[0]
+            if 0 < dt <= self.gap_s:
+                trip.distance_m += (v + last[1]) / 2.0 / 3.6 * dt
+            if v > trip.max_kmh:
+                trip.max_kmh = v
+            self._harsh(t, v, trip)
+            return []
+        # a trip whose end deadline passed ends at that deadline, before this sample
+        # (``tick``, asked only when it can have something to say)
+        if trip is not None and self._ignition is None and (
+                trip.stop_since is not None or last is None or t - last[0] >= self.cfg.end_s):
+            out = self.tick(t)
+        else:
+            out = []
         self._last = (t, v)
         s = self._trip or self._cand
         if last is not None and s is not None:
             dt = t - last[0]
             if 0 < dt <= self.gap_s:
                 s.distance_m += (v + last[1]) / 2.0 / 3.6 * dt
-        if s is not None:
-            s.max_kmh = max(s.max_kmh, v)
+        if s is not None and v > s.max_kmh:
+            s.max_kmh = v
         if self._ignition is not None:
             if self._trip is None and self._ignition:
                 out.append(self._start(t, v, _Stats(start=t, max_kmh=v)))

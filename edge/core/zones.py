@@ -151,6 +151,7 @@ class ZoneTable:
     pad: Any
     geom: Any  # object array of the prepared shapely geometries
     fence: Any  # bool: kind == "fence"
+    xy_bounds: Any  # (n, 4): the box of each shape in its frame, grown by ``pad``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,14 +174,19 @@ class Zones:
             zs = self.zones
             geom = np.empty(len(zs), dtype=object)
             geom[:] = [z.geom for z in zs]
+            import shapely
+
+            pad = np.array([z.pad for z in zs], dtype=float)
+            xy_bounds = shapely.bounds(geom).reshape(-1, 4) + np.outer(pad, [-1, -1, 1, 1])
             self._table.append(ZoneTable(
                 frames=np.array([(z.frame.lon0, z.frame.lat0, z.frame.kx, z.frame.ky)
                                  for z in zs], dtype=float).reshape(-1, 4),
                 bounds=np.array([z.bounds for z in zs], dtype=float).reshape(-1, 4),
                 shape=np.array([_SHAPE_CODE[z.shape] for z in zs], dtype=np.int8),
-                pad=np.array([z.pad for z in zs], dtype=float),
+                pad=pad,
                 geom=geom,
-                fence=np.array([z.kind == "fence" for z in zs], dtype=bool)))
+                fence=np.array([z.kind == "fence" for z in zs], dtype=bool),
+                xy_bounds=xy_bounds))
         return self._table[0]
 
     @property
@@ -501,15 +507,25 @@ class ZoneLocator:
     when the hysteresis line matters (a watched zone the point is outside).
     """
 
-    __slots__ = ("_entries", "_ixy", "_q", "_r", "_uses", "evaluations", "queries", "zones")
+    __slots__ = ("_box", "_entries", "_geom", "_ixy", "_mkbox", "_q", "_r", "_tree_zone",
+                 "_uses", "evaluations", "queries", "zones")
 
     def __init__(self, zones: Zones, *, radius_m: float = R_MAX_M) -> None:
         self.zones = zones
         self._ixy: Any = None  # shapely.intersects_xy, once there are zones to ask
+        self._geom: Any = None  # the zones' geometries as an array (see locate)
+        self._box: Any = None  # a one-box array to query the tree with
+        self._mkbox: Any = None  # shapely.box
+        self._tree_zone: list[int] = []
         if zones.zones:
+            import numpy as np
             import shapely
 
             self._ixy = shapely.intersects_xy
+            self._mkbox = shapely.box
+            self._geom = zones.table().geom
+            self._box = np.empty(1, dtype=object)
+            self._tree_zone = zones.tree_zone.tolist()
         self._r = radius_m
         self._uses = 0  # locate calls answered from the current query box
         self._q: tuple[float, float, float, float] | None = None  # lat0, lon0, kx, ky
@@ -526,12 +542,19 @@ class ZoneLocator:
         ky = M_PER_DEG
         dlat = r / ky
         dlon = r / kx
-        idxs = self.zones.query_box(lon - dlon, max(-90.0, lat - dlat), lon + dlon,
-                                    min(90.0, lat + dlat))
+        x0, y0, x1, y1 = lon - dlon, max(-90.0, lat - dlat), lon + dlon, min(90.0, lat + dlat)
+        if self._box is None:  # no zones
+            idxs = []
+        elif x0 < -180.0 or x1 > 180.0:
+            idxs = sorted(self.zones.query_box(x0, y0, x1, y1))
+        else:  # ``Zones.query_box`` without the turns, on a one-box array (faster)
+            self._box[0] = self._mkbox(x0, y0, x1, y1)
+            tz = self._tree_zone
+            idxs = sorted({tz[k] for k in self.zones.tree.query(self._box)[1].tolist()})
         entries: list[list[Any]] = []
         zs = self.zones.zones
         lon0, lat0 = lon, lat
-        for i in sorted(idxs):
+        for i in idxs:
             x0, y0, x1, y1 = zs[i].bounds
             cx = (((x0 + x1) / 2.0 - lon0 + 180.0) % 360.0 - 180.0) * kx  # wrap_lon
             half = (x1 - x0) / 2.0 * kx
@@ -612,11 +635,18 @@ class ZoneLocator:
                 continue
             z = zones[i]
             self.evaluations += 1
-            if z.shape == "polygon" and st != _IN and st != _OUT:
-                f = z.frame  # f.xy(lat, lon), inline
-                zx = ((lon - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx
-                zy = (lat - f.lat0) * f.ky
-                if intersects_xy(z.geom, zx, zy):  # signed_distance_xy's own test
+            f = z.frame  # f.xy(lat, lon), inline
+            zx = ((lon - f.lon0 + 180.0) % 360.0 - 180.0) * f.kx
+            zy = (lat - f.lat0) * f.ky
+            shape = z.shape
+            if shape == "circle":  # signed_distance_xy's, inline
+                sd = math.sqrt(zx * zx + zy * zy) - z.pad
+            elif shape != "polygon" or st == _IN or st == _OUT:
+                sd = z.signed_distance_xy(zx, zy)
+            else:
+                # signed_distance_xy's own test; on a one-zone array: a scalar geometry
+                # costs shapely a prepare() check per call
+                if intersects_xy(self._geom[i:i + 1], zx, zy)[0]:
                     e[3] = _IN
                     inside.append(i)
                     near.append(i)
@@ -625,8 +655,6 @@ class ZoneLocator:
                     e[3] = _OUT
                     continue
                 sd = z.signed_distance_xy(zx, zy)
-            else:
-                sd = z.signed_distance_m(lat, lon)
             e[2] = sd
             e[3] = _EXACT
             if sd <= 0.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -190,3 +191,47 @@ def test_limits_along_a_track_are_the_rules_limits() -> None:
         assert (lim.kmh, lim.source) == (want["limit_kmh"], want["limit_source"]), (x, y)
         seen.add(lim.source)
     assert {"default", "zone:slow", "zone:road", "zone:none"} <= seen
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False), st.integers(0, 3))
+def test_fixes_fed_other_than_foreseen_give_the_live_events(rng: random.Random,
+                                                             how: int) -> None:
+    """The geometry was computed for one list of fixes and the rules are fed another:
+    fixes left out, fixes it never saw, a fix twice, fixes swapped. The drive's answers
+    are used where they fit and the rest is measured live: the same events."""
+    path = []
+    y = rng.uniform(-50.0, 50.0)
+    for k in range(160):  # west to east through "a" and "b", wandering a little
+        y = max(-55.0, min(55.0, y + rng.uniform(-6.0, 6.0)))
+        path.append(fix(k, -300.0 + 4.0 * k, y, hdop=rng.choice([0.8, 1.5]),
+                         speed_mps=4.0))
+    fed = list(path)
+    foreseen = list(path)
+    if how == 0:  # the geometry misses some fixes
+        foreseen = [f for f in path if rng.random() > 0.2]
+    elif how == 1:  # the rules get fixes the geometry never saw (moved a little)
+        for k in rng.sample(range(len(fed)), 20):
+            f = fed[k]
+            assert f.lat is not None
+            fed[k] = dataclasses.replace(f, lat=f.lat + 1e-5)
+    elif how == 2:  # a fix twice (the second is dropped as not newer) and swapped pairs
+        for k in rng.sample(range(1, len(fed) - 1), 15):
+            fed[k], fed[k + 1] = fed[k + 1], fed[k]
+        fed.insert(50, fed[49])
+    else:  # the geometry computed for the drive backwards
+        foreseen = list(reversed(path))
+    rc = config(geofence={"debounce_s": 1.0})
+    out = []
+    for bulk in (False, True):
+        rules = Rules(rc, ZONES)
+        if bulk:
+            rules.use_drive_geometry(DriveGeometry(
+                ZONES, foreseen, lambda hdop: hysteresis_for(rc.geofence, hdop)))
+        events: list[Event] = []
+        for f in fed:
+            events += rules.on_fix(f)
+        out.append(events + rules.close(T0 + 10_000))
+    live, bulk_events = out
+    assert bulk_events == live
+    assert any(e.kind == "geofence" for e in live)

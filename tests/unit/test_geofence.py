@@ -6,9 +6,12 @@ unless a scenario says otherwise.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from edge.core.rules import Rules
 from edge.core.zones import load_zones
@@ -233,3 +236,56 @@ def test_reload_with_a_moved_fence_keeps_its_state_then_exits_normally() -> None
     assert rules.reload(zones(square("a", 1000, 0, 100))) == []  # same id: no new "inside"
     events = feed(rules, [fix(5 + i, 0, 0) for i in range(4)])
     assert [dict(e.body) for e in events] == [{"fence": "a", "name": "A", "transition": "exit"}]
+
+
+# --- the tracker's skip: the same answer again, no timer due, changes nothing ---------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.tuples(
+        st.sampled_from([0.05, 0.1, 0.3, 0.7, 1.0, 2.9999999, 3.0, 40.0]),  # time step
+        st.sets(st.integers(0, 3), max_size=3),  # inside
+        st.sets(st.integers(0, 3), max_size=2),  # near beyond inside
+        st.booleans(),  # same answer as the step before
+        st.booleans(),  # a gap is marked before it
+    ), min_size=1, max_size=40),
+    debounce=st.sampled_from([0.0, 0.3, 2.0]),
+    t0=st.sampled_from([0.0, 1_750_000_000.0, 1_750_000_000.1]),
+)
+# near at boot, a gap, clearly out (state known, still stale), the same answer (the full
+# pass settles the stale state), then in: an ordinary enter, not "after_gap"
+@example(steps=[(1.0, set(), {0}, False, False), (1.0, set(), set(), False, True),
+                (1.0, set(), set(), True, False), (1.0, {0}, set(), False, False)],
+         debounce=0.0, t0=0.0)
+# the debounce deadline met by the same answer exactly (1.3 - 1.0 >= 0.3 in floats)
+@example(steps=[(1.0, {0}, set(), False, False), (0.3, set(), set(), True, False)],
+         debounce=0.3, t0=0.0)
+def test_skipping_a_repeated_answer_changes_no_transition(
+        steps: list[tuple[float, set[int], set[int], bool, bool]], debounce: float,
+        t0: float) -> None:
+    """Fed the same answers at the same times, a tracker that may skip (answer unchanged,
+    no debounce or dwell deadline reached) reports exactly what one that always runs
+    the full pass reports, dwell and timer edges (fractional times) included."""
+    from edge.core.geofence import GeofenceTracker
+
+    zs = zones(square("f0", 0, 0, 50, dwell_s=2.0), square("f1", 0, 0, 60),
+               circle("f2", 30, 0, 40, dwell_s=0.3), square("f3", 500, 0, 20))
+    cfg = config(geofence={"debounce_s": debounce}).geofence
+    skipping, full = GeofenceTracker(cfg, zs), GeofenceTracker(cfg, zs)
+    t = t0
+    inside: list[int] = []
+    near: list[int] = []
+    got: list[list[tuple[str, str, bool]]] = [[], []]
+    for dt, ins, nr, same, gap in steps:
+        t += dt
+        if not same:
+            inside, near = sorted(ins), sorted(ins | nr)
+        for k, tracker in enumerate((skipping, full)):
+            if gap:
+                tracker.mark_gap()
+            if k == 1:
+                tracker.quiet_until = -math.inf  # never skips
+            got[k] += [(tr.zone.id, tr.transition, tr.after_gap)
+                       for tr in tracker.update(t, inside, near)]
+    assert got[0] == got[1]
