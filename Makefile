@@ -9,7 +9,7 @@ RUN_CONFIG ?= $(DRIVE)/config.toml
 BROKER_PORT ?= 1883
 export VEHICLE_EDGE_CACHE ?= $(HOME)/.cache/vehicle-edge
 
-.PHONY: help venv deps system-deps run test test-fast lint bench chaos components greengrass roads-component testdata clean
+.PHONY: help venv deps system-deps run test test-fast lint bench chaos components greengrass testdata clean
 
 help:
 	@echo "make run         daemon in simulator mode on $(DRIVE), publishing to a local broker"
@@ -18,7 +18,8 @@ help:
 	@echo "make bench       benchmarks: one table, results in bench/results.json"
 	@echo "make chaos       fault suite with a delivery ledger"
 	@echo "make components  Greengrass artifacts and recipes into build/greengrass/"
-	@echo "make roads-component EXTRACT=x.osm.pbf REGION=name  road index component"
+	@echo "                 (com.vehicleedge.Roads from ROADS_EXTRACT=x.osm.pbf ROADS_REGION=name"
+	@echo "                 [ROADS_BBOX=W,S,E,N]; default: the cached Helsinki extract)"
 	@echo "make greengrass  deploy them on a real nucleus lite (../shared/greengrass-lite, root)"
 
 $(VENV)/.installed: pyproject.toml
@@ -65,12 +66,11 @@ bench: deps
 chaos: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/chaos -m chaos --chaos-full
 
+# com.vehicleedge.Roads: the road index of one region (ROADS_EXTRACT, ROADS_REGION, ROADS_BBOX)
 components: venv
-	$(PY) scripts/build_components.py --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET)) $(COMPONENT_ARGS)
-
-# the road index of one region as its own Greengrass component (EXTRACT=x.osm.pbf REGION=name)
-roads-component: venv
-	$(PY) scripts/build_roads_component.py $(EXTRACT) --region $(REGION) --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET))
+	$(PY) scripts/build_components.py --out build/greengrass $(if $(BUCKET),--bucket $(BUCKET)) \
+	  $(if $(ROADS_EXTRACT),--roads-extract $(ROADS_EXTRACT)) $(if $(ROADS_REGION),--roads-region $(ROADS_REGION)) \
+	  $(if $(ROADS_BBOX),--roads-bbox $(ROADS_BBOX)) $(COMPONENT_ARGS)
 
 # The system test on a real Greengrass nucleus lite 2.6.0 (systemd-nspawn, needs root):
 # builds the components, boots gg-lite, deploys Zones + Daemon + Simulator, checks, and

@@ -125,6 +125,12 @@ def zones_missing(path: Path) -> str:
             "(is com.vehicleedge.Zones deployed?)")
 
 
+def roads_missing(path: Path) -> str:
+    """The health error while the road index a config names does not exist."""
+    return (f"road index {path} does not exist: running without road limits until it "
+            "appears (is com.vehicleedge.Roads deployed?)")
+
+
 def load_zones_for(config: Config, *, optional: bool = False) -> Any:
     """The zones ``config`` names; ``optional``: a file that does not exist yet is no
     zones for now (a Greengrass Zones component deploys it later; the watcher loads it)."""
@@ -186,7 +192,10 @@ class Daemon:
         self.reloads = 0
         self.restart_required: list[str] = []
         self.extra_health: Callable[[], dict[str, Any]] | None = None
-        self.zones_optional = False
+        self.zones_optional = False  # Greengrass: the Zones and Roads components may come later
+        # [roads] index: reloads of the file, and why there is no road provider now
+        self.roads_reloads = 0
+        self.roads_error: str | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -252,12 +261,22 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        await asyncio.to_thread(check_runtime, cfg, zones=False)
+        await asyncio.to_thread(check_runtime, cfg, zones=False,
+                                roads_must_exist=not self.zones_optional)
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
         from edge.roads.provider import RoadLimits
 
-        self.engine = Engine(cfg, zones=zones, roads=RoadLimits.for_config(cfg))
+        roads = None
+        if cfg.roads.index is not None and not cfg.roads.index.exists():
+            # only here under Greengrass (check_runtime refuses it otherwise): the Roads
+            # component may deploy after the Daemon; the watcher loads it when it comes
+            self.roads_error = roads_missing(cfg.roads.index)
+            log.warning("road index not there yet, running without road limits",
+                        path=str(cfg.roads.index), reason=self.roads_error)
+        else:
+            roads = RoadLimits.for_config(cfg)
+        self.engine = Engine(cfg, zones=zones, roads=roads)
         if zones is None and cfg.rules.zones is not None:  # optional and not there yet
             self.engine.rules.zones_rejected(zones_missing(cfg.rules.zones))
         await self._open_outbox(starting=True)
@@ -370,7 +389,8 @@ class Daemon:
             return
         # everything that can fail is checked and built before anything changes: an
         # update that cannot run is rejected whole (ConfigError) and the old config stays
-        await asyncio.to_thread(check_runtime, new, zones=False)
+        await asyncio.to_thread(check_runtime, new, zones=False,
+                                roads_must_exist=not self.zones_optional)
         restart = changed & {"gnss", "can"}
         built = await asyncio.to_thread(self._build_sources, new, restart) if restart else []
         new_rules = None
@@ -485,12 +505,15 @@ class Daemon:
             try:
                 new = await asyncio.to_thread(RoadLimits.open, self.config.roads)
             except EdgeError as exc:
+                self.roads_error = f"not reloaded, keeping the old index: {exc}"
                 log.warning("road index not reloaded, keeping the old one", reason=str(exc))
                 continue
             old = self.engine.rules.roads
             self.engine.rules.roads = new
+            self.roads_error = None
             if old is not None:
                 old.index.close()
+                self.roads_reloads += 1
             log.info("road index reloaded", path=str(path), segments=new.index.meta.get(
                 "segments"))
 
@@ -811,6 +834,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 out[name] = src.health()
         out.update(self.engine.health())
+        if self.config.roads.index is not None:
+            over = out["rules"]["overspeed"]
+            over["roads"] = {**over.get("roads", {"index": str(self.config.roads.index)}),
+                             "reloads": self.roads_reloads, "error": self.roads_error}
         out["config"] = {"reloads": self.reloads, "restart_required": self.restart_required,
                          "source": str(self.config.source) if self.config.source else None}
         if self.extra_health is not None:

@@ -24,9 +24,12 @@ def _readable(field: str, path: Path | None) -> None:
         raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = True) -> None:
+def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = True,
+                  roads_must_exist: bool = True) -> None:
     """Raise ConfigError naming the field when ``cfg`` cannot run here. ``zones=False``
-    skips parsing the zones file, for callers that load it right after anyway."""
+    skips parsing the zones file, for callers that load it right after anyway;
+    ``roads_must_exist=False`` lets a road index that is not there yet pass (a Greengrass
+    Roads component deploys it later), one that is there must be an index."""
     if zones and cfg.rules.zones is not None and (zones_must_exist
                                                    or cfg.rules.zones.exists()):
         from edge.core.zones import load_zones
@@ -35,7 +38,7 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
             load_zones(cfg.rules.zones)
         except ZonesError as exc:
             raise ConfigError("rules.zones", str(exc)) from exc
-    if cfg.roads.index is not None:
+    if cfg.roads.index is not None and (roads_must_exist or cfg.roads.index.exists()):
         from edge.roads.provider import RoadLimits
 
         RoadLimits.for_config(cfg).index.close()  # type: ignore[union-attr]  # roads.index

@@ -51,6 +51,7 @@ log = structlog.get_logger()
 GREENGRASS_ONLY_KEYS = frozenset({"accessControl"})
 THING_ENV = "AWS_IOT_THING_NAME"  # set by the nucleus for every component
 ZONES_ENV = "VEHICLE_EDGE_ZONES"  # set by the recipe: com.vehicleedge.Zones' zones file
+ROADS_ENV = "VEHICLE_EDGE_ROADS"  # set by the recipe: com.vehicleedge.Roads' road index
 WORK_ENV = "VEHICLE_EDGE_WORK"  # set by the recipe: the component's work dir (relative paths)
 
 OnConfig = Callable[[Config], Awaitable[None] | None]
@@ -66,8 +67,10 @@ def component_config_to_dict(
     nucleus may hand ``9600`` back as ``9600.0``); fills ``thing`` from
     ``AWS_IOT_THING_NAME`` when the configuration leaves it empty, and ``rules.zones``
     from ``VEHICLE_EDGE_ZONES`` (the recipe points it at com.vehicleedge.Zones' file)
-    when the configuration leaves it unset or null. The file need not exist yet: the
-    daemon's zones watcher loads it when the Zones component installs it. A string where
+    when the configuration leaves it unset or null, and ``roads.index`` from
+    ``VEHICLE_EDGE_ROADS`` (com.vehicleedge.Roads' index) likewise. Neither file need
+    exist yet: the daemon's watchers load them when the components install them (until
+    then health says which one is missing). A string where
     a key wants a number or a boolean is converted when it reads as one: nucleus lite
     stores the scalars of a YAML recipe or deployment as strings (``baud: 9600`` arrives
     as ``"9600"``).
@@ -82,6 +85,10 @@ def component_config_to_dict(
     rules = out.get("rules", {})
     if zones and isinstance(rules, Mapping) and "zones" not in rules:
         out["rules"] = {**rules, "zones": zones}
+    roads_index = e.get(ROADS_ENV)
+    roads = out.get("roads", {})
+    if roads_index and isinstance(roads, Mapping) and "index" not in roads:
+        out["roads"] = {**roads, "index": roads_index}
     return out
 
 

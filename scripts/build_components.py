@@ -18,12 +18,19 @@ the venv with ``--system-site-packages``: those packages must then come from the
 Recipe templates use GDK's placeholders ``{COMPONENT_NAME}`` / ``{COMPONENT_VERSION}``,
 ``{{ARTIFACT_BUCKET}}`` (kept as is unless ``--bucket`` is given) and one manifest with
 ``{ARCH}`` / ``{GG_ARCH}`` that is expanded to one manifest per architecture.
-com.vehicleedge.Daemon's DefaultConfiguration holds only what an operator sets per fleet
-(the code owns every default); the build checks its keys against ``edge.config`` and that
-every rendered recipe fits nucleus lite's size limits (``subobjects``).
+com.vehicleedge.Roads carries one region's road index (``roads.db``), imported here from
+an OSM extract with ``edge roads import``'s importer (``--roads-extract``, default: the
+Helsinki extract scripts/fetch_osm.py caches; without one the Roads component is left
+out with a warning). com.vehicleedge.Daemon's DefaultConfiguration holds only what an
+operator sets per fleet (the code owns every default); the build checks its keys
+against ``edge.config`` and that every rendered recipe fits nucleus lite's size limits
+(``subobjects``).
 
     python scripts/build_components.py [--version V] [--bucket B] [--arch aarch64,x86_64]
                                        [--skip-wheelhouse] [--out build/greengrass]
+                                       [--roads-extract X.osm.pbf --roads-region NAME
+                                        --roads-bbox W,S,E,N --roads-country FI]
+                                       [--component NAME]...
     python scripts/build_components.py --gdk com.vehicleedge.Daemon   # GDK custom build
 """
 
@@ -51,6 +58,51 @@ if str(ROOT) not in sys.path:  # edge.config (stdlib only) gives the configurati
 RECIPES = ROOT / "recipes"
 COMPONENTS = ROOT / "components"
 DEFAULT_ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
+ROADS = "com.vehicleedge.Roads"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoadsSource:
+    """What com.vehicleedge.Roads' index is imported from."""
+
+    extract: Path
+    region: str
+    bbox: tuple[float, float, float, float] | None = None
+    country: str | None = None
+
+
+def default_roads_extract() -> Path:
+    """The Helsinki extract scripts/fetch_osm.py caches (``make testdata``)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import fetch_osm
+    finally:
+        sys.path.pop(0)
+    return Path(fetch_osm.pbf_path())
+
+
+def region_of(extract: Path) -> str:
+    """``finland-latest.osm.pbf`` -> ``finland-latest``: the region a build is named by
+    when ``--roads-region`` is not given."""
+    name = extract.name
+    for suffix in (".osm.pbf", ".pbf", ".osm"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix).lower()
+    return extract.stem.lower()
+
+
+def build_road_index(src: RoadsSource, dest: Path) -> dict[str, Any]:
+    """``edge roads import`` of the extract into ``dest``; the import summary."""
+    try:
+        from edge.roads.importer import import_extract
+
+        summary = import_extract(src.extract, dest, bbox=src.bbox, country=src.country)
+    except ImportError as exc:
+        raise BuildError(f"{ROADS}: the import needs pyosmium: pip install "
+                         f"'vehicle-edge[roads]' ({exc})") from exc
+    except (RuntimeError, OSError) as exc:  # pyosmium's error for a file it cannot read
+        raise BuildError(f"{ROADS}: cannot import {src.extract}: {exc}") from exc
+    return dict(summary.to_json())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,7 +342,7 @@ def check_default_configuration(template: dict[str, Any]) -> None:
 
 
 def render_recipe(template: dict[str, Any], *, version: str, bucket: str | None,
-                  arches: Sequence[Arch]) -> dict[str, Any]:
+                  arches: Sequence[Arch], region: str | None = None) -> dict[str, Any]:
     name = template["ComponentName"]
 
     def subst(value: Any, arch: Arch | None) -> Any:
@@ -302,6 +354,8 @@ def render_recipe(template: dict[str, Any], *, version: str, bucket: str | None,
             s = value.replace("{COMPONENT_NAME}", name).replace("{COMPONENT_VERSION}", version)
             if bucket:
                 s = s.replace("{{ARTIFACT_BUCKET}}", bucket)
+            if region is not None:
+                s = s.replace("{REGION}", region)
             if arch is not None:
                 s = s.replace("{ARCH}", arch.name).replace("{GG_ARCH}", arch.greengrass)
             return s
@@ -345,12 +399,19 @@ def sha256(path: Path) -> str:
 def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path,
           skip_wheelhouse: bool, zones: Path, python_version: str, cache: Path,
           components: Sequence[str] | None = None, strict: bool = False,
-          extra_wheels: Path | None = None) -> dict[str, Any]:
+          extra_wheels: Path | None = None, roads: RoadsSource | None = None
+          ) -> dict[str, Any]:
     proj = project()
     reqs = [str(r) for r in proj.get("dependencies", [])]
     templates = sorted(RECIPES.glob("*.recipe.json"))  # one per component
     if components:
         templates = [t for t in templates if t.name.removesuffix(".recipe.json") in components]
+    if roads is None and any(t.name == f"{ROADS}.recipe.json" for t in templates):
+        if components:
+            raise BuildError(f"{ROADS}: no OSM extract to import (--roads-extract)")
+        log(f"WARNING {ROADS} left out: no OSM extract (--roads-extract X.osm.pbf, or "
+            "make testdata for the Helsinki one)")
+        templates = [t for t in templates if t.name != f"{ROADS}.recipe.json"]
     if not templates:
         raise BuildError(f"no recipe templates in {RECIPES}")
     summary: dict[str, Any] = {"version": version, "components": {}, "missing": {}}
@@ -381,7 +442,8 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
         template = json.loads(tpath.read_text())
         check_default_configuration(template)
         name = template["ComponentName"]
-        recipe = render_recipe(template, version=version, bucket=bucket, arches=arches)
+        recipe = render_recipe(template, version=version, bucket=bucket, arches=arches,
+                               region=roads.region if roads is not None else None)
         check_lite_limits(recipe)
         rpath = out / "recipes" / f"{name}-{version}.json"
         adir = out / "artifacts" / name / version
@@ -397,6 +459,12 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
                 shutil.copy2(COMPONENTS / art, adir / art)
             elif art == "zones.geojson":
                 shutil.copy2(zones, adir / art)
+            elif art == "roads.db" and roads is not None:
+                summary["roads"] = {"extract": str(roads.extract), "region": roads.region,
+                                    "import": build_road_index(roads, adir / art)}
+                log(f"{name}: {roads.region} road index from {roads.extract.name}: "
+                    f"{summary['roads']['import']['segments']} segments, "
+                    f"{(adir / art).stat().st_size / 1e3:.0f} kB")
             else:
                 raise BuildError(f"{name}: no rule to build artifact {art}")
         if name in PYTHON_COMPONENTS and wheel is not None:
@@ -446,7 +514,7 @@ def gdk_build(component: str, args: argparse.Namespace) -> None:
               out=Path(tmp),
               skip_wheelhouse=args.skip_wheelhouse, zones=args.zones,
               python_version=args.python_version, cache=args.cache, components=[component],
-              extra_wheels=args.extra_wheels)
+              extra_wheels=args.extra_wheels, roads=args.roads)
         built = Path(tmp)
         gb = cwd / "greengrass-build"
         shutil.rmtree(gb, ignore_errors=True)
@@ -478,6 +546,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pip download cache (default: $VEHICLE_EDGE_CACHE/wheelhouse)")
     p.add_argument("--extra-wheels", type=Path, default=None,
                    help="dir of wheels PyPI lacks (e.g. built on an armv7l box); pip --find-links")
+    p.add_argument("--roads-extract", type=Path, default=None,
+                   help="OSM extract (.osm.pbf) com.vehicleedge.Roads' index is imported from "
+                        "(default: the cached Helsinki extract when there, else no Roads)")
+    p.add_argument("--roads-region", default=None,
+                   help="what the index covers, shown in the recipe (default: the extract's name)")
+    p.add_argument("--roads-bbox", default=None, help="import only W,S,E,N")
+    p.add_argument("--roads-country", default=None,
+                   help="ISO code for implicit/default limits (default: guessed from the extract)")
+    p.add_argument("--component", action="append", default=None, metavar="NAME",
+                   help="build only this component (repeatable), e.g. com.vehicleedge.Roads")
     p.add_argument("--gdk", metavar="COMPONENT", help="GDK custom build of one component")
     args = p.parse_args(argv)
     args.version = args.version or project()["version"]
@@ -489,6 +567,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--version {args.version!r} is not semver (MAJOR.MINOR.PATCH)")
     if not args.zones.is_file():
         p.error(f"--zones {args.zones} does not exist")
+    args.roads = None
+    extract = args.roads_extract or default_roads_extract()
+    if args.roads_extract is not None and not extract.is_file():
+        p.error(f"--roads-extract {extract} does not exist")
+    if extract.is_file():
+        from edge.commands.roads import parse_bbox
+
+        try:
+            bbox = parse_bbox(args.roads_bbox) if args.roads_bbox else None
+        except ValueError as exc:
+            p.error(f"--roads-bbox: {exc}")
+        args.roads = RoadsSource(extract=extract, region=args.roads_region or region_of(extract),
+                                 bbox=bbox, country=args.roads_country)
     try:
         if args.gdk:
             gdk_build(args.gdk, args)
@@ -496,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build(version=args.version, bucket=args.bucket, arches=args.arches, out=args.out,
                   skip_wheelhouse=args.skip_wheelhouse, zones=args.zones,
                   python_version=args.python_version, cache=args.cache, strict=args.strict,
-                  extra_wheels=args.extra_wheels)
+                  extra_wheels=args.extra_wheels, roads=args.roads, components=args.component)
     except BuildError as exc:
         log(f"ERROR {exc}")
         return 1

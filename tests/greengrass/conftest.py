@@ -74,6 +74,20 @@ class GgLite:
         args = ["sh", cmd] + (["--user", user] if user else [])
         return self.run(*args, timeout=60, check=check).out
 
+    def put(self, src: Path, dest: str) -> None:
+        """Copy the directory ``src`` into the container at ``dest`` (readable by all)."""
+        import io
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(src, arcname=".")
+        q = shlex.quote(dest)
+        r = subprocess.run([str(self.tool), "sh", f"mkdir -p {q} && tar -x -C {q} && "
+                            f"chmod -R a+rX {q}"], input=buf.getvalue(), capture_output=True,
+                           timeout=60, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
     def deploy(self, recipes: Path, artifacts: Path, *args: str) -> Deployed:
         return self.run("deploy", "--recipe-dir", str(recipes), "--artifacts-dir",
                         str(artifacts), *args, check=False)

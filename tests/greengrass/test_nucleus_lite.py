@@ -1,24 +1,34 @@
-"""Zones + Daemon + Simulator as ``make components`` builds them, deployed on a real AWS
+"""Zones + Roads + Daemon + Simulator as ``make components`` builds them, deployed on a real AWS
 IoT Greengrass nucleus lite 2.6.0 (offline, ``posixUser vedge:vedge``), checked the way an
 operator would: component states, the Daemon's status file (``edge status --file``), its
 journal, its PID.
 
 One scenario, in order (each step builds on the previous one):
 
-1. Zones + Daemon + Simulator deploy; Daemon and Simulator RUNNING, Zones FINISHED.
-2. The Daemon loads the Zones component's file, reads the Simulator's ptys (GNSS and
-   CAN), decides events and keeps them in its outbox while offline: one IPC connection,
-   publishes retried with backoff, no unretrieved futures, no oversize IPC message.
+1. Zones + Roads + Daemon + Simulator deploy; Daemon and Simulator RUNNING, Zones and
+   Roads FINISHED.
+2. The Daemon loads the Zones component's file and the Roads component's index (the
+   Helsinki extract), reads the Simulator's ptys (GNSS and CAN), decides events and keeps
+   them in its outbox while offline: one IPC connection, publishes retried with backoff,
+   no unretrieved futures, no oversize IPC message. The bundled drive is in Munich: the
+   index is looked up on every fix and matches no road.
 3. A configuration merge is applied in place (same PID).
 4. An invalid merge is rejected, the old configuration kept, the reason in ``edge status``.
 5. A new Zones version is hot-reloaded (same PID).
-6. A Daemon version whose run step fails ends BROKEN (the deployment FAILS), not FINISHED.
+6. The Simulator replays a drive generated along Helsinki roads of the index (10 km/h
+   over their limits): the Daemon matches the roads and the posted limit applies.
+7. A new Roads version (a smaller bbox of the extract) is hot-reloaded (same PID), and
+   matching goes on with it.
+8. A Daemon version whose run step fails ends BROKEN (the deployment FAILS), not FINISHED.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import datetime as dt
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -36,9 +46,12 @@ pytestmark = pytest.mark.timeout(900)
 DAEMON = "com.vehicleedge.Daemon"
 ZONES = "com.vehicleedge.Zones"
 SIM = "com.vehicleedge.Simulator"
+ROADS = "com.vehicleedge.Roads"
 GG_ROOT = "/var/lib/greengrass"  # nucleus lite's rootPath
 WORK = f"{GG_ROOT}/work/{DAEMON}"
 SERVE_DIR = Path("/run/vehicle-edge")
+ROADS_DB = f"{GG_ROOT}/work/{ROADS}/roads.db"
+HELSINKI_DRIVE = "/srv/vehicle-edge/drives/helsinki"  # in the container
 
 
 def version() -> str:
@@ -84,11 +97,25 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     v = version()
     if not (BUILD / "recipes" / f"{DAEMON}-{v}.json").is_file():
         pytest.fail(f"no {DAEMON} {v} in {BUILD}: run make components (make greengrass does)")
+    if not (BUILD / "recipes" / f"{ROADS}-{v}.json").is_file():
+        pytest.fail(f"no {ROADS} {v} in {BUILD}: make components builds it from the Helsinki "
+                    "extract (make testdata) or ROADS_EXTRACT=...")
     st = tmp_path_factory.mktemp("gg-stage")
     shutil.copytree(BUILD / "recipes", st / "recipes")
     (st / "artifacts").mkdir()
-    for name in (DAEMON, ZONES, SIM):
+    for name in (DAEMON, ZONES, SIM, ROADS):
         shutil.copytree(BUILD / "artifacts" / name / v, st / "artifacts" / name / v)
+    # a drive along roads of the index, and a smaller index around it for Roads v+1
+    drive_box = helsinki_drive(BUILD / "artifacts" / ROADS / v / "roads.db", st / "helsinki")
+
+    def smaller_index(r: dict[str, Any], adir: Path) -> None:
+        from edge.roads.importer import import_extract
+
+        (adir / "roads.db").unlink()
+        extract = Path(json.loads((BUILD / "build-summary.json").read_text())["roads"]["extract"])
+        w, s_, e, n = drive_box
+        import_extract(extract, adir / "roads.db", bbox=(w - 0.003, s_ - 0.003, e + 0.003,
+                                                         n + 0.003))
 
     def new_zones(r: dict[str, Any], adir: Path) -> None:
         fc = json.loads((adir / "zones.geojson").read_text())
@@ -105,8 +132,50 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
             m["Lifecycle"]["run"]["Script"] += " --option-of-a-newer-release"
 
     add_variant(st, ZONES, v, bump(v, 1), new_zones)
+    add_variant(st, ROADS, v, bump(v, 1), smaller_index)
     add_variant(st, DAEMON, v, bump(v, 2), broken_run)
     return st
+
+
+def helsinki_drive(index: Path, dest: Path) -> tuple[float, float, float, float]:
+    """A bench drive (``edge sim`` layout, the city drive's config and DBC) along >= 2.5 km
+    of roads of ``index``, 10 km/h over each road's limit, starting now (GNSS time must
+    not go back behind the city drive's). Returns the route's bbox (W, S, E, N)."""
+    from edge.roads.index import RoadIndex
+    from sim.generate import generate, write_drive
+    from sim.roads import Graph, follow, profile
+
+    idx = RoadIndex(index)
+    graph = Graph(idx)
+    ids = sorted(graph.segs)
+    rng = random.Random(17)
+    route = None
+    for seed in range(1, 200):
+        route = follow(graph, rng.choice(ids), 4000, seed=seed)
+        if route.length_m >= 2500:
+            break
+    assert route is not None and route.length_m >= 2500
+
+    def limit_of(piece: Any) -> float:
+        w = idx.way(piece.way)
+        kmh = w.fwd_kmh if piece.forward else w.bwd_kmh
+        return 50.0 if kmh is None else kmh
+
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
+    p = profile(route, limit_of, seed=17, factor=1.0, offset_kmh=10.0, start=start,
+                hdop=1.0, noise_m=1.5)
+    # the bench Daemon reads its speed from CAN (few background frames: a quick copy)
+    p = dataclasses.replace(p, with_can=True, background_fps=100.0)
+    dest.mkdir(parents=True)
+    write_drive(dest, generate(p))
+    city = ROOT / "sim" / "drives" / "city"
+    shutil.copy2(ROOT / "sim" / "dbc" / "demo.dbc", dest / "demo.dbc")
+    (dest / "config.toml").write_text((city / "config.toml").read_text().replace(
+        'dbc = "../../dbc/demo.dbc"', 'dbc = "demo.dbc"'))
+    idx.close()
+    lons = [c[0] for c in route.coords]
+    lats = [c[1] for c in route.coords]
+    return min(lons), min(lats), max(lons), max(lats)
 
 
 def status(gg: GgLite) -> dict[str, Any]:
@@ -116,7 +185,7 @@ def status(gg: GgLite) -> dict[str, Any]:
     return dict(json.loads(out[out.index("{"):]))
 
 
-def test_zones_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None:
+def test_zones_roads_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None:
     v = version()
     recipes, artifacts = stage / "recipes", stage / "artifacts"
 
@@ -124,13 +193,14 @@ def test_zones_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None
     #    /run/vehicle-edge/bench.json), health every second; the drive at 5x
     bench = bench_config(ROOT / "sim" / "drives" / "city", SERVE_DIR, can=True, copy_dbc=False)
     merge = {**bench, "health": {"interval_s": 1.0}}
-    d = gg.deploy(recipes, artifacts, "--add", f"{ZONES}={v}", "--add", f"{DAEMON}={v}",
-                  "--add", f"{SIM}={v}",
+    d = gg.deploy(recipes, artifacts, "--add", f"{ZONES}={v}", "--add", f"{ROADS}={v}",
+                  "--add", f"{DAEMON}={v}", "--add", f"{SIM}={v}",
                   "--update", f"{DAEMON}=" + json.dumps({"MERGE": merge}),
                   "--update", f"{SIM}=" + json.dumps({"MERGE": {"rate": 5.0}}))
-    print(f"\ndeploy Zones + Daemon + Simulator: {d.seconds:.1f} s")
+    print(f"\ndeploy Zones + Roads + Daemon + Simulator: {d.seconds:.1f} s")
     assert d.rc == 0 and "SUCCEEDED" in d.out, d.out
-    assert gg.state() == {ZONES: (v, "FINISHED"), DAEMON: (v, "RUNNING"), SIM: (v, "RUNNING")}
+    assert gg.state() == {ZONES: (v, "FINISHED"), ROADS: (v, "FINISHED"),
+                          DAEMON: (v, "RUNNING"), SIM: (v, "RUNNING")}
     served = gg.json_file(str(SERVE_DIR / "bench.json"))
     assert served == bench  # the Daemon's configuration points where the Simulator serves
 
@@ -149,6 +219,17 @@ def test_zones_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None
     zones = s["rules"]["zones"]
     assert zones["source"] == f"{GG_ROOT}/work/{ZONES}/zones.geojson" and zones["error"] is None
     assert zones["fence"] >= 1 and zones["poi"] >= 1
+    # the Roads component's index, found through the root path; the city drive is in
+    # Munich, so every fix is looked up in it and none matches a road
+    full = json.loads((BUILD / "build-summary.json").read_text())["roads"]["import"]
+    s = wait_for("the road index to be loaded",
+                 lambda: (st := status(gg))["rules"]["overspeed"]["roads"].get("segments")
+                 and st, timeout=30)
+    roads = s["rules"]["overspeed"]["roads"]
+    assert roads["index"] == ROADS_DB and roads["error"] is None, roads
+    assert roads["segments"] == full["segments"] and roads["reloads"] == 0
+    assert roads["lookups"] > 0 and roads["unmatched"] > 0 and roads["matched"] == 0
+    assert not s["rules"]["overspeed"]["limit_source"].startswith("road:")
     assert s["gnss"]["port"] == str(SERVE_DIR / "gnss") and s["gnss"]["valid_fixes"] > 0
     assert s["can"]["interface"] == "slcan" and s["can"]["decoder"]["decoded"] > 0
     assert s["speed"]["source"] == "can"
@@ -212,7 +293,55 @@ def test_zones_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -> None
     assert s["rules"]["zones"]["reloads"] == 1
     assert gg.main_pid(DAEMON) == pid
 
-    # 6. a Daemon release whose run step fails: BROKEN and the deployment FAILS
+    # 6. a drive along Helsinki roads (what the Simulator replays is a config merge and a
+    #    restart of its unit): the Daemon matches them and their posted limits apply
+    gg.put(stage / "helsinki", HELSINKI_DRIVE)
+    d = gg.run("deploy", "--update", f"{SIM}=" + json.dumps({"MERGE": {"drive": HELSINKI_DRIVE,
+                                                                 "rate": 3.0}}),
+               check=False)
+    assert d.rc == 0 and "SUCCEEDED" in d.out, d.out
+    gg.sh(f"systemctl restart ggl.{SIM}.service")
+    t0 = time.monotonic()
+
+    def on_road() -> dict[str, Any] | None:
+        st = status(gg)
+        over = st["rules"]["overspeed"]
+        if over["roads"]["matched"] > 0 and over["limit_source"].startswith("road:osm:way/"):
+            return st
+        return None
+
+    s = wait_for("the Daemon to match a Helsinki road", on_road, timeout=90)
+    print(f"first road match after the Simulator's restart: {time.monotonic() - t0:.1f} s")
+    roads = s["rules"]["overspeed"]["roads"]
+    assert roads["matched_way"] is not None and roads["index"] == ROADS_DB
+    assert s["rules"]["overspeed"]["limit_kmh"] is not None
+    assert gg.json_file(str(SERVE_DIR / "bench.json")) == bench  # same ptys, same DBC
+    over = wait_for("an overspeed on a posted limit",
+                    lambda: (st := status(gg))["rules"]["overspeed"]["active"] and st,
+                    timeout=60)["rules"]["overspeed"]
+    assert over["limit_source"].startswith("road:"), over
+    assert gg.main_pid(DAEMON) == pid
+
+    # 7. a new Roads version (a smaller bbox around the drive): FINISHED, hot-reloaded by
+    #    the running Daemon, which goes on matching with it
+    assert status(gg)["rules"]["overspeed"]["roads"]["reloads"] == 0  # re-runs left it alone
+    r2 = bump(v, 1)
+    d = gg.deploy(recipes, artifacts, "--add", f"{ROADS}={r2}")
+    print(f"deploy Roads {r2}: {d.seconds:.1f} s")
+    assert d.rc == 0 and "SUCCEEDED" in d.out, d.out
+    assert gg.state()[ROADS] == (r2, "FINISHED")
+    s = wait_for("the new road index to be loaded",
+                 lambda: (st := status(gg))["rules"]["overspeed"]["roads"]["reloads"] > 0
+                 and st, timeout=30)
+    roads = s["rules"]["overspeed"]["roads"]
+    assert roads["reloads"] == 1 and roads["error"] is None
+    assert 0 < roads["segments"] < full["segments"], roads
+    wait_for("a match in the new index",
+             lambda: status(gg)["rules"]["overspeed"]["roads"]["matched"] > 0, timeout=30)
+    assert gg.main_pid(DAEMON) == pid
+    assert "published" in gg.logs(ROADS)
+
+    # 8. a Daemon release whose run step fails: BROKEN and the deployment FAILS
     broken = bump(v, 2)
     d = gg.deploy(recipes, artifacts, "--add", f"{DAEMON}={broken}")
     print(f"deploy a failing Daemon {broken}: {d.seconds:.1f} s")

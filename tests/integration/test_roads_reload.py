@@ -12,6 +12,7 @@ import pytest
 
 from edge.app import Daemon
 from edge.config import load_config
+from edge.errors import ConfigError
 from edge.roads.index import E7, IndexWriter
 from tests.integration.test_hot_reload import events, wait_until
 from tests.system.test_daemon import PtyFeeder
@@ -65,6 +66,62 @@ def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None
         north_road(tmp_path / "next.db", 20.0)
         os.replace(tmp_path / "next.db", index)
         assert await wait_until(lambda: limits()[-1] == 20.0, 15)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+@pytest.mark.timeout(90)
+def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_path: Path) -> None:
+    """Under Greengrass the Roads component may deploy after the Daemon: a missing index
+    is no crash but an error in health, and the watcher loads the index when it comes.
+    Outside Greengrass the same config is refused at start, naming roads.index."""
+    index = tmp_path / "work" / "com.vehicleedge.Roads" / "roads.db"  # not there yet
+    feeder = PtyFeeder(period=0.1).start()
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(
+        'thing = "car-roads"\n'
+        f'[gnss]\nport = "{feeder.path}"\n'
+        f'[roads]\nindex = "{index}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        "[telemetry]\ninterval_s = 1\n[health]\ninterval_s = 0.5\n")
+    cfg = load_config(cfg_path)
+    out = tmp_path / "out.jsonl"
+
+    def roads(d: Daemon) -> dict[str, object]:
+        return dict(d.health()["rules"]["overspeed"]["roads"])
+
+    async def refused() -> None:
+        await Daemon(cfg).run(asyncio.Event())
+
+    with pytest.raises(ConfigError, match=r"roads\.index"):
+        asyncio.run(refused())
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        d.zones_optional = True  # what edge run --greengrass sets
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: len(events(out, "telemetry")) >= 2, 15)  # running
+        h = roads(d)
+        assert h["index"] == str(index) and "does not exist" in str(h["error"])
+        assert "com.vehicleedge.Roads" in str(h["error"]) and not task.done()
+        index.parent.mkdir(parents=True)
+        north_road(tmp_path / "next.db", 20.0)
+        os.replace(tmp_path / "next.db", index)
+        assert await wait_until(
+            lambda: [r.get("speed_limit_kmh") for r in events(out, "telemetry")][-1] == 20.0, 15)
+        h = roads(d)
+        assert h["error"] is None and h["segments"] == 59 and int(h["lookups"]) > 0  # type: ignore[call-overload]
+        assert h["reloads"] == 0  # loaded, not replaced
+        north_road(tmp_path / "next.db", 30.0)
+        os.replace(tmp_path / "next.db", index)
+        assert await wait_until(lambda: roads(d)["reloads"] == 1, 15)
         stop.set()
         await task
 

@@ -25,7 +25,26 @@ jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build_components.py"
-COMPONENTS = ("com.vehicleedge.Daemon", "com.vehicleedge.Zones", "com.vehicleedge.Simulator")
+COMPONENTS = ("com.vehicleedge.Daemon", "com.vehicleedge.Zones", "com.vehicleedge.Simulator",
+              "com.vehicleedge.Roads")
+ROADS = "com.vehicleedge.Roads"
+# a tiny OSM extract (XML; pyosmium reads it like a .pbf): two ways of a Helsinki street
+TINY_OSM = """<?xml version="1.0" encoding="UTF-8"?>
+<osm version="0.6" generator="vehicle-edge tests">
+  <node id="1" version="1" lat="60.1700" lon="24.9400"/>
+  <node id="2" version="1" lat="60.1710" lon="24.9400"/>
+  <node id="3" version="1" lat="60.1710" lon="24.9420"/>
+  <way id="10" version="1"><nd ref="1"/><nd ref="2"/>
+    <tag k="highway" v="residential"/><tag k="maxspeed" v="30"/><tag k="name" v="Testikatu"/></way>
+  <way id="11" version="1"><nd ref="2"/><nd ref="3"/><tag k="highway" v="primary"/></way>
+</osm>
+"""
+
+
+def tiny_extract(d: Path) -> Path:
+    p = d / "testikatu.osm"
+    p.write_text(TINY_OSM)
+    return p
 VERSION = "1.2.3"
 BUCKET = "fleet-artifacts"
 # Greengrass' Platform "architecture" values for aarch64, armv7l, x86_64
@@ -150,9 +169,11 @@ def lower_keys(value: Any, *, under_config: bool = False) -> Any:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("gg")
+    extract = tiny_extract(tmp_path_factory.mktemp("osm"))
     r = subprocess.run(
         [sys.executable, str(BUILD), "--skip-wheelhouse", "--out", str(out),
-         "--version", VERSION, "--bucket", BUCKET],
+         "--version", VERSION, "--bucket", BUCKET, "--roads-extract", str(extract),
+         "--roads-region", "testikatu", "--roads-country", "FI"],
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr
@@ -212,6 +233,7 @@ def test_platforms_per_architecture(rendered: dict[str, Any]) -> None:
         assert arches == GG_ARCHES, name
     # data only: one manifest for every architecture
     assert len(rendered["com.vehicleedge.Zones"]["Manifests"]) == 1
+    assert len(rendered[ROADS]["Manifests"]) == 1
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -347,6 +369,79 @@ def test_daemon_reads_the_zones_component_through_the_root_path(
     out = Path(rendered["_out"]["dir"])
     art = out / "artifacts" / "com.vehicleedge.Zones" / VERSION / "zones.geojson"
     assert json.loads(art.read_text())["type"] == "FeatureCollection"
+
+
+def test_roads_component_publishes_the_index_where_the_daemon_reads_it(
+    rendered: dict[str, Any], tmp_path: Path,
+) -> None:
+    """make components builds com.vehicleedge.Roads from an extract; its run step (as lite
+    runs it, in sh) renames the index over the old one and ends; run again unchanged it
+    leaves the file alone (no reload); the Daemon finds it through the root path."""
+    from edge.roads.index import RoadIndex
+
+    out = Path(rendered["_out"]["dir"])
+    summary = json.loads((out / "build-summary.json").read_text())
+    assert summary["roads"]["region"] == "testikatu"
+    assert summary["roads"]["import"]["segments"] == 2
+    recipe = rendered[ROADS]
+    assert "testikatu" in recipe["ComponentDescription"] and "{REGION}" not in json.dumps(recipe)
+    (m,) = recipe["Manifests"]
+    (art,) = m["Artifacts"]
+    assert art["Uri"] == f"s3://{BUCKET}/{ROADS}/{VERSION}/roads.db"
+    adir = out / "artifacts" / ROADS / VERSION
+    assert RoadIndex(adir / "roads.db").meta["segments"] == "2"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "roads.db").write_bytes(b"an older index")
+    old = (work / "roads.db").stat().st_ino
+    script = (m["Lifecycle"]["run"]["Script"].replace("{artifacts:path}", str(adir))
+              .replace("{work:path}", str(work)))
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert "published" in r.stdout and "already" not in r.stdout
+    new = (work / "roads.db").stat()
+    assert new.st_ino != old and oct(new.st_mode & 0o777) == "0o644"
+    assert RoadIndex(work / "roads.db").meta["segments"] == "2"
+    assert not (work / "roads.db.new").exists()
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert "already published" in r.stdout and (work / "roads.db").stat().st_ino == new.st_ino
+    for dm in rendered["com.vehicleedge.Daemon"]["Manifests"]:
+        env = dm["Lifecycle"]["run"]["Setenv"]
+        assert env["VEHICLE_EDGE_ROADS"] == "{kernel:rootPath}/work/com.vehicleedge.Roads/roads.db"
+    path = "/var/lib/greengrass/work/com.vehicleedge.Roads/roads.db"
+    dc = rendered["com.vehicleedge.Daemon"]["ComponentConfiguration"]["DefaultConfiguration"]
+    env = {"AWS_IOT_THING_NAME": "car-1", "VEHICLE_EDGE_ROADS": path}
+    assert config_from_component(dc, base=Path("/work"), env=env).roads.index == Path(path)
+    # an operator's own index wins over the component's
+    mine = config_from_component({**dc, "roads": {"index": "/data/mine.db"}}, env=env)
+    assert mine.roads.index == Path("/data/mine.db")
+    assert config_from_component(dc, env={"AWS_IOT_THING_NAME": "x"}).roads.index is None
+
+
+def test_roads_component_left_out_without_an_extract(tmp_path: Path) -> None:
+    """No extract given and none cached: the other components build, Roads is left out
+    with a warning; asked for by name it is an error; a named extract that is missing
+    is a usage error."""
+    env = {**os.environ, "VEHICLE_EDGE_CACHE": str(tmp_path / "empty-cache")}
+    base = [sys.executable, str(BUILD), "--skip-wheelhouse", "--version", VERSION]
+    r = subprocess.run([*base, "--out", str(tmp_path / "a")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{ROADS} left out" in r.stderr
+    assert not (tmp_path / "a" / "recipes" / f"{ROADS}-{VERSION}.json").exists()
+    assert (tmp_path / "a" / "recipes" / f"com.vehicleedge.Zones-{VERSION}.json").is_file()
+    r = subprocess.run([*base, "--out", str(tmp_path / "b"), "--component", ROADS], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--roads-extract" in r.stderr
+    r = subprocess.run([*base, "--out", str(tmp_path / "c"), "--roads-extract",
+                        str(tmp_path / "nope.osm.pbf")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "nope.osm.pbf does not exist" in r.stderr
+    bad = tmp_path / "bad.osm.pbf"
+    bad.write_bytes(b"\x00\x00\x00\x0dnot a pbf" * 20)
+    r = subprocess.run([*base, "--out", str(tmp_path / "d"), "--roads-extract", str(bad),
+                        "--component", ROADS], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "cannot import" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_default_configuration_template_typo_fails_the_build() -> None:
@@ -555,7 +650,8 @@ def test_gdk_custom_build_writes_what_gdk_publishes(tmp_path: Path, name: str) -
     conf = json.loads(conf_text)["component"][name]
     cmd = [sys.executable if c in ("python3", "python") else c
            for c in conf["build"]["custom_build_command"]]
-    r = subprocess.run([*cmd, "--skip-wheelhouse"], cwd=proj, capture_output=True,
+    extra = ["--roads-extract", str(tiny_extract(tmp_path))] if name == ROADS else []
+    r = subprocess.run([*cmd, "--skip-wheelhouse", *extra], cwd=proj, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     built = json.loads((proj / "greengrass-build" / "recipes" / "recipe.json").read_text())
