@@ -129,3 +129,18 @@ def test_edge_record_writes_a_private_drive(tmp_path: Path, open_umask: None) ->
     assert "drive.toml" in written and "can.log" in written
     for p in out.iterdir():
         assert mode(p) == 0o600, (p, oct(mode(p)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_the_daemon_refuses_to_start_on_another_users_open_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    Outbox(path).close()
+    os.chmod(path, 0o644)
+    os.chown(path, 4242, 4242)
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'thing = "car"\n[outbox]\npath = "{path}"\n[uplink]\nkind = "file"\n'
+                    f'path = "{tmp_path / "out.jsonl"}"\n')
+    r = subprocess.run([sys.executable, "-m", "edge", "run", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"{path} is readable by other users (mode 0644) and belongs to uid 4242" in r.stderr
