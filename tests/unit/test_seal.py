@@ -237,3 +237,24 @@ def test_cryptography_is_imported_only_when_encryption_is_on(tmp_path: Path) -> 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
     assert not is_sealed(b'{"id": 1}')
+
+
+def test_under_greengrass_the_key_comes_from_the_component_configuration(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    from edge.checks import check_runtime
+    from edge.ggconfig import config_from_component
+
+    work = tmp_path / "work"
+    (work / "keys").mkdir(parents=True, mode=0o700)
+    keygen(work / "keys" / "outbox.key")
+    value = {"thing": "car", "outbox": {"encryption": "aes-256-gcm",
+                                        "key_file": "keys/outbox.key",
+                                        "old_key_files": [str(keys[0])]}}
+    cfg = config_from_component(value, env={"VEHICLE_EDGE_WORK": str(work)})
+    assert cfg.outbox.key_file == work / "keys" / "outbox.key"
+    assert cfg.outbox.old_key_files == (keys[0],)
+    check_runtime(cfg)
+    os.chmod(work / "keys" / "outbox.key", 0o644)  # readable by other components' users
+    with pytest.raises(ConfigError, match="outbox.key_file: key file .* world-readable"):
+        check_runtime(cfg)
