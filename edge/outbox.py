@@ -275,6 +275,7 @@ class Outbox:
         self.batch_dropped = 0  # rows of the last put's own batch that had no room
         self.batch_left: list[Envelope] = []  # ... and that the caller holds (hold_lower)
         self.unreadable: list[str] = []  # sealed values no key opened (why, per value)
+        self._held_bytes: dict[Lane, int] = {}  # bytes of this process's HELD rows
         self._once = Once()
         self.sealer = sealer
         self.reserve = Reserve(self.path.with_name(self.path.name + ".reserve"),
@@ -672,11 +673,13 @@ class Outbox:
         evicted = 0
         totals = self._lane_totals_locked()
         # per-lane quotas first, then the global cap, least important lane first
+        held = self._held_bytes  # rows no key opens: kept, and not counted against caps
         for lane, quota in self.lane_max_bytes.items():
-            over = totals.get(lane, (0, 0))[1] - quota
+            over = totals.get(lane, (0, 0))[1] - held.get(lane, 0) - quota
             if over > 0:
                 evicted += self._evict_lane_locked(lane, over)[0]
-        over = sum(b for _, b in self._lane_totals_locked().values()) - self.max_bytes
+        over = (sum(b for _, b in self._lane_totals_locked().values())
+                - sum(held.values()) - self.max_bytes)
         for lane in EVICT_ORDER:
             if over <= 0:
                 break
@@ -807,6 +810,9 @@ class Outbox:
             self._locked_write("hold", lambda: self._db.executemany(
                 "UPDATE messages SET state = ? WHERE seq = ? AND state = ?",
                 [(HELD, s, INFLIGHT) for s in bad]))
+            for s, _, ln, _, p, _ in got:
+                if int(s) in bad:
+                    self._held_bytes[Lane(ln)] = self._held_bytes.get(Lane(ln), 0) + len(p)
         rows.sort(key=lambda r: (r.lane, r.seq))
         return rows
 

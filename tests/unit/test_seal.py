@@ -256,5 +256,22 @@ def test_under_greengrass_the_key_comes_from_the_component_configuration(
     assert cfg.outbox.old_key_files == (keys[0],)
     check_runtime(cfg)
     os.chmod(work / "keys" / "outbox.key", 0o644)  # readable by other components' users
-    with pytest.raises(ConfigError, match="outbox.key_file: key file .* world-readable"):
+    with pytest.raises(ConfigError, match=r"outbox\.key_file: key file .* world-readable"):
         check_runtime(cfg)
+
+
+def test_rows_no_key_opens_are_not_evicted_and_do_not_push_alerts_out(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    a, b = keys
+    path = tmp_path / "o.db"
+    ob = Outbox(path, sealer=Sealer(a), max_bytes=12_000)
+    ob.put([env(i) for i in range(40)])  # ~10 KB of telemetry
+    ob.close()
+    ob = Outbox(path, sealer=Sealer(b), max_bytes=12_000)  # the old key is missing
+    assert ob.claim(100) == []
+    ob.put([env(100 + i, Lane.ALERT) for i in range(40)])  # over the cap but for the held rows
+    st = ob.stats()
+    assert st["undecryptable"] == 40 and st["lanes"]["alert"]["ready"] == 40
+    assert not any(k.startswith("evicted_") for k in st["counters"])
+    ob.close()
