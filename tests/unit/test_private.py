@@ -144,3 +144,19 @@ def test_the_daemon_refuses_to_start_on_another_users_open_outbox(tmp_path: Path
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert f"{path} is readable by other users (mode 0644) and belongs to uid 4242" in r.stderr
+
+
+def test_the_file_uplink_creates_its_file_private(tmp_path: Path, open_umask: None) -> None:
+    import asyncio
+
+    from edge.uplinks.file import FileUplink
+
+    out = tmp_path / "sink" / "published.jsonl"
+
+    async def publish() -> None:
+        async with FileUplink(out) as up:
+            await up.publish("vehicles/car/telemetry", b'{"a": 1}')
+
+    asyncio.run(publish())
+    assert mode(out) == 0o600 and mode(out.parent) == 0o700
+    assert out.read_text().strip()
