@@ -145,7 +145,7 @@ class Traffic:
                 nxt = time.monotonic()
 
 
-def _config(d: Path, broker: Broker, gnss: str, can_path: str) -> Path:
+def _config(d: Path, broker: Broker, gnss: str, can_path: str, outbox_extra: str = "") -> Path:
     cfg = d / "edge.toml"
     cfg.write_text(
         f'thing = "{THING}"\n'
@@ -160,7 +160,7 @@ def _config(d: Path, broker: Broker, gnss: str, can_path: str) -> Path:
         f'[rules]\nzones = "{DRIVE / "zones.geojson"}"\n'
         "[rules.speed]\nlimit_kmh = 30\nmin_duration_s = 1\n"
         "[telemetry]\ninterval_s = 1\n"
-        f'[outbox]\npath = "{d / "outbox.db"}"\n'
+        f'[outbox]\npath = "{d / "outbox.db"}"\n{outbox_extra}'
         f'[health]\ninterval_s = 1.0\npath = "{d / "health.json"}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n'
         + broker.uplink_section(THING)
@@ -169,7 +169,7 @@ def _config(d: Path, broker: Broker, gnss: str, can_path: str) -> Path:
 
 
 def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
-                   preload_cantools: bool = False) -> dict[str, Any]:
+                   preload_cantools: bool = False, outbox_extra: str = "") -> dict[str, Any]:
     """RSS samples (KiB, one a second) of ``edge run`` under traffic, and its health."""
     d = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
     master, slave = os.openpty()
@@ -177,7 +177,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
     gnss = os.ttyname(slave)
     os.set_blocking(master, False)
     adapter = SlcanPtyAdapter(link=d / "ttyACM0")
-    cfg = _config(d, broker, gnss, adapter.path)
+    cfg = _config(d, broker, gnss, adapter.path, outbox_extra)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT),
                                                        os.environ.get("PYTHONPATH"))))}

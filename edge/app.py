@@ -49,6 +49,7 @@ from edge.errors import (
 from edge.logconf import Once
 from edge.model import Envelope, Fix, Ignition, Lane, SpeedSample
 from edge.outbox import EVICT_ORDER, Outbox, disk_report, free_bytes
+from edge.private import check_status_path, write_status
 from edge.uplinks.base import Uplink
 
 log = structlog.get_logger()
@@ -263,6 +264,7 @@ class Daemon:
         cfg = self.config
         await asyncio.to_thread(check_runtime, cfg, zones=False,
                                 roads_must_exist=not self.zones_optional)
+        await asyncio.to_thread(check_status_path, cfg.health_path, group=cfg.health.group)
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
         from edge.roads.provider import RoadLimits
@@ -875,11 +877,9 @@ class Daemon:
             data["written_at"] = time.time()
             data["running"] = not final
             data["interval_s"] = self.config.health.interval_s
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, path)
-        except (OSError, OutboxError) as exc:
+            write_status(path, json.dumps(data, indent=1, default=str).encode(),
+                         group=self.config.health.group)
+        except (OSError, EdgeError) as exc:
             self._once(log, "health-file", "cannot write health file", path=str(path),
                        reason=str(exc))
 

@@ -56,3 +56,13 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
             why = key_problem(cfg.uplink.key)
             if why:
                 raise ConfigError("uplink.key", why)
+    if cfg.outbox.encryption != "none":
+        from edge.seal import KeyFileError, read_key
+
+        keys = [("outbox.key_file", cfg.outbox.key_file)]
+        keys += [("outbox.old_key_files", p) for p in cfg.outbox.old_key_files]
+        for field, path in keys:
+            try:
+                read_key(path)  # type: ignore[arg-type]  # key_file is set: config checked
+            except KeyFileError as exc:
+                raise ConfigError(field, str(exc)) from exc

@@ -119,8 +119,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    from edge.commands.outbox import keygen, main
+
+    if args.action == "keygen":
+        if args.out is None:
+            print("edge outbox keygen: --out FILE is required", file=sys.stderr)
+            return EXIT_USAGE
+        return keygen(args.out)
+    if args.config is None:
+        print(f"edge outbox {args.action}: --config is required", file=sys.stderr)
+        return EXIT_USAGE
     cfg = _load(args.config)
-    from edge.commands.outbox import main
 
     return main(cfg, args.action, out=sys.stdout, lanes=args.lane, yes=args.yes)
 
@@ -268,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("outbox", help="inspect or manage the durable outbox")
-    s.add_argument("action", choices=["stats", "export", "purge"])
-    s.add_argument("--config", "-c", type=Path, required=True)
+    s.add_argument("action", choices=["stats", "export", "purge", "keygen"])
+    s.add_argument("--config", "-c", type=Path, help="the daemon's config (not for keygen)")
+    s.add_argument("--out", "-o", type=Path, help="keygen: the new key file (0600, never"
+                   " overwritten)")
     s.add_argument("--lane", action="append", choices=["alert", "trip", "telemetry", "health"],
                    help="restrict export/purge to these lanes (repeatable)")
     s.add_argument("--yes", action="store_true", help="purge without asking")

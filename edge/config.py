@@ -163,12 +163,17 @@ class OutboxConfig:
     reserve_mb: float = 0.25
     # below this free space: WAL checkpointed every commit, lower lanes stop growing
     min_free_mb: float = 0.5
+    # encryption at rest of payloads and rule state (edge.seal); key files: 32 bytes, 0600
+    encryption: Literal["none", "aes-256-gcm"] = "none"
+    key_file: Path | None = None
+    old_key_files: tuple[Path, ...] = ()  # still read (rows sealed before a rotation)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     interval_s: float = 60.0
     path: Path | None = None  # status file read by `edge status`; default beside the outbox
+    group: str | None = None  # this group may read the status file too (0640)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,6 +346,25 @@ def _check(cfg: Config) -> None:
         value = getattr(cfg.outbox, name)
         if value is not None and value <= 0:
             raise ConfigError(f"outbox.{name}", "must be positive (leave it out for no limit)")
+    if cfg.outbox.encryption != "none":
+        if cfg.outbox.key_file is None:
+            raise ConfigError("outbox.key_file", "required when outbox.encryption is set"
+                              " (make one with `edge outbox keygen --out FILE`)")
+        import importlib.util  # local: only this check needs it
+
+        if importlib.util.find_spec("cryptography") is None:
+            raise ConfigError("outbox.encryption", f"{cfg.outbox.encryption!r} needs the"
+                              " cryptography package (pip install 'vehicle-edge[crypto]')")
+    elif cfg.outbox.key_file is not None or cfg.outbox.old_key_files:
+        raise ConfigError("outbox.key_file", "set outbox.encryption = 'aes-256-gcm' too"
+                          " (a key without encryption would silently store plaintext)")
+    if cfg.health.group is not None:
+        from edge.private import group_id
+
+        try:
+            group_id(cfg.health.group)
+        except KeyError:
+            raise ConfigError("health.group", f"no group {cfg.health.group!r}") from None
     if not 1 <= cfg.uplink.window <= 100:
         raise ConfigError("uplink.window", "must be between 1 and 100")
     if cfg.uplink.probe_s < 0:
@@ -389,6 +413,11 @@ def _convert(tp: Any, value: Any, where: str, base: Path) -> Any:
             return value
         shown = ", ".join(repr(c) for c in choices)
         raise ConfigError(where, f"must be one of {shown}, got {value!r}")
+    if origin is tuple:
+        (item, _more) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(where, f"must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_convert(item, v, f"{where}[{i}]", base) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"must be a table, got {type(value).__name__}")

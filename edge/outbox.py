@@ -43,6 +43,15 @@ the same database at the same time: nothing is cached across transactions.
   totals recounted). A newer one is refused with a clear error.
 * ``state``: small named JSON documents written in the same transaction as the
   envelopes they belong to (``put(..., state=...)``): the rules' state across restarts.
+* Private (``edge.private``): the database, its ``-wal``/``-shm`` and the reserve are
+  created 0600 in a folder created 0700; the owner's open tightens them (or refuses).
+* Encryption at rest (``sealer``, ``edge.seal``): payloads and state documents are
+  sealed as they go in, opened as they come out (``claim``, ``iter_rows``,
+  ``load_state``). The sealed value holds the real topic; the ``topic`` column keeps
+  a template with the thing's segment as ``+`` (``vehicles/+/events/overspeed``), so
+  the lane, kind and size stay plain and the thing name is not on disk. A row that no
+  configured key opens is never deleted: ``claim`` sets it aside (``HELD``, counted as
+  ``undecryptable``) and the next open offers it again (with the right key back).
 """
 
 from __future__ import annotations
@@ -63,14 +72,17 @@ import structlog
 from edge.errors import OutboxError
 from edge.logconf import Once
 from edge.model import Envelope, Lane
+from edge.private import private_dir, private_file, tighten
 
 if TYPE_CHECKING:
     from edge.config import OutboxConfig
+    from edge.seal import Sealer
 
 log = structlog.get_logger()
 
 READY = 0
 INFLIGHT = 1
+HELD = 2  # sealed with a key this process does not have: kept, not offered again
 MB = 1024 * 1024
 SCHEMA_VERSION = 1
 
@@ -187,7 +199,8 @@ class Reserve:
         if want <= held:
             return held
         try:
-            with open(self.path, "ab") as f:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "ab") as f:
                 try:
                     os.posix_fallocate(f.fileno(), 0, want)
                 except OSError:
@@ -236,6 +249,7 @@ class Outbox:
         min_free_bytes: int = 0,
         clock: Callable[[], float] = time.time,
         recover: bool = True,
+        sealer: Sealer | None = None,
     ) -> None:
         """``recover=False`` is for tools that open the outbox beside a running daemon
         (``edge outbox stats``): rows in flight are that daemon's, not leftovers; such a
@@ -264,11 +278,20 @@ class Outbox:
         self._unsaved: dict[str, int] = {}
         self.batch_dropped = 0  # rows of the last put's own batch that had no room
         self.batch_left: list[Envelope] = []  # ... and that the caller holds (hold_lower)
+        self.unreadable: list[str] = []  # sealed values no key opened (why, per value)
+        self._held_bytes: dict[Lane, int] = {}  # bytes of this process's HELD rows
         self._once = Once()
+        self.sealer = sealer
         self.reserve = Reserve(self.path.with_name(self.path.name + ".reserve"),
                                reserve_bytes if recover else 0)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if recover:  # the owner: private files (a tool beside it only reads them)
+                private_dir(self.path.parent)
+                private_file(self.path)
+                for extra in ("-wal", "-shm", ".reserve"):
+                    tighten(self.path.with_name(self.path.name + extra))
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
@@ -313,8 +336,8 @@ class Outbox:
             if version < SCHEMA_VERSION:
                 self._migrate_locked(version)
             if recover:
-                cur = db.execute("UPDATE messages SET state = ? WHERE state = ?",
-                                 (READY, INFLIGHT))
+                cur = db.execute("UPDATE messages SET state = ? WHERE state != ?",
+                                 (READY, READY))
                 self.recovered = cur.rowcount
             db.execute("COMMIT")
         except BaseException:
@@ -386,6 +409,7 @@ class Outbox:
             sync_interval_s=cfg.sync_interval_s,
             reserve_bytes=int(cfg.reserve_mb * MB),
             min_free_bytes=int(cfg.min_free_mb * MB),
+            sealer=sealer_for(cfg),
             **kwargs,
         )
 
@@ -509,15 +533,24 @@ class Outbox:
         if not envelopes and not state:
             return 0
         now = self._clock()
-        rows = [(e.id, int(e.lane), e.topic, e.to_bytes(), now) for e in envelopes]
+        if self.sealer is None:
+            rows = [(e.id, int(e.lane), e.topic, e.to_bytes(), now) for e in envelopes]
+        else:
+            seal = self.sealer.seal
+            rows = [(e.id, int(e.lane), topic_template(e.topic, e.thing),
+                     seal(e.topic.encode() + b"\n" + e.to_bytes(), _ad(e.id, e.lane)), now)
+                    for e in envelopes]
         important = any(e.lane <= Lane.TRIP for e in envelopes)
         mono = time.monotonic()
         full = (important and self.alert_sync == "full") or (
             mono - self._last_fsync >= self.sync_interval_s
         )
         sync = "FULL" if full else "NORMAL"
-        docs = [(k, json.dumps(v, separators=(",", ":")), now)
-                for k, v in (state or {}).items()]
+        docs: list[tuple[str, str | bytes, float]] = [
+            (k, json.dumps(v, separators=(",", ":")), now) for k, v in (state or {}).items()]
+        if self.sealer is not None:
+            docs = [(k, self.sealer.seal(str(v).encode(), b"state\0" + k.encode()), t)
+                    for k, v, t in docs]
         with self._lock:
             self._check_disk()  # every put: one statvfs, about a microsecond
             expire = now >= self._next_expire and bool(self.ttl_s)
@@ -539,7 +572,7 @@ class Outbox:
 
     def _put_full_locked(self, envelopes: Sequence[Envelope],
                          rows: list[tuple[str, int, str, bytes, float]],
-                         docs: list[tuple[str, str, float]], now: float, sync: str,
+                         docs: list[tuple[str, str | bytes, float]], now: float, sync: str,
                          hold_lower: bool) -> int:
         """The disk is full: make room from the lower lanes; then leave this batch's
         lower-lane rows out; then release the reserve to the alerts."""
@@ -583,7 +616,7 @@ class Outbox:
         return len(out)
 
     def _put_locked(self, rows: list[tuple[str, int, str, bytes, float]],
-                    docs: list[tuple[str, str, float]], now: float, expire: bool, *,
+                    docs: list[tuple[str, str | bytes, float]], now: float, expire: bool, *,
                     rotate: bool = False, squeeze: int = 0) -> int:
         dropped = 0
         if squeeze:
@@ -666,11 +699,13 @@ class Outbox:
         evicted = 0
         totals = self._lane_totals_locked()
         # per-lane quotas first, then the global cap, least important lane first
+        held = self._held_bytes  # rows no key opens: kept, and not counted against caps
         for lane, quota in self.lane_max_bytes.items():
-            over = totals.get(lane, (0, 0))[1] - quota
+            over = totals.get(lane, (0, 0))[1] - held.get(lane, 0) - quota
             if over > 0:
                 evicted += self._evict_lane_locked(lane, over)[0]
-        over = sum(b for _, b in self._lane_totals_locked().values()) - self.max_bytes
+        over = (sum(b for _, b in self._lane_totals_locked().values())
+                - sum(held.values()) - self.max_bytes)
         for lane in EVICT_ORDER:
             if over <= 0:
                 break
@@ -731,9 +766,50 @@ class Outbox:
                 raise OutboxError(f"outbox state read failed: {exc}") from exc
         out: dict[str, Any] = {}
         for key, value in got:
+            if isinstance(value, bytes):
+                value = self._open_value(value, b"state\0" + str(key).encode(), f"state {key}")
+                if value is None:
+                    continue
             with contextlib.suppress(ValueError):
                 out[str(key)] = json.loads(value)
         return out
+
+    def _open_value(self, blob: bytes, ad: bytes, what: str) -> bytes | None:
+        """A sealed value opened, or None (logged once) when no key here opens it."""
+        from edge.seal import Unsealable
+
+        try:
+            if self.sealer is None:
+                raise Unsealable("sealed, but [outbox] encryption is off")
+            return self.sealer.open(blob, ad)
+        except Unsealable as exc:
+            self._once(log, f"unsealable:{what.split()[0]}", "outbox: a sealed value does"
+                       " not open: kept, not used", path=str(self.path), what=what,
+                       reason=str(exc))
+            if len(self.unreadable) < 100:
+                self.unreadable.append(f"{what}: {exc}")
+            return None
+
+    def _opened(self, got: Sequence[Any]) -> tuple[list[Row], list[int]]:
+        """Rows as read, sealed ones opened (real topic and payload); the seqs of
+        those that do not open are returned apart."""
+        rows: list[Row] = []
+        bad: list[int] = []
+        from edge.seal import is_sealed
+
+        for s, i, ln, tp, p, a in got:
+            payload = bytes(p)
+            if self.sealer is not None or is_sealed(payload):
+                plain = (self._open_value(payload, _ad(i, ln), f"row {s}")
+                         if is_sealed(payload) else payload)  # plain: stored before sealing
+                if plain is None:
+                    bad.append(int(s))
+                    continue
+                if plain is not payload:
+                    topic, _, payload = plain.partition(b"\n")
+                    tp = topic.decode()
+            rows.append(Row(s, i, Lane(ln), tp, payload, a))
+        return rows, bad
 
     # ------------------------------------------------------------------ draining
 
@@ -757,7 +833,14 @@ class Outbox:
             return self._db.execute(CLAIM_SQL.format(lane_filter=lane_filter), params).fetchall()
 
         got = self._locked_write("claim", body)
-        rows = [Row(s, i, Lane(ln), tp, bytes(p), a) for s, i, ln, tp, p, a in got]
+        rows, bad = self._opened(got)
+        if bad:  # never deleted, never offered again by this process: set aside
+            self._locked_write("hold", lambda: self._db.executemany(
+                "UPDATE messages SET state = ? WHERE seq = ? AND state = ?",
+                [(HELD, s, INFLIGHT) for s in bad]))
+            for s, _, ln, _, p, _ in got:
+                if int(s) in bad:
+                    self._held_bytes[Lane(ln)] = self._held_bytes.get(Lane(ln), 0) + len(p)
         rows.sort(key=lambda r: (r.lane, r.seq))
         return rows
 
@@ -842,6 +925,9 @@ class Outbox:
                             (INFLIGHT,),
                         ).fetchall()
                     )
+                    held = dict(self._db.execute(
+                        "SELECT lane, COUNT(*) FROM messages WHERE state = ? GROUP BY lane",
+                        (HELD,)).fetchall())
                     counters = dict(self._db.execute("SELECT name, value FROM counters"))
                     heads = [
                         self._db.execute(
@@ -860,7 +946,10 @@ class Outbox:
         for lane in Lane:
             n, b = totals.get(lane, (0, 0))
             fl = int(inflight.get(int(lane), 0))
-            lanes[lane.name.lower()] = {"ready": n - fl, "inflight": fl, "bytes": b}
+            hd = int(held.get(int(lane), 0))
+            lanes[lane.name.lower()] = {"ready": n - fl - hd, "inflight": fl, "bytes": b}
+            if hd:
+                lanes[lane.name.lower()]["undecryptable"] = hd
         created = [h[0] for h in heads if h is not None]
         oldest = min(created) if created else None
         dropped = sum(
@@ -879,6 +968,8 @@ class Outbox:
             "dropped": dropped,
             "recovered_inflight": self.recovered,
             "disk": self.disk(),
+            "encryption": None if self.sealer is None else self.sealer.describe(),
+            "undecryptable": sum(int(v) for v in held.values()),
         }
 
     def iter_rows(self, lanes: Iterable[Lane] | None = None) -> list[Row]:
@@ -890,7 +981,7 @@ class Outbox:
                 f" WHERE lane IN ({marks}) ORDER BY lane, seq",
                 chosen,
             ).fetchall()
-        return [Row(s, i, Lane(ln), t, bytes(p), a) for s, i, ln, t, p, a in got]
+        return self._opened(got)[0]  # those that do not open: in ``unreadable``
 
     def purge(self, lanes: Iterable[Lane] | None = None) -> int:
         """Delete every row of ``lanes`` (all lanes by default); safe beside a running
@@ -914,7 +1005,7 @@ class Outbox:
             try:
                 cur = self._db.execute(
                     "UPDATE messages SET state = ? WHERE state = ?", (READY, INFLIGHT)
-                )
+                )  # not HELD rows: no key here opens them
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox recover failed: {exc}") from exc
         return int(cur.rowcount)
@@ -962,6 +1053,25 @@ def disk_report(path: Path, *, free: int | None = None, pressure: bool | None = 
         "reserve_releases": reserve_releases,
         "full_events": full_events,
     }
+
+
+def sealer_for(cfg: OutboxConfig) -> Sealer | None:
+    """The sealer ``[outbox]`` asks for (``KeyFileError`` naming a bad key file)."""
+    if cfg.encryption == "none" or cfg.key_file is None:
+        return None
+    from edge.seal import Sealer  # imports cryptography: only when encryption is on
+
+    return Sealer(cfg.key_file, cfg.old_key_files)
+
+
+def topic_template(topic: str, thing: str) -> str:
+    """``topic`` with the thing's segment as ``+``: what a sealed row keeps in plain."""
+    return "/".join("+" if part == thing else part for part in topic.split("/"))
+
+
+def _ad(mid: str, lane: int) -> bytes:
+    """Associated data of a sealed row: its envelope id and lane (rows do not swap)."""
+    return f"{mid}\0{int(lane)}".encode()
 
 
 def _merged(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from edge.private import PrivacyError, private_dir, private_file, write_private
 from sim.drive import format_candump, nmea_time_fields
 
 log = structlog.get_logger()
@@ -63,7 +64,10 @@ class Recorder:
         for name in ("gnss.nmea", "can.log"):
             if (self.out / name).exists():
                 raise RecordError(f"{self.out / name} exists: record into a new directory")
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:  # a recording is where the car went: private (0700 folder, 0600 files)
+            private_dir(self.out)
+        except (PrivacyError, OSError) as exc:
+            raise RecordError(str(exc)) from exc
         if self.serial_port is not None:
             import serial
 
@@ -95,6 +99,7 @@ class Recorder:
         import serial
 
         pending = b""
+        private_file(self.out / "gnss.nmea")  # 0600 before the first byte
         with (self.out / "gnss.nmea").open("wb") as fh:
             while not self._stop.is_set():
                 try:
@@ -130,6 +135,7 @@ class Recorder:
     def _can_loop(self) -> None:
         import can
 
+        private_file(self.out / "can.log")  # 0600 before the first byte
         with (self.out / "can.log").open("w", encoding="ascii") as fh:
             while not self._stop.is_set():
                 try:
@@ -180,4 +186,4 @@ class Recorder:
             lines.append(f"can_source = {json.dumps(f'{self.can_interface}:{self.can_channel}')}")
         if self.serial_port is not None:
             lines.append(f"gnss = {json.dumps(self.serial_port)}")
-        (self.out / "drive.toml").write_text("\n".join(lines) + "\n", "utf-8")
+        write_private(self.out / "drive.toml", ("\n".join(lines) + "\n").encode())

@@ -1,9 +1,14 @@
-"""``edge outbox stats | export | purge``."""
+"""``edge outbox stats | export | purge | keygen``.
+
+With ``[outbox] encryption`` on, ``stats`` and ``export`` read through the config's
+key files; a row that none of them opens is an error naming them (exit 1), after
+everything that did open was exported."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from edge.config import Config
@@ -28,6 +33,10 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
                 out.write(json.dumps({"topic": row.topic, "lane": row.lane.name.lower(),
                                       "payload": json.loads(row.payload)},
                                      separators=(",", ":")) + "\n")
+            if ob.unreadable:
+                print(f"edge: {len(ob.unreadable)} sealed row(s) of {cfg.outbox.path} not"
+                      f" exported: {ob.unreadable[0]}", file=sys.stderr)
+                return 1
         elif action == "purge":
             if not yes:
                 print("edge: purge deletes undelivered messages; add --yes", file=sys.stderr)
@@ -36,4 +45,21 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
             print(f"purged {n} messages", file=sys.stderr)
     finally:
         ob.close()
+    return 0
+
+
+def keygen(out: Path) -> int:
+    """A new 32-byte key for ``[outbox] key_file`` (0600; an existing file is kept)."""
+    from edge.seal import keygen as make
+
+    try:
+        kid = make(out)
+    except FileExistsError:
+        print(f"edge: {out} exists: not overwritten (a key in use must not be lost;"
+              " move it to old_key_files first)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"edge: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{out}: new AES-256 key, id {kid.hex()}", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from edge.errors import PublishRejected, UplinkError
+from edge.private import exposure
 
 # AWS IoT Core hard limits, enforced by every uplink so that a message that passes
 # locally also passes in the cloud.
@@ -65,14 +66,11 @@ def check_topic(topic: str) -> str | None:
 
 
 def key_problem(key: Path) -> str | None:
-    """Why a client private key may not be used (other users can read it), or None."""
-    try:
-        mode = key.stat().st_mode
-    except OSError as exc:
-        return f"{key}: {exc.strerror}"
-    if mode & 0o004:
-        return f"{key} is world-readable; chmod 600 it"
-    return None
+    """Why a client private key may not be used (everyone can read it), or None. The
+    group may read it (a Greengrass key is often root:ggc_group 0640)."""
+    if not key.exists():
+        return f"{key}: No such file or directory"
+    return exposure(key, 0o004, owner=False)
 
 
 def check_publish(topic: str, payload: bytes, qos: int, max_payload: int = MAX_PAYLOAD) -> None:
