@@ -70,6 +70,7 @@ class CanSource:
         # both (the sim's replay is the one clock, as a log's timestamps are in a replay)
         self._clock = clock
         self.received = 0  # every frame read from the bus, wanted or not (edge sim paces on it)
+        self._speed_checked = False
         self._poller: ObdPoller | None = None
         self._decoder: FrameDecoder | None = None
         if config.mode == "obd":
@@ -178,6 +179,26 @@ class CanSource:
     # ------------------------------------------------------------------ internals
     def _where(self) -> str:
         return f"{self.config.interface}:{self.config.channel}"
+
+    def _check_speed(self) -> None:
+        """Once: a bus that carries traffic but not the configured speed signal (another
+        car's DBC, a wrong signal name), or its frames but no sample out of them, is a
+        warning with the counts -- not a silent drive without speed."""
+        if self._speed_checked or self._decoder is None:
+            return
+        ids = ", ".join(f"0x{i:X}" for i in sorted(self._wanted))
+        if self.received >= 2048 and self.counters["frames"] == 0:
+            self._speed_checked = True
+            self._fault("no_speed_frames",
+                        f"{self.received} frames read, none with the speed signal's ID "
+                        f"({self.config.speed_signal}: {ids}); is can.dbc this car's?")
+        elif self.counters["frames"] >= 256 and self.counters["samples"] == 0:
+            self._speed_checked = True
+            stats = getattr(self._decoder, "stats", None)
+            detail = stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else {}
+            self._fault("no_speed_samples",
+                        f"{self.counters['frames']} frames of {self.config.speed_signal} "
+                        f"({ids}), no speed decoded from them {detail}")
 
     def _fault(self, kind: str, message: str) -> None:
         self.last_error = message
@@ -299,6 +320,8 @@ class CanSource:
             if msg is None:
                 return
             self.received += 1
+            if not self.received & 1023:
+                self._check_speed()
             self._push(msg, mono)
 
     def _start_reader(self, bus: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -336,6 +359,8 @@ class CanSource:
                     msg = bus.recv(0.1)
                     while msg is not None:
                         self.received += 1
+                        if not self.received & 1023:
+                            self._check_speed()
                         if msg.is_error_frame or (msg.arbitration_id in wanted
                                                   and msg.is_extended_id == extended):
                             batch.append((msg, time.monotonic() if self._clock is None
@@ -423,6 +448,8 @@ class CanSource:
                 n += 1
                 if n % DECODE_PER_SLICE == 0:
                     await asyncio.sleep(0)
+            if not self._speed_checked and self.counters["samples"] == 0:
+                self._check_speed()
 
     async def _obd_loop(self, bus: Any) -> None:
         import can

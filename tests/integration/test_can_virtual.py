@@ -214,3 +214,34 @@ def test_config_errors_surface_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         CanSource(CanConfig(interface="slcan", bitrate=123456, mode="obd"))
     assert e.value.field == "can.bitrate"
+
+
+def test_a_bus_without_the_speed_signal_is_a_warning_with_counts(tmp_path: Path) -> None:
+    # a drive with no speed while the config names a speed signal: said once, counted
+    from structlog.testing import capture_logs
+
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        for i in range(2100):  # another car's traffic: no 0xB4 at all
+            car.send(can.Message(arbitration_id=0x100 + i % 7, data=bytes(8),
+                                 is_extended_id=False))
+        await until(lambda: src.received >= 2048)
+        await until(lambda: src.last_error is not None)
+        assert got == []
+        assert "none with the speed signal's ID (SPEED.SPEED: 0xB4)" in str(src.last_error)
+        assert "2048 frames read" in str(src.last_error)
+
+    with capture_logs() as logs:
+        run(dbc_config(tmp_path, channel()), body)
+    assert [e["event"] for e in logs].count("can.no_speed_frames") == 1
+
+
+def test_frames_of_the_speed_id_that_never_decode_are_a_warning(tmp_path: Path) -> None:
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        for _ in range(300):  # the right ID, the wrong length: nothing decodes
+            car.send(can.Message(arbitration_id=0xB4, data=bytes(2), is_extended_id=False))
+        await until(lambda: src.counters["frames"] >= 256 and src.last_error is not None)
+        assert got == []
+        assert "no speed decoded" in str(src.last_error)
+        assert "'wrong_length'" in str(src.last_error)
+
+    run(dbc_config(tmp_path, channel()), body)
