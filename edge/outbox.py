@@ -838,8 +838,9 @@ class Outbox:
             self._locked_write("hold", lambda: self._db.executemany(
                 "UPDATE messages SET state = ? WHERE seq = ? AND state = ?",
                 [(HELD, s, INFLIGHT) for s in bad]))
+            held = set(bad)
             for s, _, ln, _, p, _ in got:
-                if int(s) in bad:
+                if int(s) in held:
                     self._held_bytes[Lane(ln)] = self._held_bytes.get(Lane(ln), 0) + len(p)
         rows.sort(key=lambda r: (r.lane, r.seq))
         return rows

@@ -33,6 +33,9 @@ pytest.importorskip("cryptography")
 @pytest.fixture
 def pbroker(pki: Pki) -> object:
     b = PersistentBroker(pki)
+    # the pki folder lives for the session: a broker of an earlier test on the same
+    # port left its persistence (the observer's session with a full queue) behind
+    (pki.dir / f"ps-{b.port}.db").unlink(missing_ok=True)
     b.start()
     yield b
     b.stop()
@@ -70,9 +73,9 @@ def test_sealed_rows_survive_kill_and_key_rotation_and_drain_to_the_broker(
     key_a, key_b = tmp_path / "a.key", tmp_path / "b.key"
     keygen(key_a)
     db = tmp_path / "outbox.db"
-    obs = Observer(pbroker)
     pbroker.stop()  # offline: everything the daemon makes stays in the outbox
     feeder = PtyFeeder().start()
+    obs: Observer | None = None
     try:
         proc = start_daemon(sealed_config(tmp_path, pbroker, feeder.path, key_a))
         try:
@@ -97,10 +100,17 @@ def test_sealed_rows_survive_kill_and_key_rotation_and_drain_to_the_broker(
 
         keygen(key_b)  # rotation: new key, the old one still read until drained
         pbroker.start()
+        obs = Observer(pbroker)  # subscribed (SUBACK seen) before the daemon connects
         proc = start_daemon(sealed_config(tmp_path, pbroker, feeder.path, key_b, [key_a]))
         try:
-            assert wait_until(lambda: old_ids <= set(obs.ids()), 40), (
-                len(old_ids - set(obs.ids())))
+            if not wait_until(lambda: old_ids <= set(obs.ids()), 60):
+                proc.terminate()
+                err = proc.communicate(timeout=15)[1].decode(errors="replace")
+                from collections import Counter
+                kinds = Counter((e.get("type"), str(e.get("id"))[:8]) for e in obs.envelopes)
+                pytest.fail(f"{len(old_ids - set(obs.ids()))} of {len(old_ids)} not"
+                            f" delivered; {len(obs.ids())} seen {kinds.most_common(8)}"
+                            f" old {sorted(old_ids)[:3]}\n{err[-1500:]}")
             assert wait_until(lambda: (tmp_path / "health.json").exists(), 10)
             r = subprocess.run([sys.executable, "-m", "edge", "status", "-c",
                                 str(tmp_path / "edge.toml")], capture_output=True, text=True,
@@ -115,7 +125,8 @@ def test_sealed_rows_survive_kill_and_key_rotation_and_drain_to_the_broker(
             stop(proc)
     finally:
         feeder.close()
-        obs.close()
+        if obs is not None:
+            obs.close()
     delivered = [e for e in obs.envelopes if e["id"] in old_ids]
     assert {e["thing"] for e in delivered} == {THING}
     with sqlite3.connect(db) as con:
