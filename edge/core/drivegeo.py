@@ -6,8 +6,12 @@ does the straight line from the previous fix touch — are answered for all fixe
 few array operations: one ``STRtree.query`` with every fix's search box, every
 (fix, candidate zone) pair moved into its zone's frame with numpy, then
 ``shapely.intersects_xy`` / ``shapely.distance`` / ``shapely.intersects`` /
-``shapely.dwithin`` over all pairs at once. The rules then run only their stateful
-part (debounce, hysteresis, dwell, gaps) per fix and look the answers up.
+``shapely.dwithin`` over all pairs at once (a pair farther from the zone's box than the
+hysteresis is not asked at all). The rules then run only their stateful part (debounce,
+hysteresis, dwell, gaps) per fix and take the answers in order: the next fix's answer
+is checked against the fix by three float comparisons, no per-fix keys or lookups, and
+consecutive fixes with the same answer share its lists (the rules skip a repeated
+answer by identity).
 
 The answers are the live path's, float for float: the same frame arithmetic (numpy and
 Python round the same IEEE operations the same way), the same GEOS predicates on the

@@ -523,7 +523,10 @@ class ZoneLocator:
 
             self._ixy = shapely.intersects_xy
             self._mkbox = shapely.box
-            self._geom = zones.table().geom
+            # not ``zones.table()``: its columns are for bulk work, and cost the daemon
+            # about 1 MB of RSS
+            self._geom = np.empty(len(zones.zones), dtype=object)
+            self._geom[:] = [z.geom for z in zones.zones]
             self._box = np.empty(1, dtype=object)
             self._tree_zone = zones.tree_zone.tolist()
         self._r = radius_m
