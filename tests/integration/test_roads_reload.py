@@ -4,6 +4,7 @@ Roads deployment), and keeps the old one when the new file is not an index."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -111,6 +112,10 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
         h = roads(d)
         assert h["index"] == str(index) and "does not exist" in str(h["error"])
         assert "com.vehicleedge.Roads" in str(h["error"]) and not task.done()
+        # a configuration merge meanwhile is applied, not rejected for the missing index
+        await d.apply_config(dataclasses.replace(
+            cfg, telemetry=dataclasses.replace(cfg.telemetry, interval_s=2.0)))
+        assert d.reloads == 1 and d.config.telemetry.interval_s == 2.0
         index.parent.mkdir(parents=True)
         north_road(tmp_path / "next.db", 20.0)
         os.replace(tmp_path / "next.db", index)
