@@ -2,8 +2,13 @@
 
 Replug is simulated the way udev does it for a USB receiver: the configured port is a
 symlink (like ``/dev/serial/by-id/...``). Unplugging closes the pty master (the source's
-read gets EIO, the slave node disappears); replugging creates a new pty and re-points the
-symlink at it. The source must notice, back off, and reopen the same configured path.
+read gets EIO, the slave node disappears) and removes the symlink, as udev removes the
+by-id link; replugging creates a new pty and points the symlink at it. The source must
+notice, back off, and reopen the same configured path.
+
+The link must not outlive the unplug: a dangling ``/dev/pts/N`` is a name the kernel
+hands to the next pty anyone on the machine opens, and the source's retries would then
+open that stranger's pty (an extra open, a disconnect when it goes away).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Receiver:
         assert self.master is not None
         os.close(self.master)
         self.master = None
+        self.link.unlink()  # udev removes the by-id link with the device
 
     def write(self, data: bytes) -> None:
         assert self.master is not None

@@ -87,7 +87,8 @@ class Broker:
     def conf(self) -> Path:
         return self.pki.dir / f"mosquitto-{self.port}.conf"
 
-    def start(self) -> None:
+    def write_conf(self) -> None:
+        """The ACL and the broker's configuration (persistence off)."""
         acl = self.pki.dir / "acl"
         acl.write_text(
             "pattern readwrite vehicles/%u/#\n\n"
@@ -108,6 +109,9 @@ class Broker:
             f"acl_file {acl}\n"
         )
         os.chmod(self.conf, 0o644)
+
+    def start(self) -> None:
+        self.write_conf()
         self.proc = subprocess.Popen(
             [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
