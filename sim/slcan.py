@@ -120,6 +120,10 @@ class SlcanPtyAdapter:
                         os.close(fd)
             self._master = self._slave = -1
         self.opened.clear()
+        # as udev does when a USB adapter is pulled: the by-id link goes with the device,
+        # so a retrying host never opens whatever pty reuses the freed name
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
 
     def replug(self) -> Self:
         self.unplug()
