@@ -267,16 +267,18 @@ class Daemon:
         await asyncio.to_thread(check_status_path, cfg.health_path, group=cfg.health.group)
         zones = self._zones_or_config_error(cfg)
         built = self._build_sources(cfg)
-        from edge.roads.provider import RoadLimits
-
         roads = None
-        if cfg.roads.index is not None and not cfg.roads.index.exists():
+        if cfg.roads.index is None:
+            pass  # no [roads]: edge.roads (R*Tree matcher, sqlite index) is not imported
+        elif not cfg.roads.index.exists():
             # only here under Greengrass (check_runtime refuses it otherwise): the Roads
             # component may deploy after the Daemon; the watcher loads it when it comes
             self.roads_error = roads_missing(cfg.roads.index)
             log.warning("road index not there yet, running without road limits",
                         path=str(cfg.roads.index), reason=self.roads_error)
         else:
+            from edge.roads.provider import RoadLimits
+
             roads = RoadLimits.for_config(cfg)
         self.engine = Engine(cfg, zones=zones, roads=roads)
         if zones is None and cfg.rules.zones is not None:  # optional and not there yet

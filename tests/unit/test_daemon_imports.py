@@ -1,0 +1,65 @@
+"""What ``edge run`` loads: a config without ``[roads]``, encryption, CAN or a cloud SDK
+uplink must not import the libraries those need (RSS on a Pi, the project's 60 MB bar)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
+# a real ``edge run`` whose loaded modules are written out when it exits
+CHILD = """
+import atexit, json, runpy, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["edge", *sys.argv[2:]]
+runpy.run_module("edge", run_name="__main__", alter_sys=True)
+"""
+# none of these serves a GNSS + zones + file-uplink daemon
+ABSENT = ("edge.roads", "edge.commands", "cryptography", "cantools", "can", "awscrt",
+          "awsiot", "paho", "matplotlib", "rich", "colorama", "pyosmium", "osmium")
+
+
+def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    health = tmp_path / "health.json"
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        'thing = "car-imports-1"\n'
+        f'[gnss]\nport = "{os.ttyname(slave)}"\n'
+        f'[rules]\nzones = "{ZONES}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n')
+    mods = tmp_path / "modules.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(mods), "run", "--config",
+                             str(cfg)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    loaded = json.loads(mods.read_text())
+    assert "shapely" in loaded and "edge.core.zones" in loaded  # the config's zones
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ABSENT
+                   or any(m.startswith(p + ".") or m == p for p in ABSENT))
+    assert heavy == []
+
