@@ -12,6 +12,10 @@ import time
 import tty
 from pathlib import Path
 
+import pytest
+
+from edge.app import limit_arenas
+
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
 # a real ``edge run`` whose loaded modules are written out when it exits
@@ -42,6 +46,7 @@ def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Pat
         '[log]\nformat = "json"\nlevel = "warning"\n')
     mods = tmp_path / "modules.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("MALLOC_ARENA_MAX", None)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(mods), "run", "--config",
                              str(cfg)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
@@ -63,3 +68,14 @@ def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Pat
                    or any(m.startswith(p + ".") or m == p for p in ABSENT))
     assert heavy == []
 
+
+def test_malloc_arenas_are_capped_unless_the_operator_set_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not os.path.exists("/proc/self/maps") or "glibc" not in " ".join(
+            __import__("platform").libc_ver()):
+        pytest.skip("glibc only")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_arenas() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_arenas() is False  # the environment's value stands
