@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import need_mosquitto, row
+from bench.bench_rss import city_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -236,21 +237,6 @@ def bench_match() -> list[dict[str, Any]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _epochs() -> list[bytes]:
-    out: list[bytes] = []
-    cur: list[str] = []
-    for line in (DRIVE / "gnss.nmea").read_text().splitlines():
-        if not line.startswith("$"):
-            continue
-        if line[3:6] == "RMC" and cur:
-            out.append(("\r\n".join(cur) + "\r\n").encode())
-            cur = []
-        cur.append(line)
-    if cur:
-        out.append(("\r\n".join(cur) + "\r\n").encode())
-    return out
-
-
 def measure_daemon(tmp: Path, broker: Broker, seconds: float, index: Path | None
                    ) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
@@ -276,7 +262,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, index: Path | None
     with log.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=d)
-    epochs = _epochs()
+    epochs = city_epochs()
     samples: list[int] = []
     try:
         t_end = time.monotonic() + seconds

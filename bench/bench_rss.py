@@ -67,7 +67,7 @@ PRELOAD = (
 )
 
 
-def _epochs() -> list[bytes]:
+def city_epochs() -> list[bytes]:
     """The city drive's NMEA, one chunk per epoch (an epoch starts at each RMC)."""
     out: list[bytes] = []
     cur: list[str] = []
@@ -97,7 +97,7 @@ class Traffic:
     def __init__(self, gnss_master: int, can: SlcanPtyAdapter) -> None:
         self.gnss_master = gnss_master
         self.can = can
-        self.epochs = _epochs()
+        self.epochs = city_epochs()
         self.sent_epochs = 0
         self.sent_frames = 0
         self._stop = threading.Event()
