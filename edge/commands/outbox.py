@@ -50,8 +50,13 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
 
 def keygen(out: Path) -> int:
     """A new 32-byte key for ``[outbox] key_file`` (0600; an existing file is kept)."""
+    from edge.commands import out_folder_error
     from edge.seal import keygen as make
 
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"edge outbox keygen: cannot write {out}: {why}", file=sys.stderr)
+        return 2
     try:
         kid = make(out)
     except FileExistsError:

@@ -32,6 +32,12 @@ def import_main(src: Path, out: Path, *, bbox: str | None, country: str | None,
     if not src.is_file():
         print(f"edge roads import: {src}: no such file", file=sys.stderr)
         return 2
+    from edge.commands import out_folder_error
+
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"edge roads import: cannot write {out}: {why}", file=sys.stderr)
+        return 2
     try:
         import osmium  # noqa: F401
     except ImportError:

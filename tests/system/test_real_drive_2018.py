@@ -168,12 +168,17 @@ def test_report_draws_it_with_the_opendbc_dbc(tmp_path: Path) -> None:
     assert len(speeds) > 2500 and all(5 < v < 20 for _, v in speeds)
 
 
-@pytest.mark.parametrize("cmd", ["replay", "report", "record"])
+@pytest.mark.parametrize("cmd", ["replay", "report", "record", "roads", "keygen"])
 def test_out_into_a_missing_folder_is_a_clear_error(tmp_path: Path, cmd: str) -> None:
     missing = tmp_path / "missing" / {"replay": "x.jsonl", "report": "x.png",
-                                      "record": "drive"}[cmd]
-    args = (["record", "--out", str(missing), "--serial", "/dev/null"] if cmd == "record"
-            else [cmd, str(DRIVE), "--config", str(CONFIG), "--out", str(missing)])
+                                      "record": "drive", "roads": "roads.db",
+                                      "keygen": "outbox.key"}[cmd]
+    extract = tmp_path / "x.osm"
+    extract.write_text("<osm version='0.6'/>")
+    args = {"record": ["record", "--out", str(missing), "--serial", "/dev/null"],
+            "roads": ["roads", "import", str(extract), "--out", str(missing)],
+            "keygen": ["outbox", "keygen", "--out", str(missing)],
+            }.get(cmd, [cmd, str(DRIVE), "--config", str(CONFIG), "--out", str(missing)])
     r = edge(*args, check=False)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "does not exist" in r.stderr
