@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from typing import Any
 
 
@@ -23,3 +24,14 @@ def need_mosquitto() -> None:
         raise RuntimeError("mosquitto is not installed (make deps)")
     if shutil.which("mosquitto") is None:
         os.environ["PATH"] += ":/usr/sbin"
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """End a daemon the bench started: SIGTERM, 15 s for a graceful stop, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import ssl
 import subprocess
@@ -22,6 +21,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench import stop_process
 from bench.bench_outbox import _env, _row
 from edge.config import UplinkConfig
 from edge.forwarder import Forwarder
@@ -142,12 +142,7 @@ def _daemon_backlog_alert(b: Broker, tmp: Path, n: int = 1_000_000) -> tuple[flo
         body: dict[str, Any] = next((json.loads(p) for t, p in sub.messages
                      if t.endswith("/events/overspeed")), {})
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         feeder.close()
         sub.close()
     ob = Outbox(tmp / "outbox.db", recover=False)
@@ -198,12 +193,7 @@ def _daemon_broker_back(b: Broker, tmp: Path) -> tuple[float, bool]:
         back = time.perf_counter() - t_up
         ok = _delivered(db) > before
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         feeder.close()
     return back, ok
 

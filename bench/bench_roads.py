@@ -36,7 +36,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from bench import need_mosquitto, row
+from bench import need_mosquitto, row, stop_process
 from bench.bench_rss import city_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,13 +283,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, index: Path | None
         wait_until((d / "health.json").exists, 5)
         return {"rss_kb": samples, "health": json.loads((d / "health.json").read_text())}
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         os.close(master)
         os.close(slave)
 

@@ -37,7 +37,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from bench import need_mosquitto, row
+from bench import need_mosquitto, row, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -207,13 +207,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
                 "frames": traffic.sent_frames}
     finally:
         traffic.stop()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         adapter.close()
         os.close(master)
         os.close(slave)

@@ -146,7 +146,7 @@ class Engine:
         """``time`` from ``now()``: on GNSS time once a valid fix anchors the clock."""
         if self._resume is not None:
             return []
-        return self._wrap(_stamped(_sourced(self.rules.tick(time), self.arbiter.health()["source"]),
+        return self._wrap(_stamped(_sourced(self.rules.tick(time), self.arbiter.source),
                                    self._clock_name()))
 
     # ------------------------------------------------------------------ restarts
@@ -184,7 +184,7 @@ class Engine:
         if time is None:
             time = self._anchor.time if self._anchor and self._anchor.time else 0.0
         return self._wrap(_stamped(_sourced(self.rules.close(time),
-                                            self.arbiter.health()["source"]),
+                                            self.arbiter.source),
                                    self._clock_name()))
 
     def _diagnostics(self, clock: str) -> list[Event]:

@@ -202,7 +202,7 @@ class Rules:
         """The applicable limit and the road it is posted on: the zones the car is in
         claim theirs (``maxspeed``, "none" included); ``edge.core.limits.decide_limit``
         decides, with the matched road's posted limit when ``[roads]`` has an index."""
-        claims = self.zones.limit_claims(inside)
+        claims = self.zones.limit_claims(inside) if self._has_limits else []
         if self.roads is not None:
             return self.roads.decide(claims, self.cfg.speed)
         return self.speed.decide(claims), None

@@ -124,6 +124,11 @@ class SpeedArbiter:
     def implausible(self) -> bool:
         return self._implausible
 
+    @property
+    def source(self) -> str | None:
+        """The source of the last speed handed to the rules (None before any)."""
+        return self._source
+
     def on_can(self, s: SpeedSample) -> SpeedSample | None:
         """A CAN/OBD sample arrived: returns it when it is the speed to use now."""
         self._can = s
