@@ -128,11 +128,11 @@ class Broker:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

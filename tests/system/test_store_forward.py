@@ -58,9 +58,11 @@ class PersistentBroker(Broker):
             f"persistence true\npersistence_location {self.store}/\n"
             "persistence_file ps.db\n"))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         running = self.proc is not None and self.proc.poll() is None
-        super().stop()
+        # a graceful stop saves the database: on a loaded machine that can outlast the
+        # plain broker's 5 s, and a kill would lose what the test is about
+        super().stop(timeout)
         if running:  # a broker that did not persist would lose the observer's session
             assert (self.store / "ps.db").exists(), f"mosquitto saved nothing in {self.store}"
 
