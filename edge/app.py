@@ -47,7 +47,7 @@ from edge.errors import (
     ZonesError,
 )
 from edge.logconf import Once
-from edge.model import Envelope, Fix, Ignition, Lane, SpeedSample
+from edge.model import Envelope, Fix, Ignition, Lane, SignalSample, SpeedSample
 from edge.outbox import EVICT_ORDER, Outbox, disk_report, free_bytes
 from edge.private import check_status_path, write_status
 from edge.uplinks.base import Uplink
@@ -827,8 +827,10 @@ class Daemon:
                 now = min(now, engine.latest_time)
             self._enqueue(engine.tick(now))
             for name, src in self._sources:
-                if name == "can":
-                    engine.telemetry.extra = src.telemetry()
+                if name == "can":  # until the CAN source emits SignalSamples itself
+                    for signal, value in src.telemetry().items():
+                        engine.on_signal(SignalSample(time=self.clock(), name=signal,
+                                                      value=value, mono=self.mono()))
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.config.log.status_interval_s
                 self._log_status()

@@ -65,6 +65,18 @@ class SpeedSample:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SignalSample:
+    """One more vehicle signal for telemetry (OBD-II engine speed, coolant temperature),
+    under its COVESA VSS name. It reaches telemetry through the engine, so a replay of
+    the same bus log reproduces it."""
+
+    time: float  # UTC epoch seconds (bus/log timestamp)
+    name: str  # VSS name, e.g. "Vehicle.Powertrain.CombustionEngine.Speed"
+    value: float
+    mono: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ignition:
     """Ignition state from the bus (when ``[can] ignition_signal`` is configured)."""
 

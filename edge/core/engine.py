@@ -33,7 +33,7 @@ from edge.core.rules import Rules
 from edge.core.speed_source import SpeedArbiter
 from edge.core.telemetry import TelemetrySampler
 from edge.core.zones import Zones
-from edge.model import Envelope, Event, Fix, Ignition, SpeedSample
+from edge.model import Envelope, Event, Fix, Ignition, SignalSample, SpeedSample
 
 if TYPE_CHECKING:
     from edge.roads.provider import RoadLimits
@@ -115,6 +115,13 @@ class Engine:
             if tel is not None:
                 events.append(tel)
         return self._wrap(events)
+
+    def on_signal(self, sample: SignalSample) -> list[Envelope]:
+        """Another bus signal for telemetry (OBD-II rpm, coolant); no rule reads it."""
+        t, clock = self.now(sample.mono, sample.time)
+        self.telemetry.on_signal(dataclasses.replace(sample, time=t) if clock == "gnss"
+                                 else sample)
+        return []
 
     def on_ignition(self, ign: Ignition) -> list[Envelope]:
         """Ignition from the bus: trips follow it instead of movement."""

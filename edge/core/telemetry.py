@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge.core.envelope import uuid7
-from edge.model import Event, Fix, SpeedSample
+from edge.model import Event, Fix, SignalSample, SpeedSample
+
+SIGNAL_MAX_AGE_S = 10.0
 
 FIX_TYPES = {0: "NONE", 2: "TWO_D", 3: "THREE_D"}
 
@@ -23,8 +25,11 @@ class TelemetrySampler:
         self._next: float | None = None
         self._fix: Fix | None = None
         self._speed: SpeedSample | None = None
-        # other signals a source keeps current (OBD-II engine speed, coolant), VSS names
-        self.extra: dict[str, float] = {}
+        # other signals (OBD-II engine speed, coolant) by VSS name: (bus time, value)
+        self._signals: dict[str, tuple[float, float]] = {}
+
+    def on_signal(self, sample: SignalSample) -> None:
+        self._signals[sample.name] = (sample.time, sample.value)
 
     def on_speed(self, sample: SpeedSample) -> None:
         self._speed = sample
@@ -42,10 +47,14 @@ class TelemetrySampler:
             # the clock stepped back (system clock replaced by GNSS time): start over
         # align to the interval grid so that records are evenly spaced
         self._next = (time // self.interval_s + 1) * self.interval_s
-        return Event(kind="telemetry", time=time, body=self.record(), clock=clock)
+        return Event(kind="telemetry", time=time, body=self.record(time), clock=clock)
 
-    def record(self) -> dict[str, Any]:
-        body: dict[str, Any] = dict(self.extra)
+    def record(self, time: float | None = None) -> dict[str, Any]:
+        """The current record; at ``time``, signals older than SIGNAL_MAX_AGE_S are left
+        out (an ECU that stopped answering is not reported forever)."""
+        body: dict[str, Any] = {
+            name: round(value, 1) for name, (t, value) in self._signals.items()
+            if time is None or time - t <= SIGNAL_MAX_AGE_S}
         s = self._speed
         if s is not None:
             body["Vehicle.Speed"] = round(s.speed_kmh, 2)

@@ -6,7 +6,7 @@ import json
 
 from edge.config import config_from_dict
 from edge.core.engine import Engine
-from edge.model import Fix, SpeedSample
+from edge.model import Fix, SignalSample, SpeedSample
 
 GNSS_T0 = 1_778_000_000.0  # May 2026
 SYSTEM_T0 = GNSS_T0 + 200 * 86400  # a Pi without RTC whose clock is 200 days off
@@ -69,12 +69,20 @@ def test_no_step_when_the_system_clock_agrees() -> None:
     assert e.counts["clock_steps"] == 0
 
 
-def test_telemetry_carries_the_sources_extra_signals() -> None:
+RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
+
+
+def test_telemetry_carries_bus_signals_until_they_go_stale() -> None:
     e = engine()
-    e.telemetry.extra = {"Vehicle.Powertrain.CombustionEngine.Speed": 2110.0}
+    assert e.on_signal(SignalSample(time=GNSS_T0 - 0.5, name=RPM, value=2110.0)) == []
     out = payloads(e.on_fix(fix(GNSS_T0, 1.0)))
     tel = [p for p in out if p["type"] == "telemetry"]
-    assert tel and tel[0]["Vehicle.Powertrain.CombustionEngine.Speed"] == 2110.0
+    assert tel and tel[0][RPM] == 2110.0
+    # the ECU stopped answering: 10 s on, the value is no longer reported
+    later = [p for i in range(1, 13) for p in payloads(e.on_fix(fix(GNSS_T0 + i, 1.0)))
+             if p["type"] == "telemetry"]
+    assert later[0][RPM] == 2110.0
+    assert RPM not in later[-1]
 
 
 def test_a_wrong_dbc_scale_raises_one_diagnostic_and_overspeed_follows_gnss() -> None:
