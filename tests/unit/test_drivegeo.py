@@ -20,7 +20,7 @@ from edge.core.geofence import hysteresis_for
 from edge.core.rules import Rules
 from edge.core.zones import Zones, parse_zones
 from edge.model import Event, Fix, SpeedSample
-from tests.unit.test_rules_kit import T0, circle, config, fix, ll, speed, square, zones
+from tests.support.rules_kit import T0, circle, config, fix, ll, speed, square, zones
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVES = sorted(p for p in (ROOT / "sim" / "drives").iterdir() if (p / "config.toml").exists())

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from edge.core.rules import Rules
 from edge.core.zones import load_zones
 from edge.model import Fix
-from tests.unit.test_rules_kit import (
+from tests.support.rules_kit import (
     T0,
     circle,
     config,

@@ -18,7 +18,7 @@ import pytest
 
 from edge.core.zones import Zones, parse_zones
 from edge.errors import ZonesError
-from tests.unit.test_rules_kit import ORIGIN, ll
+from tests.support.rules_kit import ORIGIN, ll
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edge.core.rules import Rules
 from edge.model import Event, Fix
-from tests.unit.test_rules_kit import T0, circle, config, feed, fix, zones
+from tests.support.rules_kit import T0, circle, config, feed, fix, zones
 
 COFFEE = circle("coffee", 500, 0, 50, offer={"text": "2-for-1 espresso", "code": "EDGE42"})
 

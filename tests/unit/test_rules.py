@@ -11,7 +11,7 @@ import pytest
 from edge.core.rules import Rules
 from edge.core.zones import load_zones
 from edge.model import Event, Fix, SpeedSample
-from tests.unit.test_rules_kit import (
+from tests.support.rules_kit import (
     T0,
     circle,
     config,

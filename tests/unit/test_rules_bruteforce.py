@@ -23,7 +23,7 @@ from edge.core.geofence import hysteresis_for
 from edge.core.rules import Rules
 from edge.core.zones import parse_zones
 from edge.model import Event
-from tests.unit.test_rules_kit import config, fix, ll
+from tests.support.rules_kit import config, fix, ll
 
 G = 6  # cells per side
 H = 5.0  # hysteresis, metres

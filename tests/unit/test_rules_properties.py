@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from edge.core.geofence import GeofenceTracker
 from edge.core.rules import Rules
 from edge.model import Event
-from tests.unit.test_rules_kit import T0, circle, config, fix, speed, square, zones
+from tests.support.rules_kit import T0, circle, config, fix, speed, square, zones
 
 ZONES = zones(
     square("a", 0, 0, 60, dwell_s=20),

@@ -8,7 +8,7 @@ from edge.config import SpeedRuleConfig
 from edge.core.rules import Rules
 from edge.core.speed import OverspeedTracker
 from edge.model import Event
-from tests.unit.test_rules_kit import T0, circle, config, feed, fix, speed, zones
+from tests.support.rules_kit import T0, circle, config, feed, fix, speed, zones
 
 
 def ramp(t0: float, t1: float, kmh: float, hz: float = 100.0) -> list:

@@ -6,7 +6,7 @@ import pytest
 
 from edge.core.rules import Rules
 from edge.model import Event, SpeedSample
-from tests.unit.test_rules_kit import T0, config, feed, fix, speed
+from tests.support.rules_kit import T0, config, feed, fix, speed
 
 
 def profile(points: list[tuple[float, float]], hz: float = 10.0) -> list[SpeedSample]:

@@ -12,7 +12,7 @@ import pytest
 from edge.core.geo import LocalFrame, haversine_m
 from edge.core.zones import ZoneLocator, load_zones, parse_maxspeed, parse_zones
 from edge.errors import ZonesError
-from tests.unit.test_rules_kit import ORIGIN, circle, ll, square, zones
+from tests.support.rules_kit import ORIGIN, circle, ll, square, zones
 
 DATA = Path(__file__).parent.parent / "data" / "zones"
 
