@@ -19,7 +19,10 @@ class Backoff:
     attempts: int = 0
 
     def next(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * self.factor**self.attempts)
+        try:
+            ceiling = min(self.cap_s, self.base_s * self.factor**self.attempts)
+        except OverflowError:  # ~1,000 failures in a row (an adapter unplugged for hours)
+            ceiling = self.cap_s
         self.attempts += 1
         # never less than half the ceiling: a fleet still spreads out, one car does
         # not hammer a dead broker.
