@@ -971,7 +971,7 @@ def run_greengrass() -> int:
     """``edge run --greengrass``: config from the nucleus (GetConfiguration), validated
     hot reload on SubscribeToConfigurationUpdate."""
     from edge.errors import ConfigError
-    from edge.ggconfig import GreengrassConfigWatcher
+    from edge.greengrass.config import GreengrassConfigWatcher
     from edge.logconf import configure
 
     holder: dict[str, Daemon] = {}

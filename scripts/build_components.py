@@ -328,7 +328,7 @@ def check_default_configuration(template: dict[str, Any]) -> None:
     from edge.errors import ConfigError
 
     try:  # needs the runtime dependencies (structlog): absent under a bare GDK python3
-        from edge.ggconfig import config_from_component
+        from edge.greengrass.config import config_from_component
     except ImportError:
         return
 

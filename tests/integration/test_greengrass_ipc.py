@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 pytest.importorskip("awsiot.greengrasscoreipc.clientv2")
 
@@ -25,7 +26,7 @@ from edge.errors import (
     UplinkError,
 )
 from edge.forwarder import Forwarder
-from edge.ggconfig import (
+from edge.greengrass.config import (
     GreengrassConfigWatcher,
     changed_sections,
     component_config_to_dict,
@@ -545,3 +546,40 @@ def test_watcher_reconnects_and_rereads_after_nucleus_restart(sock_dir: Path) ->
             await srv.stop()
 
     run(body)
+
+
+def test_watcher_logs_a_repeated_fault_at_warning_once_then_debug(sock_dir: Path) -> None:
+    """A nucleus that stays away and the same invalid update twice: each fault is one
+    WARNING line (with its reason), its repeats DEBUG; health counts every one."""
+    logs: list[dict[str, Any]] = []
+
+    async def body() -> None:
+        applied = Applied()
+        srv = server(sock_dir, configuration=BASE_CONFIG)
+        await srv.start()
+        try:
+            async with watcher_for(srv, applied, reconnect_max_s=0.2) as w:
+                bad = {**BASE_CONFIG, "telemetry": {"interval_s": -1}}
+                for n in (1, 2):
+                    await srv.update_configuration(bad)
+                    await wait_for(lambda n=n: w.health()["updates_rejected"] == n)
+                await srv.stop()
+                await wait_for(lambda: sum(e["event"] == "ggconfig_reconnect_failed"
+                                           for e in logs) >= 3)
+                await srv.start()
+                await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
+        finally:
+            await srv.stop()
+
+    with structlog.testing.capture_logs() as captured:
+        logs = captured
+        run(body)
+    rejected = [e for e in logs if e["event"] == "ggconfig_rejected"]
+    # (re-read after the reconnect, the nucleus' configuration is still the bad one)
+    assert rejected[0]["log_level"] == "warning" and len(rejected) >= 2
+    assert {e["log_level"] for e in rejected[1:]} == {"debug"}
+    assert "telemetry.interval_s" in rejected[0]["reason"]
+    failed = [e for e in logs if e["event"] == "ggconfig_reconnect_failed"]
+    assert failed[0]["log_level"] == "warning" and failed[0]["reason"]
+    assert {e["log_level"] for e in failed[1:]} == {"debug"}
+    assert [e["event"] for e in logs].count("ggconfig_reconnected") == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.app import Daemon
-from edge.ggconfig import config_from_component
+from edge.greengrass.config import config_from_component
 
 DRIVES = Path(__file__).resolve().parents[2] / "sim" / "drives"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from edge.config import Config
-from edge.ggconfig import config_from_component
+from edge.greengrass.config import config_from_component
 
 jsonschema = pytest.importorskip("jsonschema")
 

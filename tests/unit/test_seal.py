@@ -243,7 +243,7 @@ def test_under_greengrass_the_key_comes_from_the_component_configuration(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
     from edge.checks import check_runtime
-    from edge.ggconfig import config_from_component
+    from edge.greengrass.config import config_from_component
 
     work = tmp_path / "work"
     (work / "keys").mkdir(parents=True, mode=0o700)
