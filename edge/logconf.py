@@ -41,11 +41,17 @@ class Once:
         self._seen: set[str] = set()
 
     def __call__(self, log: Any, key: str, event: str, **kw: Any) -> None:
-        if key in self._seen:
-            log.debug(event, repeat=True, **kw)
-        else:
-            self._seen.add(key)
+        if self.first(key):
             log.warning(event, **kw)
+        else:
+            log.debug(event, repeat=True, **kw)
+
+    def first(self, key: str) -> bool:
+        """True the first time ``key`` comes (until ``clear``): for a line logged once."""
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
 
     def clear(self, key: str) -> None:
         self._seen.discard(key)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +29,10 @@ import structlog
 
 from edge import BUILD_DATE
 from edge.config import GnssConfig
+from edge.core.backoff import Backoff
 from edge.core.nmea import GPS_ROLLOVER_2019, FixAssembler, NmeaDecoder
 from edge.errors import GnssError
+from edge.logconf import Once
 from edge.model import Fix
 
 log = structlog.get_logger()
@@ -92,11 +93,13 @@ class GnssSource:
             self._mono = clock
             self._decoder.assembler.replay = True
         self._connected = False
-        self._failures = 0  # consecutive, for the backoff and the log level
+        # consecutive failures: the reopen delay, and the port_lost line (WARNING once)
+        self._backoff = Backoff(base_s=BACKOFF_BASE_S,
+                                cap_s=max(config.reopen_max_s, BACKOFF_BASE_S))
+        self._once = Once()
         self._counters: dict[str, int] = dict.fromkeys(
             ("opens", "open_failures", "disconnects", "bytes", "fixes_emitted",
              "emit_errors"), 0)
-        self._logged: set[str] = set()
         self._last_fix_mono: float | None = None
         self._last_valid_mono: float | None = None
         self._skew_s: float | None = None
@@ -113,7 +116,7 @@ class GnssSource:
             except GnssError as exc:
                 self._counters["open_failures"] += 1
                 self._lost(str(exc))
-                await asyncio.sleep(self._next_delay())
+                await asyncio.sleep(self._backoff.next())
                 continue
             try:
                 reason = await self._read(ser, emit)
@@ -126,7 +129,7 @@ class GnssSource:
                     pass
             self._counters["disconnects"] += 1
             self._lost(reason)
-            await asyncio.sleep(self._next_delay())
+            await asyncio.sleep(self._backoff.next())
 
     @property
     def bytes_read(self) -> int:
@@ -184,8 +187,9 @@ class GnssSource:
                     lost.set_result("end of file (device closed)")
                 loop.remove_reader(fd)
                 return
-            if self._failures:
-                self._failures = 0
+            if self._backoff.attempts:
+                self._backoff.reset()
+                self._once.clear("port")
                 log.info("gnss.receiving", port=self.config.port)
             self._counters["bytes"] += len(data)
             self._deliver(decoder.feed(data, self._mono()), emit)
@@ -212,30 +216,15 @@ class GnssSource:
                     emit(fix)
                 except Exception as exc:  # a consumer bug must not kill the source
                     self._counters["emit_errors"] += 1
-                    if "emit" not in self._logged:
-                        self._logged.add("emit")
+                    if self._once.first("emit"):
                         log.error("gnss.emit_failed", error=repr(exc))
-        stats = None
-        for key in _BAD_INPUT:
-            if key in self._logged:
-                continue
-            if stats is None:
-                stats = self._decoder.stats
-            if stats.get(key, 0):
-                self._logged.add(key)
+        stats = self._decoder.stats
+        for key in _BAD_INPUT:  # the first of each kind: one line with its reason
+            if stats.get(key, 0) and self._once.first(f"bad_input:{key}"):
                 log.warning("gnss.bad_input", port=self.config.port, kind=key,
                             count=stats[key])
 
     def _lost(self, reason: str) -> None:
         self._last_error = reason
-        self._failures += 1
-        if self._failures == 1:
-            log.warning("gnss.port_lost", port=self.config.port, reason=reason)
-        else:
-            log.debug("gnss.port_lost", port=self.config.port, reason=reason,
-                      attempt=self._failures)
-
-    def _next_delay(self) -> float:
-        cap = max(self.config.reopen_max_s, BACKOFF_BASE_S)
-        ceiling = min(cap, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 30))
-        return random.uniform(ceiling / 2, ceiling)  # jitter keeps half the step
+        self._once(log, "port", "gnss.port_lost", port=self.config.port, reason=reason,
+                   attempt=self._backoff.attempts + 1)
