@@ -34,8 +34,8 @@ from typing import Any
 import structlog
 
 from edge import __version__
-from edge.checks import check_runtime
 from edge.config import Config
+from edge.config_files import check_runtime
 from edge.core.backoff import Backoff
 from edge.core.engine import Engine
 from edge.errors import (

@@ -107,7 +107,7 @@ def cmd_decode_can(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
-    from edge.checks import check_runtime
+    from edge.config_files import check_runtime
 
     try:
         check_runtime(cfg)  # the files it names: zones, DBC and signals, TLS material

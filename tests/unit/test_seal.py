@@ -242,7 +242,7 @@ def test_cryptography_is_imported_only_when_encryption_is_on(tmp_path: Path) -> 
 def test_under_greengrass_the_key_comes_from_the_component_configuration(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
-    from edge.checks import check_runtime
+    from edge.config_files import check_runtime
     from edge.greengrass.config import config_from_component
 
     work = tmp_path / "work"
