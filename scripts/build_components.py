@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Build the Greengrass v2 components: artifacts + rendered recipes (what `make components` runs).
 
-For each component in recipes/<name>.recipe.json this writes, in the layout of a local
-deployment (nucleus lite's ``ggl-cli deploy --recipe-dir --artifacts-dir``, classic's
-``greengrass-cli deployment create --recipeDir --artifactDir``),
+For each component in recipes/<name>.recipe.json (its GDK project,
+components/greengrass/<name>/, links the same file as recipe.json) this writes, in the
+layout of a local deployment (nucleus lite's ``ggl-cli deploy --recipe-dir
+--artifacts-dir``, classic's ``greengrass-cli deployment create --recipeDir
+--artifactDir``),
 
     build/greengrass/recipes/<name>-<version>.json
     build/greengrass/artifacts/<name>/<version>/...
@@ -17,7 +19,8 @@ the venv with ``--system-site-packages``: those packages must then come from the
 
 Recipe templates use GDK's placeholders ``{COMPONENT_NAME}`` / ``{COMPONENT_VERSION}``,
 ``{{ARTIFACT_BUCKET}}`` (kept as is unless ``--bucket`` is given) and one manifest with
-``{ARCH}`` / ``{GG_ARCH}`` that is expanded to one manifest per architecture.
+``{ARCH}`` / ``{GG_ARCH}`` that is expanded to one manifest per architecture. Artifacts
+that ship as they are live in components/greengrass/artifacts/.
 com.vehicleedge.Roads carries one region's road index (``roads.db``), imported here from
 an OSM extract with ``edge roads import``'s importer (``--roads-extract``, default: the
 Helsinki extract scripts/fetch_osm.py caches; without one the Roads component is left
@@ -56,7 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # edge.config (stdlib only) gives the configuration defaults
     sys.path.insert(0, str(ROOT))
 RECIPES = ROOT / "recipes"
-COMPONENTS = ROOT / "components"
+# files shipped as they are (install-venv.sh: the Daemon's and the Simulator's install step)
+ARTIFACTS = ROOT / "components" / "greengrass" / "artifacts"
 DEFAULT_ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
 ROADS = "com.vehicleedge.Roads"
 
@@ -455,8 +459,8 @@ def build(*, version: str, bucket: str | None, arches: Sequence[Arch], out: Path
                 arch_name = art.removeprefix("wheelhouse-").removesuffix(".zip")
                 if arch_name in zips:
                     shutil.copy2(zips[arch_name], adir / art)
-            elif art == "install-venv.sh":
-                shutil.copy2(COMPONENTS / art, adir / art)
+            elif (ARTIFACTS / art).is_file():
+                shutil.copy2(ARTIFACTS / art, adir / art)
             elif art == "zones.geojson":
                 shutil.copy2(zones, adir / art)
             elif art == "roads.db" and roads is not None:

@@ -25,6 +25,8 @@ jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build_components.py"
+GDK_PROJECTS = ROOT / "components" / "greengrass"  # one GDK project per component
+INSTALL_VENV = GDK_PROJECTS / "artifacts" / "install-venv.sh"
 COMPONENTS = ("com.vehicleedge.Daemon", "com.vehicleedge.Zones", "com.vehicleedge.Simulator",
               "com.vehicleedge.Roads")
 ROADS = "com.vehicleedge.Roads"
@@ -465,7 +467,7 @@ def test_install_is_offline_into_work_dir_venv(rendered: dict[str, Any], name: s
         uris = [a["Uri"].rsplit("/", 1)[-1] for a in m["Artifacts"]]
         assert f"wheelhouse-{arch}.zip" in uris
         assert f"{{work:path}}/venv-{VERSION}" in m["Lifecycle"]["run"]["Script"]
-    script = (ROOT / "components" / "install-venv.sh").read_text()
+    script = (INSTALL_VENV).read_text()
     assert "--no-index" in script and "--find-links" in script
     pip_lines = [ln for ln in script.splitlines() if "pip install" in ln or "pip\" install" in ln
                  or ln.strip().startswith("\"$VENV/bin/python\" -m pip")]
@@ -496,7 +498,7 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
         z.write(whl, whl.name)
     env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/none", "PATH": os.environ["PATH"]}
     r = subprocess.run(
-        ["sh", str(ROOT / "components" / "install-venv.sh"), str(art), str(work), "x86_64",
+        ["sh", str(INSTALL_VENV), str(art), str(work), "x86_64",
          "9.9.10"], capture_output=True, text=True, env=env, timeout=300,
     )
     assert r.returncode == 0, r.stderr + r.stdout
@@ -608,7 +610,7 @@ GDK_CONFIG_SCHEMA: dict[str, Any] = {
 
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_component_dir_is_a_gdk_project(name: str) -> None:
-    cdir = ROOT / "components" / name
+    cdir = GDK_PROJECTS / name
     recipe = cdir / "recipe.json"
     assert recipe.is_file(), f"{recipe} missing (GDK needs recipe.json or recipe.yaml)"
     if recipe.is_symlink():  # survives git clone only as a relative link inside the repo
@@ -633,7 +635,7 @@ def test_recipe_symlinks_are_tracked_as_symlinks() -> None:
         pytest.skip(f"git unavailable: {r.stderr.strip()}")
     modes = {line.split("\t")[1]: line.split()[0] for line in r.stdout.splitlines()}
     for name in COMPONENTS:
-        path = f"components/{name}/recipe.json"
+        path = f"components/greengrass/{name}/recipe.json"
         if (ROOT / path).is_symlink() and path in modes:  # new files: not committed yet
             assert modes[path] == "120000", path
 
@@ -643,9 +645,9 @@ def test_gdk_custom_build_writes_what_gdk_publishes(tmp_path: Path, name: str) -
     """Run the project's custom_build_command as `gdk component build` does (in the
     component dir), in a copy of the layout so the source tree stays clean."""
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")
-    proj = tmp_path / "components" / name
+    proj = tmp_path / GDK_PROJECTS.relative_to(ROOT) / name
     proj.mkdir(parents=True)
-    conf_text = (ROOT / "components" / name / "gdk-config.json").read_text()
+    conf_text = (GDK_PROJECTS / name / "gdk-config.json").read_text()
     (proj / "gdk-config.json").write_text(conf_text)
     conf = json.loads(conf_text)["component"][name]
     cmd = [sys.executable if c in ("python3", "python") else c
