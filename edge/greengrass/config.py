@@ -178,12 +178,12 @@ class GreengrassConfigWatcher:
         self._on_config = on_config
         e = os.environ if env is None else env
         self._base = base or Path(e.get(WORK_ENV) or Path.cwd())
-        self._ipc_socket = ipc_socket
-        self._authtoken = authtoken
         self._env = env
+        # one ConfigIpc per connection, all with the same socket, token and deadline
+        self._ipc_options: dict[str, Any] = {"ipc_socket": ipc_socket, "authtoken": authtoken,
+                                             "timeout_s": timeout_s}
         self._validate_deployments = validate_deployments
         self._update_state_on_reject = update_state_on_reject
-        self._timeout_s = timeout_s
         self._reconnect_max_s = reconnect_max_s
         self._config: Config | None = None
         self._ipc: ConfigIpc | None = None
@@ -256,7 +256,7 @@ class GreengrassConfigWatcher:
             on_update=self._dirty.set,
             on_lost=lambda: self._ipc_lost(ipc),
             on_validate=self._spawn_validation if self._validate_deployments else None,
-            ipc_socket=self._ipc_socket, authtoken=self._authtoken, timeout_s=self._timeout_s,
+            **self._ipc_options,
         )
         self._ipc = ipc
         try:
