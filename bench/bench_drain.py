@@ -113,7 +113,7 @@ def _daemon_backlog_alert(b: Broker, tmp: Path, n: int = 1_000_000) -> tuple[flo
     outbox already holding ``n`` telemetry rows: process start -> the first overspeed
     alert received by an observer. The backlog must still be there (not drained first)."""
     from tests.support.broker import Subscriber
-    from tests.system.test_daemon import PtyFeeder
+    from tests.support.daemon import PtyFeeder
 
     _backlog(tmp / "outbox.db", n)
     cfg = tmp / "edge.toml"
@@ -165,7 +165,7 @@ def _daemon_broker_back(b: Broker, tmp: Path) -> tuple[float, bool]:
     """``edge run`` as a process, the broker stopped for 3 s while fixes keep coming, then
     started again on the same port: broker start -> the daemon's first PUBACKed publish
     (the outbox's delivered counter moves)."""
-    from tests.system.test_daemon import PtyFeeder
+    from tests.support.daemon import PtyFeeder
 
     db = tmp / "outbox.db"
     feeder = PtyFeeder(period=0.05)

@@ -13,7 +13,7 @@ import pytest
 
 from edge.app import Daemon
 from edge.config import Config, load_config
-from tests.system.test_daemon import PtyFeeder
+from tests.support.daemon import PtyFeeder, events, wait_until
 
 CIRCLE = {
     "type": "FeatureCollection",
@@ -31,18 +31,6 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def events(path: Path, kind: str) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        p = json.loads(line)["payload"]
-        for rec in p["records"] if p["type"] == "telemetry_batch" else [p]:
-            if rec["type"] == kind:
-                out.append(rec)
-    return out
-
-
 def make_config(tmp_path: Path, port: str) -> Config:
     zones = tmp_path / "zones.geojson"
     zones.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
@@ -56,16 +44,6 @@ def make_config(tmp_path: Path, port: str) -> Config:
         "[health]\ninterval_s = 0.5\n"
     )
     return load_config(cfg)
-
-
-async def wait_until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(pred())
 
 
 def run_daemon(tmp_path: Path,

@@ -18,8 +18,7 @@ from edge.config import UplinkConfig
 from edge.errors import PublishRejected, UplinkError
 from edge.uplinks.iotcore import IotCoreUplink
 from tests.conftest import OTHER, THING
-from tests.integration.test_mqtt_uplink import PropsSubscriber
-from tests.support.broker import Broker, Pki
+from tests.support.broker import Broker, Pki, PropsSubscriber
 
 pytest.importorskip("awscrt")
 pytest.importorskip("awsiot")

@@ -6,8 +6,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from edge.model import Envelope, Lane
 from edge.outbox import Outbox
 from edge.uplinks.mqtt import MqttUplink
 from tests.conftest import OTHER, THING
-from tests.support.broker import OBSERVER, Broker, Pki, Subscriber
+from tests.support.broker import Broker, Pki, PropsSubscriber, Subscriber
 
 
 def uplink_config(broker: Broker, **kw: Any) -> UplinkConfig:
@@ -29,39 +27,6 @@ def uplink_config(broker: Broker, **kw: Any) -> UplinkConfig:
     return UplinkConfig(kind="mqtt", endpoint="localhost", port=broker.port, ca=pki.ca,
                         cert=pki.cert(THING), key=pki.key(THING), connect_timeout_s=5.0,
                         **kw)
-
-
-class PropsSubscriber:
-    """MQTT 5 observer that keeps each message's user properties."""
-
-    def __init__(self, broker: Broker) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
-        self.got = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"props-{time.time_ns()}",
-                        protocol=mqtt.MQTTv5)
-        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
-        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
-        c.tls_set_context(ctx)
-        ready = threading.Event()
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
-        c.on_subscribe = lambda *a: ready.set()
-        c.on_message = self._on_message
-        c.connect("localhost", broker.port)
-        c.loop_start()
-        self.client = c
-        assert ready.wait(10)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        props = dict(getattr(msg.properties, "UserProperty", []) or [])
-        self.messages.append((msg.topic, bytes(msg.payload), props))
-        self.got.set()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def telemetry(i: int) -> Envelope:

@@ -15,8 +15,7 @@ from edge.app import Daemon
 from edge.config import load_config
 from edge.errors import ConfigError
 from edge.roads.index import E7, IndexWriter
-from tests.integration.test_hot_reload import events, wait_until
-from tests.system.test_daemon import PtyFeeder
+from tests.support.daemon import PtyFeeder, events, wait_until
 
 LON = 11.5820  # the feeder drives north along this meridian from 48.1351
 

@@ -3,6 +3,8 @@ ACL that scopes each thing to ``vehicles/<thing>/#`` as an AWS IoT policy would.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -191,6 +193,125 @@ class Subscriber:
                     return False
                 self._cond.wait(left)
             return True
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class PersistentBroker(Broker):
+    """A broker that keeps sessions and queued messages across restarts.
+
+    Its configuration is written before the one and only mosquitto process starts: a
+    throw-away broker without persistence must never listen on this port, even briefly,
+    or the daemon may reconnect to it, get PUBACKs and see those messages vanish with
+    it before the observer has reconnected. Started as root, mosquitto runs as its own
+    user: the persistence folder is that user's, or mosquitto cannot save (it says
+    "Permission denied" and forgets every session at the restart). ``stop`` checks that
+    the database was written."""
+
+    @property
+    def store(self) -> Path:
+        return self.pki.dir / f"mq-store-{self.port}"
+
+    def write_conf(self) -> None:
+        super().write_conf()
+        self.store.mkdir(mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            import pwd
+
+            with contextlib.suppress(KeyError):
+                pw = pwd.getpwnam("mosquitto")
+                os.chown(self.store, pw.pw_uid, pw.pw_gid)
+        text = self.conf.read_text()
+        assert "persistence false\n" in text
+        self.conf.write_text(text.replace(
+            "persistence false\n",
+            f"persistence true\npersistence_location {self.store}/\n"
+            "persistence_file ps.db\n"))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        running = self.proc is not None and self.proc.poll() is None
+        # a graceful stop saves the database: on a loaded machine that can outlast the
+        # plain broker's 5 s, and a kill would lose what the test is about
+        super().stop(timeout)
+        if running:  # a broker that did not persist would lose the observer's session
+            assert (self.store / "ps.db").exists(), f"mosquitto saved nothing in {self.store}"
+
+
+class Observer:
+    """Every envelope the broker accepted, across broker restarts (persistent session)."""
+
+    def __init__(self, broker: Broker) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.envelopes: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{broker.port}",
+                        protocol=mqtt.MQTTv5)
+        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
+        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
+        c.tls_set_context(ctx)
+        c.reconnect_delay_set(0.1, 0.5)
+        ready = threading.Event()
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
+        c.on_subscribe = lambda *a: ready.set()
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("localhost", broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        assert ready.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        body = json.loads(msg.payload)
+        with self._lock:
+            self.envelopes.extend(body["records"] if "records" in body else [body])
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.envelopes)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [str(e["id"]) for e in self.envelopes]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class PropsSubscriber:
+    """MQTT 5 observer that keeps each message's user properties."""
+
+    def __init__(self, broker: Broker) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
+        self.got = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"props-{time.time_ns()}",
+                        protocol=mqtt.MQTTv5)
+        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
+        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
+        c.tls_set_context(ctx)
+        ready = threading.Event()
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
+        c.on_subscribe = lambda *a: ready.set()
+        c.on_message = self._on_message
+        c.connect("localhost", broker.port)
+        c.loop_start()
+        self.client = c
+        assert ready.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        props = dict(getattr(msg.properties, "UserProperty", []) or [])
+        self.messages.append((msg.topic, bytes(msg.payload), props))
+        self.got.set()
 
     def close(self) -> None:
         self.client.disconnect()

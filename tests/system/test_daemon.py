@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,57 +15,8 @@ import pytest
 from edge.outbox import Outbox
 from tests.conftest import THING
 from tests.support.broker import Broker, Subscriber
-from tests.support.nmea import T0, epoch
-
-
-class PtyFeeder:
-    """The GNSS receiver's side of a pty: writes one epoch every ``period`` seconds."""
-
-    def __init__(self, period: float = 0.05) -> None:
-        self.master, slave = os.openpty()
-        self.path = os.ttyname(slave)
-        os.close(slave)
-        self.period = period
-        self._stop = threading.Event()
-        self.sent = 0
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> PtyFeeder:
-        self._t.start()
-        return self
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            data = epoch(T0 + timedelta(seconds=i), 48.1351 + i * 1e-4, 11.5820, 36.0)
-            try:
-                os.write(self.master, data)
-            except OSError:
-                return
-            self.sent += 1
-            i += 1
-            time.sleep(self.period)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        os.close(self.master)
-
-
-def write_config(tmp: Path, broker: Broker, gnss_port: str, extra: str = "") -> Path:
-    cfg = tmp / "edge.toml"
-    cfg.write_text(
-        f'thing = "{THING}"\n'
-        "[gnss]\n"
-        f'port = "{gnss_port}"\n'
-        "[outbox]\n"
-        f'path = "{tmp / "outbox.db"}"\n'
-        "[health]\ninterval_s = 1.0\n"
-        "[log]\nformat = \"json\"\n"
-        + broker.uplink_section(THING)
-        + extra
-    )
-    return cfg
+from tests.support.daemon import PtyFeeder, start_daemon, write_config
+from tests.support.nmea import T0
 
 
 @pytest.fixture
@@ -76,13 +24,6 @@ def feeder() -> Iterator[PtyFeeder]:
     f = PtyFeeder().start()
     yield f
     f.close()
-
-
-def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
 
 
 def telemetry_records(messages: list[tuple[str, bytes]]) -> list[dict[str, object]]:

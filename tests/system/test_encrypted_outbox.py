@@ -17,15 +17,9 @@ import pytest
 
 from edge.seal import key_id, keygen
 from tests.conftest import THING
-from tests.support.broker import Pki
-from tests.system.test_daemon import PtyFeeder, start_daemon, write_config
-from tests.system.test_store_forward import (
-    Observer,
-    PersistentBroker,
-    pending,
-    stop,
-    wait_until,
-)
+from tests.support.broker import Observer, PersistentBroker, Pki
+from tests.support.chaos import wait_until
+from tests.support.daemon import PtyFeeder, pending, start_daemon, stop, write_config
 
 pytest.importorskip("cryptography")
 
