@@ -154,29 +154,46 @@ class Broker:
         )
 
 
+def observer_client(broker: Broker, *, client_id: str, on_message: Callable[..., None],
+                    topic: str = "vehicles/#", session_s: int = 0) -> Any:
+    """A paho MQTT 5 client of the observer identity, connected and subscribed (QoS 1) to
+    ``topic``; ``session_s`` > 0 keeps a persistent session that long across broker
+    restarts (and reconnects quickly)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
+    ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
+    c.tls_set_context(ctx)
+    subscribed = threading.Event()
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_message = on_message
+    if session_s:
+        c.reconnect_delay_set(0.1, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_s
+        c.connect("localhost", broker.port, clean_start=False, properties=props)
+    else:
+        c.connect("localhost", broker.port)
+    c.loop_start()
+    if not subscribed.wait(10):
+        c.loop_stop()
+        raise RuntimeError(f"observer {client_id} could not subscribe to {topic}")
+    return c
+
+
 class Subscriber:
     """Collects everything under ``vehicles/#`` as the observer identity."""
 
     def __init__(self, broker: Broker, topic: str = "vehicles/#") -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.time_ns()}",
-                        protocol=mqtt.MQTTv5)
-        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
-        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
-        c.tls_set_context(ctx)
-        subscribed = threading.Event()
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
-        c.on_subscribe = lambda *a: subscribed.set()
-        c.on_message = self._on_message
-        c.connect("localhost", broker.port)
-        c.loop_start()
-        self.client = c
-        if not subscribed.wait(10):
-            raise RuntimeError("observer could not subscribe")
+        self.client = observer_client(broker, client_id=f"observer-{time.time_ns()}",
+                                      on_message=self._on_message, topic=topic)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._cond:
@@ -243,29 +260,10 @@ class Observer:
     """Every envelope the broker accepted, across broker restarts (persistent session)."""
 
     def __init__(self, broker: Broker) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         self.envelopes: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{broker.port}",
-                        protocol=mqtt.MQTTv5)
-        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
-        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
-        c.tls_set_context(ctx)
-        c.reconnect_delay_set(0.1, 0.5)
-        ready = threading.Event()
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
-        c.on_subscribe = lambda *a: ready.set()
-        c.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        c.connect("localhost", broker.port, clean_start=False, properties=props)
-        c.loop_start()
-        self.client = c
-        assert ready.wait(10)
+        self.client = observer_client(broker, client_id=f"obs-{broker.port}",
+                                      on_message=self._on_message, session_s=3600)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         body = json.loads(msg.payload)
@@ -289,24 +287,10 @@ class PropsSubscriber:
     """MQTT 5 observer that keeps each message's user properties."""
 
     def __init__(self, broker: Broker) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.messages: list[tuple[str, bytes, dict[str, str]]] = []
         self.got = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"props-{time.time_ns()}",
-                        protocol=mqtt.MQTTv5)
-        ctx = ssl.create_default_context(cafile=str(broker.pki.ca))
-        ctx.load_cert_chain(str(broker.pki.cert(OBSERVER)), str(broker.pki.key(OBSERVER)))
-        c.tls_set_context(ctx)
-        ready = threading.Event()
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("vehicles/#", qos=1)
-        c.on_subscribe = lambda *a: ready.set()
-        c.on_message = self._on_message
-        c.connect("localhost", broker.port)
-        c.loop_start()
-        self.client = c
-        assert ready.wait(10)
+        self.client = observer_client(broker, client_id=f"props-{time.time_ns()}",
+                                      on_message=self._on_message)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         props = dict(getattr(msg.properties, "UserProperty", []) or [])
