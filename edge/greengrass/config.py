@@ -21,7 +21,8 @@ dict ``edge.config.config_from_dict`` takes; ``GreengrassConfigWatcher`` then:
 The IPC calls and subscriptions are ``edge.greengrass.config_ipc.ConfigIpc``'s (one per
 connection; its callbacks run on the asyncio loop). Updates are coalesced (the latest
 configuration is re-read), so nothing queues up without bound. A lost connection is
-reopened after the capped, jittered ``edge.core.backoff.Backoff``.
+reopened after the capped, jittered ``edge.core.backoff.Backoff`` (a refused token: at
+the cap at once).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import structlog
 
 from edge.config import Config, config_from_dict
 from edge.core.backoff import Backoff
-from edge.errors import ConfigError, EdgeError, UplinkError
+from edge.errors import ConfigError, EdgeError, UplinkAuthError, UplinkError
 from edge.greengrass.config_ipc import ConfigIpc
 from edge.logconf import Once
 
@@ -288,8 +289,12 @@ class GreengrassConfigWatcher:
                 await self._connect()
             except EdgeError as exc:
                 self._last_error = str(exc)
-                self._once(log, "reconnect", "ggconfig_reconnect_failed", reason=str(exc))
-                await asyncio.sleep(backoff.next())
+                if isinstance(exc, UplinkAuthError):  # a refused token: retrying soon won't help
+                    backoff.to_cap()
+                delay = backoff.next()
+                self._once(log, "reconnect", "ggconfig_reconnect_failed", reason=str(exc),
+                           retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
                 continue
             self._counts["reconnects"] += 1
             self._last_error = None

@@ -583,3 +583,34 @@ def test_watcher_logs_a_repeated_fault_at_warning_once_then_debug(sock_dir: Path
     assert failed[0]["log_level"] == "warning" and failed[0]["reason"]
     assert {e["log_level"] for e in failed[1:]} == {"debug"}
     assert [e["event"] for e in logs].count("ggconfig_reconnected") == 1
+
+
+def test_watcher_waits_the_longest_backoff_after_a_refused_token(sock_dir: Path) -> None:
+    """The nucleus comes back with another SVCUID (refused: retrying soon cannot help):
+    the next attempt waits the capped delay, not the short one an absent socket gets."""
+    logs: list[dict[str, Any]] = []
+
+    async def body() -> None:
+        srv = server(sock_dir, configuration=BASE_CONFIG)
+        await srv.start()
+        try:
+            async with watcher_for(srv, Applied(), reconnect_max_s=4.0) as w:
+                token = srv.svcuid
+                await srv.stop()
+                await wait_for(lambda: any(e["event"] == "ggconfig_reconnect_failed"
+                                           for e in logs))
+                srv.svcuid = "rotated"
+                await srv.start()
+                await wait_for(lambda: "SVCUID" in str(w.health()["last_error"]), within_s=5)
+                srv.svcuid = token  # accepted again: the watcher comes back, after the wait
+                await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
+        finally:
+            await srv.stop()
+
+    with structlog.testing.capture_logs() as captured:
+        logs = captured
+        run(body)
+    failed = [e for e in logs if e["event"] == "ggconfig_reconnect_failed"]
+    refused = [e for e in failed if "SVCUID" in e["reason"]]
+    assert failed[0]["retry_in_s"] <= 0.5  # socket gone: the short first step
+    assert refused and all(e["retry_in_s"] >= 2.0 for e in refused)  # cap 4 s, jittered
