@@ -9,15 +9,15 @@ import pytest
 
 from tests.support.broker import Broker, Pki, Subscriber
 
-# tests.support.layout: the broker marker, and no broker in tests/unit (pytester tests it)
-pytest_plugins = ["pytester", "tests.support.layout"]
-
 # compiled DBC specs (edge.core.dbcspec) go to a per-run cache, not the user's ~/.cache;
 # daemons started by the tests inherit it
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ve-xdg-cache-")
 
 THING = "car-test-1"
 OTHER = "car-test-2"
+
+# tests.support.layout: the broker marker, and no broker in tests/unit (pytester tests it)
+pytest_plugins = ["pytester", "tests.support.layout"]
 
 
 @pytest.fixture(scope="session")
