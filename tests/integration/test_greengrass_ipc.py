@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -527,23 +527,39 @@ def test_invalid_config_at_start_is_config_error(sock_dir: Path) -> None:
     run(body)
 
 
+@contextlib.asynccontextmanager
+async def restartable_server(sock_dir: Path) -> AsyncIterator[GgIpcServer]:
+    """A nucleus with BASE_CONFIG that the test may stop and start again; stopped at the
+    end in any case."""
+    srv = server(sock_dir, configuration=BASE_CONFIG)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def run_logged(body: Callable[[list[dict[str, Any]]], Awaitable[None]]
+               ) -> list[dict[str, Any]]:
+    """``run(body)`` with structlog's events captured; ``body`` may watch them as they come."""
+    with structlog.testing.capture_logs() as logs:
+        run(lambda: body(logs))
+    return logs
+
+
 def test_watcher_reconnects_and_rereads_after_nucleus_restart(sock_dir: Path) -> None:
     async def body() -> None:
         applied = Applied()
-        srv = server(sock_dir, configuration=BASE_CONFIG)
-        await srv.start()
-        try:
-            async with watcher_for(srv, applied, reconnect_max_s=0.5) as w:
-                await srv.stop()
-                await wait_for(lambda: not w.health()["connected"])
-                srv.configuration = {**BASE_CONFIG, "log": {"level": "warning"}}
-                await srv.start()
-                async with asyncio.timeout(10):
-                    await applied.event.wait()
-                assert w.config.log.level == "warning"
-                assert w.health()["reconnects"] >= 1
-        finally:
+        async with restartable_server(sock_dir) as srv, \
+                watcher_for(srv, applied, reconnect_max_s=0.5) as w:
             await srv.stop()
+            await wait_for(lambda: not w.health()["connected"])
+            srv.configuration = {**BASE_CONFIG, "log": {"level": "warning"}}
+            await srv.start()
+            async with asyncio.timeout(10):
+                await applied.event.wait()
+            assert w.config.log.level == "warning"
+            assert w.health()["reconnects"] >= 1
 
     run(body)
 
@@ -551,29 +567,20 @@ def test_watcher_reconnects_and_rereads_after_nucleus_restart(sock_dir: Path) ->
 def test_watcher_logs_a_repeated_fault_at_warning_once_then_debug(sock_dir: Path) -> None:
     """A nucleus that stays away and the same invalid update twice: each fault is one
     WARNING line (with its reason), its repeats DEBUG; health counts every one."""
-    logs: list[dict[str, Any]] = []
-
-    async def body() -> None:
-        applied = Applied()
-        srv = server(sock_dir, configuration=BASE_CONFIG)
-        await srv.start()
-        try:
-            async with watcher_for(srv, applied, reconnect_max_s=0.2) as w:
-                bad = {**BASE_CONFIG, "telemetry": {"interval_s": -1}}
-                for n in (1, 2):
-                    await srv.update_configuration(bad)
-                    await wait_for(lambda n=n: w.health()["updates_rejected"] == n)
-                await srv.stop()
-                await wait_for(lambda: sum(e["event"] == "ggconfig_reconnect_failed"
-                                           for e in logs) >= 3)
-                await srv.start()
-                await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
-        finally:
+    async def body(logs: list[dict[str, Any]]) -> None:
+        async with restartable_server(sock_dir) as srv, \
+                watcher_for(srv, Applied(), reconnect_max_s=0.2) as w:
+            bad = {**BASE_CONFIG, "telemetry": {"interval_s": -1}}
+            for n in (1, 2):
+                await srv.update_configuration(bad)
+                await wait_for(lambda n=n: w.health()["updates_rejected"] == n)
             await srv.stop()
+            await wait_for(lambda: sum(e["event"] == "ggconfig_reconnect_failed"
+                                       for e in logs) >= 3)
+            await srv.start()
+            await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
 
-    with structlog.testing.capture_logs() as captured:
-        logs = captured
-        run(body)
+    logs = run_logged(body)
     rejected = [e for e in logs if e["event"] == "ggconfig_rejected"]
     # (re-read after the reconnect, the nucleus' configuration is still the bad one)
     assert rejected[0]["log_level"] == "warning" and len(rejected) >= 2
@@ -588,28 +595,20 @@ def test_watcher_logs_a_repeated_fault_at_warning_once_then_debug(sock_dir: Path
 def test_watcher_waits_the_longest_backoff_after_a_refused_token(sock_dir: Path) -> None:
     """The nucleus comes back with another SVCUID (refused: retrying soon cannot help):
     the next attempt waits the capped delay, not the short one an absent socket gets."""
-    logs: list[dict[str, Any]] = []
-
-    async def body() -> None:
-        srv = server(sock_dir, configuration=BASE_CONFIG)
-        await srv.start()
-        try:
-            async with watcher_for(srv, Applied(), reconnect_max_s=4.0) as w:
-                token = srv.svcuid
-                await srv.stop()
-                await wait_for(lambda: any(e["event"] == "ggconfig_reconnect_failed"
-                                           for e in logs))
-                srv.svcuid = "rotated"
-                await srv.start()
-                await wait_for(lambda: "SVCUID" in str(w.health()["last_error"]), within_s=5)
-                srv.svcuid = token  # accepted again: the watcher comes back, after the wait
-                await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
-        finally:
+    async def body(logs: list[dict[str, Any]]) -> None:
+        async with restartable_server(sock_dir) as srv, \
+                watcher_for(srv, Applied(), reconnect_max_s=4.0) as w:
+            token = srv.svcuid
             await srv.stop()
+            await wait_for(lambda: any(e["event"] == "ggconfig_reconnect_failed"
+                                       for e in logs))
+            srv.svcuid = "rotated"
+            await srv.start()
+            await wait_for(lambda: "SVCUID" in str(w.health()["last_error"]), within_s=5)
+            srv.svcuid = token  # accepted again: the watcher comes back, after the wait
+            await wait_for(lambda: w.health()["reconnects"] == 1, within_s=10)
 
-    with structlog.testing.capture_logs() as captured:
-        logs = captured
-        run(body)
+    logs = run_logged(body)
     failed = [e for e in logs if e["event"] == "ggconfig_reconnect_failed"]
     refused = [e for e in failed if "SVCUID" in e["reason"]]
     assert failed[0]["retry_in_s"] <= 0.5  # socket gone: the short first step
