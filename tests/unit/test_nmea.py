@@ -15,11 +15,10 @@ from edge.core.nmea import (
     GPS_ROLLOVER_2019,
     FixAssembler,
     NmeaDecoder,
-    NmeaFramer,
-    _crc24q,
     correct_week_rollover,
     iter_fixes,
 )
+from edge.core.nmeaframe import NmeaFramer, _crc24q
 from edge.model import Fix
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nmea"
