@@ -37,15 +37,15 @@ from edge.core.nmeadate import (
     parse_tod,
 )
 from edge.core.nmeaepoch import Epoch, field, parse_int, position
-from edge.core.nmeaframe import MAX_SENTENCE, NmeaFramer
+from edge.core.nmeaframe import NmeaFramer
 from edge.model import Fix
 
+# GPS_ROLLOVER_2019 and correct_week_rollover (edge.core.nmeadate) are exported here too:
+# the live GNSS source and sim/drive.py take them from the NMEA entry point
 __all__ = [
     "GPS_ROLLOVER_2019",
-    "MAX_SENTENCE",
     "FixAssembler",
     "NmeaDecoder",
-    "NmeaFramer",
     "correct_week_rollover",
     "iter_fixes",
 ]
