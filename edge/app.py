@@ -169,7 +169,7 @@ def load_zones_for(config: Config, *, optional: bool = False) -> Any:
         log.warning("zones file not there yet, running without zones",
                     path=str(config.rules.zones), reason=zones_missing(config.rules.zones))
         return None
-    from edge.core.zones import load_zones
+    from edge.sources.zonesfile import load_zones
 
     return load_zones(config.rules.zones)
 

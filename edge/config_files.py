@@ -32,7 +32,7 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
     Roads component deploys it later), one that is there must be an index."""
     if zones and cfg.rules.zones is not None and (zones_must_exist
                                                    or cfg.rules.zones.exists()):
-        from edge.core.zones import load_zones
+        from edge.sources.zonesfile import load_zones
 
         try:
             load_zones(cfg.rules.zones)

@@ -134,7 +134,8 @@ def limits_of(track: Sequence[TrackPoint], config: Config) -> list[Limit]:
     """The applicable limit and its source at each track point, decided as the rules
     decide it: every zone kind and shape, ``maxspeed = "none"``, the policy."""
     from edge.core.drivegeo import limits_along
-    from edge.core.zones import empty_zones, load_zones
+    from edge.core.zones import empty_zones
+    from edge.sources.zonesfile import load_zones
 
     zones = load_zones(config.rules.zones) if config.rules.zones else empty_zones()
     return limits_along(zones, config.rules.speed, [(p.lat, p.lon) for p in track])

@@ -130,6 +130,9 @@ class ObdStats:
 class ObdPoller:
     """When to ask which PIDs, and what the answers mean. Pure: pass ``mono`` in."""
 
+    frame_ids = RESPONSE_IDS  # the frames to hand to ``on_frame``
+    extended = False  # 11-bit identifiers
+
     def __init__(
         self,
         *,
@@ -153,14 +156,6 @@ class ObdPoller:
         self._sent_at = 0.0
         self.last: dict[int, ObdValue] = {}
         self.last_mono: dict[int, float] = {}
-
-    @property
-    def frame_ids(self) -> frozenset[int]:
-        return RESPONSE_IDS
-
-    @property
-    def extended(self) -> bool:
-        return False
 
     @property
     def outstanding(self) -> tuple[int, ...]:

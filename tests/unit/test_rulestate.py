@@ -12,8 +12,8 @@ import pytest
 
 from edge.config import config_from_dict
 from edge.core.engine import Engine
-from edge.core.zones import load_zones
 from edge.model import Fix, SpeedSample
+from edge.sources.zonesfile import load_zones
 
 T0 = 1_778_000_000.0
 LAT0, LON0 = 48.1351, 11.5820
