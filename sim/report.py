@@ -74,9 +74,9 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
     such as opendbc's overlap signals), drive.toml's ``can_time_offset_s`` applied."""
     if drive.can is None or config.can.dbc is None or not config.can.speed_signal:
         return []
-    from edge.core.canlog import iter_log_speed
-    from edge.core.canspeed import decoder_for
     from edge.model import SpeedSample
+    from edge.sources.canlog import iter_log_speed
+    from edge.sources.dbc import decoder_for
 
     off = drive.can_time_offset_s
     return [(s.time + off, s.speed_kmh) for s in iter_log_speed(drive.can, decoder_for(config.can))

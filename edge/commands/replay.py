@@ -56,9 +56,9 @@ def _speeds(path: Path, cfg: Config, offset_s: float = 0.0,
     """CAN samples of the drive; ``offset_s`` (drive.toml ``can_time_offset_s``) moves
     the log's timestamps onto GNSS time when the recorder's clock was off. At the end,
     ``warn`` hears of skipped lines, and of a log that gave no speed at all."""
-    from edge.core.canlog import LogStats, iter_log_speed
-    from edge.core.canspeed import decoder_for
     from edge.core.obd import ObdSpeedDecoder
+    from edge.sources.canlog import LogStats, iter_log_speed
+    from edge.sources.dbc import decoder_for
 
     decoder = ObdSpeedDecoder() if cfg.can.mode == "obd" else decoder_for(cfg.can)
     stats = LogStats()

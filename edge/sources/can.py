@@ -36,10 +36,11 @@ import structlog
 
 from edge.config import CanConfig
 from edge.core.backoff import Backoff
-from edge.core.canspeed import FrameDecoder, decoder_for
+from edge.core.canspeed import FrameDecoder
 from edge.core.obd import PID_SPEED, REQUEST_ID, ObdPoller
 from edge.errors import ConfigError
 from edge.model import Ignition, SpeedSample
+from edge.sources.dbc import decoder_for
 
 log = structlog.get_logger()
 

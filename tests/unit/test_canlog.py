@@ -10,11 +10,12 @@ from pathlib import Path
 import can
 import pytest
 
-import edge.core.canlog as canlog
+import edge.sources.canlog as canlog
 from edge.commands.decode_can import main as decode_main
-from edge.core.canlog import LogStats, iter_log_frames, iter_log_speed
-from edge.core.canspeed import DbcSpeedDecoder, toyota_checksum
+from edge.core.canspeed import toyota_checksum
 from edge.core.obd import ObdSpeedDecoder
+from edge.sources.canlog import LogStats, iter_log_frames, iter_log_speed
+from edge.sources.dbc import speed_decoder
 
 DBC = """VERSION ""
 
@@ -76,7 +77,7 @@ def test_candump_fast_path_matches_python_can(tmp_path: Path, dbc: Path) -> None
     log = tmp_path / "drive.log"
     log.write_text("".join(candump_line(m) for m in msgs))
     stats = LogStats()
-    fast = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    fast = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == "candump" and stats.frames == 300 and stats.wanted == 30
     # python-can's own reader of the same file, decoded with cantools
     ref = []
@@ -100,7 +101,7 @@ def test_other_formats_go_through_python_can(tmp_path: Path, dbc: Path, suffix: 
         for m in msgs:
             writer.on_message_received(m)
     stats = LogStats()
-    got = list(iter_log_speed(path, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(path, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == suffix[1:]
     assert [round(s.speed_kmh, 2) for s in got] == [i / 10 for i in range(0, 100, 10)]
     assert got[0].time == pytest.approx(T0, abs=1.0)  # epoch seconds, also for .asc
@@ -120,7 +121,7 @@ def test_error_remote_fd_extended_and_malformed_lines(tmp_path: Path, dbc: Path)
     ]
     log = tmp_path / "mixed.log"
     log.write_text("\n".join(lines))  # no newline at the end either
-    dec = DbcSpeedDecoder(dbc, "SPEED.SPEED")
+    dec = speed_decoder(dbc, "SPEED.SPEED")
     stats = LogStats()
     got = list(iter_log_speed(log, dec, stats))
     assert [s.speed_kmh for s in got] == [10.0, 20.0]
@@ -134,14 +135,14 @@ def test_error_remote_fd_extended_and_malformed_lines(tmp_path: Path, dbc: Path)
         f"({T0:.6f}) can0 18FEF100#00{(int(42.5 * 256)).to_bytes(2, 'little').hex()}0000000000\n"
         f"({T0:.6f}) can0 0FEF100#0000000000000000\n"
     )
-    got = list(iter_log_speed(ext, DbcSpeedDecoder(dbc, "CCVS.WheelBasedVehicleSpeed")))
+    got = list(iter_log_speed(ext, speed_decoder(dbc, "CCVS.WheelBasedVehicleSpeed")))
     assert [s.speed_kmh for s in got] == [42.5]
 
     fd = tmp_path / "fd.log"
     payload = bytearray(16)
     payload[10:12] = (1234).to_bytes(2, "little")
     fd.write_text(f"({T0:.6f}) can0 4B0##1{payload.hex().upper()}\n")
-    got = list(iter_log_speed(fd, DbcSpeedDecoder(dbc, "FDSPEED.V")))
+    got = list(iter_log_speed(fd, speed_decoder(dbc, "FDSPEED.V")))
     assert [round(s.speed_kmh, 1) for s in got] == [123.4]
 
 
@@ -153,7 +154,7 @@ def test_block_boundaries_do_not_lose_or_split_lines(
     log = tmp_path / "b.log"
     log.write_text("".join(candump_line(m) for m in msgs))
     stats = LogStats()
-    got = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert len(got) == 50 and stats.frames == 500 and stats.malformed == 0
 
 
@@ -173,7 +174,7 @@ def test_iter_log_frames_filters_by_decoder(tmp_path: Path, dbc: Path) -> None:
     with can.Logger(path) as w:
         for m in messages(50):
             w.on_message_received(m)
-    frames = list(iter_log_frames(path, DbcSpeedDecoder(dbc, "SPEED.SPEED")))
+    frames = list(iter_log_frames(path, speed_decoder(dbc, "SPEED.SPEED")))
     assert [f[0] for f in frames] == [180] * 5
     assert len(list(iter_log_frames(path))) == 50
 
@@ -228,7 +229,7 @@ def test_comments_blank_garbage_and_truncated_lines_are_counted(tmp_path: Path,
     log = tmp_path / "can.log"
     log.write_text("\n".join(lines) + "\n")
     stats = LogStats()
-    got = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == "candump"
     assert [round(s.speed_kmh) for s in got] == list(range(10))
     assert stats.frames == 10 and stats.samples == 10
