@@ -262,8 +262,10 @@ async def _live(msgs: list[Any], seconds: float,
         # the source has read everything once the bus queue is empty and every speed
         # frame sent is a sample or a counted drop
         deadline = time.monotonic() + 30.0
-        c = source.counters
-        while (rx_queue.qsize() or c["samples"] + c["dropped"] < expected_speed) and \
+        def c() -> dict[str, int]:
+            return source.counters
+
+        while (rx_queue.qsize() or c()["samples"] + c()["dropped"] < expected_speed) and \
                 time.monotonic() < deadline:
             max_backlog = max(max_backlog, rx_queue.qsize())
             await asyncio.sleep(0.001)

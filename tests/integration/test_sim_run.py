@@ -40,7 +40,7 @@ def _alerts(path: Path) -> list[tuple[str, str]]:
 
 
 def _replay_alerts(name: str, cfg: Config) -> list[tuple[str, str]]:
-    from edge.commands.replay import replay_events
+    from edge.replay import replay_events
 
     return [(e.type, str(e.body.get("phase") or e.body.get("transition") or e.body.get("poi")))
             for e in replay_events(DRIVES / name, cfg) if e.type in

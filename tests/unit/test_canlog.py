@@ -13,8 +13,8 @@ import pytest
 import edge.sources.canlog as canlog
 from edge.commands.decode_can import main as decode_main
 from edge.core.canspeed import toyota_checksum
-from edge.core.obd import ObdSpeedDecoder
-from edge.sources.canlog import LogStats, iter_log_frames, iter_log_speed
+from edge.model import SpeedSample
+from edge.sources.canlog import LogStats, iter_log_frames, iter_log_obd, iter_log_speed
 from edge.sources.dbc import speed_decoder
 
 DBC = """VERSION ""
@@ -165,8 +165,36 @@ def test_obd_responses_replay(tmp_path: Path) -> None:
         f"({T0 + 0.01:.6f}) can0 7E8#03410D3255555555\n"
         f"({T0 + 0.02:.6f}) can0 7E9#037F011255555555\n"
     )
-    got = list(iter_log_speed(log, ObdSpeedDecoder()))
-    assert [(s.speed_kmh, s.source) for s in got] == [(50.0, "obd")]
+    got = list(iter_log_obd(log))
+    assert [(s.speed_kmh, s.source) for s in got if isinstance(s, SpeedSample)] == [
+        (50.0, "obd")]
+    assert got == [SpeedSample(time=T0 + 0.01, speed_kmh=50.0, source="obd", mono=T0 + 0.01)]
+
+
+def test_obd_engine_signals_replay_from_any_log_format(tmp_path: Path) -> None:
+    # the engine speed and coolant answers of a recorded OBD session come out as the
+    # signals the live source emits, from the candump fast path and from python-can alike
+    answers = [(0x7E8, "04410C1AF8555555"), (0x7E8, "03410D3255555555"),
+               (0x7E9, "0341055A55555555"), (0x7DF, "02010C5555555555")]
+    msgs = [can.Message(timestamp=T0 + i, arbitration_id=arb, data=bytes.fromhex(d),
+                        is_extended_id=False) for i, (arb, d) in enumerate(answers)]
+    candump = tmp_path / "obd.log"
+    candump.write_text("".join(candump_line(m) for m in msgs))
+    asc = tmp_path / "obd.asc"
+    with can.Logger(asc) as w:
+        for m in msgs:
+            w.on_message_received(m)
+    for path in (candump, asc):
+        stats = LogStats()
+        got = [(type(s).__name__, getattr(s, "name", "speed"),
+                getattr(s, "value", getattr(s, "speed_kmh", None)), round(s.time - T0, 3))
+               for s in iter_log_obd(path, stats)]
+        assert got == [
+            ("SignalSample", "Vehicle.Powertrain.CombustionEngine.Speed", 1726.0, 0.0),
+            ("SpeedSample", "speed", 50.0, 1.0),
+            ("SignalSample", "Vehicle.Powertrain.CombustionEngine.ECT", 50.0, 2.0),
+        ], path.name
+        assert stats.samples == 3 and stats.wanted == 3
 
 
 def test_iter_log_frames_filters_by_decoder(tmp_path: Path, dbc: Path) -> None:

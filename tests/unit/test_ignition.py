@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.commands.replay import replay_events
 from edge.config import config_from_dict
 from edge.core.canspeed import MultiDecoder
 from edge.errors import ConfigError
 from edge.model import Ignition, SpeedSample
+from edge.replay import replay_events
 from edge.sources.dbc import decoder_for, ignition_decoder
 from tests.support.nmea import T0, epoch
 
