@@ -50,8 +50,10 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
     n = sum(kinds.values())
     detail = " ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
     print(
-        f"replay {drive}: {stats['fixes']} fixes, {stats['speed_samples']} speed samples -> "
-        f"{n} messages ({detail}) in {time.perf_counter() - wall:.2f} s "
+        f"replay {drive}: {stats['fixes']} fixes, {stats['speed_samples']} speed samples"
+        + (f", {stats['signal_samples']} engine signal samples" if stats["signal_samples"]
+           else "")
+        + f" -> {n} messages ({detail}) in {time.perf_counter() - wall:.2f} s "
         f"({time.process_time() - started:.2f} s CPU)",
         file=sys.stderr,
     )
