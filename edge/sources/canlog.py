@@ -1,4 +1,5 @@
-"""Replay a CAN log file into speed samples: the log-file input adapter (python-can).
+"""CAN log files into samples (speed, ignition, OBD-II engine signals): the log-file
+input adapter, on python-can.
 
 candump -L logs (``(1700000000.123456) can0 0B4#DEADBEEF``, CAN-FD ``0B4##1...``) take a
 fast path built like a kernel filter: the file is read in large blocks and only the lines
