@@ -25,7 +25,6 @@ WARNING the first time, at DEBUG after that.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +33,6 @@ import structlog
 from edge.config import CanConfig
 from edge.core.backoff import Backoff
 from edge.core.canspeed import FrameDecoder
-from edge.core.obd import PID_COOLANT, PID_RPM, SIGNAL_NAMES
 from edge.errors import ConfigError
 from edge.model import Ignition, SignalSample, SpeedSample
 from edge.sources.canbus import BusReader
@@ -124,16 +122,6 @@ class CanSource:
         if self._obd is not None:
             out["obd"] = self._obd.health()
         return out
-
-    def telemetry(self) -> dict[str, float]:
-        """Fresh OBD-II engine values under their VSS names (empty in DBC mode). The same
-        values are emitted as SignalSamples; this poll stays until the daemon's ticker
-        no longer reads it (issue 14: the lead removes it when the routing has landed)."""
-        if self._obd is None:
-            return {}
-        t = self._obd.poller.telemetry(time.monotonic())
-        names = {"rpm": SIGNAL_NAMES[PID_RPM], "coolant_c": SIGNAL_NAMES[PID_COOLANT]}
-        return {names[k]: round(v, 1) for k, v in t.items()}
 
     async def run(self, emit: Emit) -> None:
         """Read, decode and emit until cancelled. Never raises anything else."""
