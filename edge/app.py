@@ -235,11 +235,14 @@ class Daemon:
         if pending and not self.engine.resume_pending:
             log.info("rule state restored", **(self.engine.resume_summary or {}))
 
-    def on_speed(self, sample: SpeedSample | Ignition) -> None:
-        """What the CAN source decoded: a speed sample or an ignition change."""
+    def on_speed(self, sample: SpeedSample | Ignition | SignalSample) -> None:
+        """What the CAN source decoded: a speed sample, an ignition change, or another
+        signal for telemetry (OBD-II engine speed, coolant)."""
         assert self.engine is not None
         if isinstance(sample, Ignition):
             self._enqueue(self.engine.on_ignition(sample))
+        elif isinstance(sample, SignalSample):
+            self._enqueue(self.engine.on_signal(sample))
         else:
             self._enqueue(self.engine.on_speed(sample))
 
@@ -826,11 +829,6 @@ class Daemon:
                 # sources' queues: time passes for the rules as far as they have read
                 now = min(now, engine.latest_time)
             self._enqueue(engine.tick(now))
-            for name, src in self._sources:
-                if name == "can":  # until the CAN source emits SignalSamples itself
-                    for signal, value in src.telemetry().items():
-                        engine.on_signal(SignalSample(time=self.clock(), name=signal,
-                                                      value=value, mono=self.mono()))
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.config.log.status_interval_s
                 self._log_status()

@@ -44,7 +44,7 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
         RoadLimits.for_config(cfg).index.close()  # type: ignore[union-attr]  # roads.index
     if cfg.can.interface != "none" and cfg.can.mode == "dbc":
         _readable("can.dbc", cfg.can.dbc)
-        from edge.core.canspeed import decoder_for
+        from edge.sources.dbc import decoder_for
 
         decoder_for(cfg.can)  # names can.dbc / can.speed_signal / can.ignition_signal
     if cfg.uplink.kind in ("mqtt", "iotcore"):

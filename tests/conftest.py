@@ -12,7 +12,7 @@ from tests.support.broker import Broker, Pki, Subscriber
 # tests.support.layout: the broker marker, and no broker in tests/unit (pytester tests it)
 pytest_plugins = ["pytester", "tests.support.layout"]
 
-# compiled DBC specs (edge.core.dbcspec) go to a per-run cache, not the user's ~/.cache;
+# compiled DBC specs (edge.sources.dbc) go to a per-run cache, not the user's ~/.cache;
 # daemons started by the tests inherit it
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ve-xdg-cache-")
 

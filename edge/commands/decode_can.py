@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 from edge.commands import reader_went_away
-from edge.core.canlog import LogStats, iter_log_speed
-from edge.core.canspeed import DbcSpeedDecoder
 from edge.errors import ConfigError
 from edge.model import SpeedSample
+from edge.sources.canlog import LogStats, iter_log_speed
+from edge.sources.dbc import speed_decoder
 
 
 def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None = None) -> int:
@@ -27,7 +27,7 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
         print(f"edge decode can: no such file: {path}", file=err)
         return 2
     try:
-        decoder = DbcSpeedDecoder(Path(dbc), signal)
+        decoder = speed_decoder(Path(dbc), signal)
     except ConfigError as exc:
         print(f"edge decode can: {exc}", file=err)
         return 2

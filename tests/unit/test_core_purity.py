@@ -34,12 +34,6 @@ OS_ALLOWED = frozenset({"urandom"})
 # Builtins that read or write a file or the terminal.
 IO_BUILTINS = frozenset({"open", "print", "input"})
 
-# Known offenders until c4's move (issue 14: DBC compilation and CAN log reading go to
-# the adapter layer) is merged: strict xfail, so a module that became pure fails here
-# and its name must be deleted from this set (the lead deletes the set at merge).
-KNOWN_OFFENDERS = frozenset({"dbcspec.py", "canlog.py"})
-
-
 def io_uses(source: str) -> list[str]:
     """Every I/O use in ``source``: ``line: what``."""
     tree = ast.parse(source)
@@ -80,11 +74,7 @@ def io_uses(source: str) -> list[str]:
 MODULES = sorted(CORE.glob("*.py"))
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(
-        strict=True, reason="until c4's move out of core is merged")
-        if p.name in KNOWN_OFFENDERS else ()) for p in MODULES
-], ids=[p.name for p in MODULES])
+@pytest.mark.parametrize("path", MODULES, ids=[p.name for p in MODULES])
 def test_core_module_does_no_io(path: Path) -> None:
     assert io_uses(path.read_text(encoding="utf-8")) == [], f"edge/core/{path.name} does I/O"
 
