@@ -142,7 +142,7 @@ def make_uplink(config: Config) -> Uplink:
 
         return IotCoreUplink(config.uplink, client_id=config.thing)
     if kind == "greengrass":
-        from edge.uplinks.greengrass import GreengrassUplink
+        from edge.greengrass.uplink import GreengrassUplink
 
         return GreengrassUplink(config.uplink)
     raise EdgeError(f"unknown uplink kind {kind!r}")

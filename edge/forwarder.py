@@ -45,7 +45,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -110,10 +109,6 @@ async def _take(quota: IotQuota, nbytes: int) -> None:
             return
         await asyncio.sleep(delay)
         delay = quota.delay(time.monotonic(), nbytes)
-
-
-def carries_user_properties(uplink: Any) -> bool:
-    return bool(getattr(uplink, "user_properties", False))
 
 
 class Forwarder:
@@ -227,10 +222,10 @@ class Forwarder:
         ``window`` worker tasks publish the staged units in order, each awaiting its
         PUBACK; this task keeps the stage filled (claiming in a worker thread) and
         watches the connection."""
-        lost: asyncio.Event | None = getattr(uplink, "lost", None)
-        quota = IotQuota.aws() if self._quota and uplink.name != "file" else None
-        compress_ok = self.compression != "none" and carries_user_properties(uplink)
-        self._max_payload = min(MAX_PAYLOAD, getattr(uplink, "max_payload", MAX_PAYLOAD))
+        lost: asyncio.Event | None = uplink.lost
+        quota = IotQuota.aws() if self._quota and uplink.iot_quota else None
+        compress_ok = self.compression != "none" and uplink.user_properties
+        self._max_payload = min(MAX_PAYLOAD, uplink.max_payload)
         self._hold_until = 0.0
         if self.compression != "none" and not compress_ok:
             self._once(log, "no-compression", "uplink cannot declare content-encoding;"

@@ -43,7 +43,7 @@ import structlog
 from edge.config import Config, config_from_dict
 from edge.core.backoff import Backoff
 from edge.errors import ConfigError, EdgeError, UplinkError
-from edge.uplinks.greengrass import map_ipc_error, open_ipc_connection
+from edge.greengrass.uplink import map_ipc_error, open_ipc_connection
 
 log = structlog.get_logger()
 

@@ -31,15 +31,15 @@ from edge.ggconfig import (
     component_config_to_dict,
     config_from_component,
 )
-from edge.model import Envelope, Lane
-from edge.outbox import Outbox
-from edge.uplinks.base import MAX_PAYLOAD
-from edge.uplinks.greengrass import (
+from edge.greengrass.uplink import (
     LITE_MAX_MESSAGE,
     LITE_MAX_PAYLOAD,
     GreengrassUplink,
     ipc_message_size,
 )
+from edge.model import Envelope, Lane
+from edge.outbox import Outbox
+from edge.uplinks.base import MAX_PAYLOAD
 from tests.support.ggipc_server import GgIpcServer, thing_topic_policy
 
 THING = "car-0001"
