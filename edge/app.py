@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -51,6 +51,9 @@ from edge.model import Envelope, Fix, Ignition, Lane, SignalSample, SpeedSample
 from edge.outbox import EVICT_ORDER, Outbox, disk_report, free_bytes
 from edge.private import check_status_path, write_status
 from edge.uplinks.base import Uplink
+
+if TYPE_CHECKING:
+    from edge.forwarder import Forwarder
 
 log = structlog.get_logger()
 
@@ -142,7 +145,7 @@ def make_uplink(config: Config) -> Uplink:
 
         return IotCoreUplink(config.uplink, client_id=config.thing)
     if kind == "greengrass":
-        from edge.uplinks.greengrass import GreengrassUplink
+        from edge.greengrass.uplink import GreengrassUplink
 
         return GreengrassUplink(config.uplink)
     raise EdgeError(f"unknown uplink kind {kind!r}")
@@ -201,11 +204,9 @@ class Daemon:
         self._sources: list[Any] = []
         self._once = Once()
         self.uplink_state = "disconnected"
+        self.forwarder: Forwarder | None = None
         self.counters: dict[str, int] = {
             "accepted": 0,
-            "published": 0,
-            "publish_batches": 0,
-            "rejected": 0,
             "queue_dropped": 0,
             "outbox_errors": 0,
             "uplink_errors": 0,
@@ -346,7 +347,7 @@ class Daemon:
         finally:
             await asyncio.to_thread(self._close_outbox)
             self._write_health_file(final=True)
-            log.info("daemon stopped", **self.counters)
+            log.info("daemon stopped", **self.all_counters())
 
     def _space_low(self) -> bool:
         cfg = self.config.outbox
@@ -800,14 +801,25 @@ class Daemon:
             stuck = await asyncio.to_thread(self.outbox.recover_inflight)
             if stuck:
                 log.info("outbox: rows left in flight are ready again", rows=stuck)
-        forwarder = Forwarder(
-            self.outbox, thing=cfg.thing, batch_max=cfg.telemetry.batch_max,
-            compression=cfg.uplink.compression, window=cfg.uplink.window,
-            counters=self.counters, once=self._once,
-            retry=Backoff(base_s=0.5, cap_s=cfg.uplink.backoff_max_s),
-            on_publish_error=self._publish_error,
-        )
-        await forwarder.run(uplink, self._new_rows)
+        if self.forwarder is None:  # one per daemon: it owns its counters
+            self.forwarder = Forwarder(
+                self.outbox, thing=cfg.thing, batch_max=cfg.telemetry.batch_max,
+                compression=cfg.uplink.compression, window=cfg.uplink.window,
+                once=self._once, retry=Backoff(base_s=0.5, cap_s=cfg.uplink.backoff_max_s),
+                on_publish_error=self._publish_error,
+            )
+        await self.forwarder.run(uplink, self._new_rows)
+
+    def all_counters(self) -> dict[str, int]:
+        """The daemon's counters and the forwarder's (it owns those)."""
+        from edge.forwarder.drain import COUNTERS
+
+        out = dict.fromkeys(COUNTERS, 0)
+        owned = self.forwarder.health()["counters"] if self.forwarder is not None else {}
+        for part in (self.counters, owned):
+            for k, v in part.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     # ------------------------------------------------------------------ time & health
 
@@ -832,11 +844,12 @@ class Daemon:
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + self.config.log.status_interval_s
                 self._log_status()
-            burst = self.counters["published"] - trimmed_at > 1000
+            published = self.all_counters()["published"]
+            burst = published - trimmed_at > 1000
             if burst or time.monotonic() >= next_trim:
                 # periodically, and at once after a burst (a backlog drained)
                 next_trim = time.monotonic() + TRIM_EVERY_S
-                trimmed_at = self.counters["published"]
+                trimmed_at = published
                 _trim_heap()
 
     def _log_status(self) -> None:
@@ -846,7 +859,7 @@ class Daemon:
                  speed_kmh=t.get("Vehicle.Speed"), speed_source=t.get("speed_source"),
                  lat=t.get("Vehicle.CurrentLocation.Latitude"),
                  lon=t.get("Vehicle.CurrentLocation.Longitude"),
-                 uplink=self.uplink_state, published=self.counters["published"],
+                 uplink=self.uplink_state, published=self.all_counters()["published"],
                  queued=len(self._queue))
 
     def health(self) -> dict[str, Any]:
@@ -860,7 +873,7 @@ class Daemon:
                        "last_error": self.last_uplink_error},
             "queue": len(self._queue),
             "outbox_mode": self.outbox_mode,
-            "counters": dict(self.counters),
+            "counters": self.all_counters(),
         }
         for name, src in self._sources:
             with contextlib.suppress(Exception):
