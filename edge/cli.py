@@ -74,11 +74,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
             return 2
     cfg = _load(args.config)
     _logging(cfg)
-    from edge.app import _run
+    from edge.daemon.loop import run_loop
     from sim.run import run_sim
 
     rate = None if args.max else args.rate
-    return _run(run_sim(args.drive, cfg, rate=rate, loop=args.loop, can_mode=args.can,
+    return run_loop(run_sim(args.drive, cfg, rate=rate, loop=args.loop, can_mode=args.can,
                         can_channel=args.can_channel, max_gap_s=args.max_gap))
 
 

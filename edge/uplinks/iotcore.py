@@ -57,7 +57,7 @@ class IotCoreUplink:
 
     @property
     def port(self) -> int:
-        return self.config.port or 8883
+        return self.config.broker_port
 
     @property
     def lost(self) -> asyncio.Event:
