@@ -68,7 +68,7 @@ class Daemon:
         self.zones_optional = False  # Greengrass: the Zones and Roads components may come later
         self.extra_health: Callable[[], dict[str, Any]] | None = None
         self.task_group: asyncio.TaskGroup | None = None
-        self.inputs = Sources({"gnss": self.on_fix, "can": self.on_speed},
+        self.inputs = Sources({"gnss": self.on_fix, "can": self.on_can},
                               clock=clock, can_clock=can_clock)
         self.ingest = Ingest(lambda: self.config, once=self.once)
         self.supervisor = UplinkSupervisor(lambda: self.config, self.ingest, once=self.once)
@@ -85,9 +85,10 @@ class Daemon:
         if pending and not self.engine.resume_pending:
             log.info("rule state restored", **(self.engine.resume_summary or {}))
 
-    def on_speed(self, sample: SpeedSample | Ignition | SignalSample) -> None:
+    def on_can(self, sample: SpeedSample | Ignition | SignalSample) -> None:
         """What the CAN source decoded: a speed sample, an ignition change, or another
-        bus signal for telemetry."""
+        bus signal for telemetry (OBD-II rpm, coolant) — all through the engine, so
+        ``edge replay`` reproduces them."""
         assert self.engine is not None
         if isinstance(sample, Ignition):
             self.ingest.enqueue(self.engine.on_ignition(sample))

@@ -7,8 +7,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from edge.model import SignalSample
-
 from .heap import TRIM_EVERY_S, trim_heap
 
 if TYPE_CHECKING:
@@ -36,11 +34,6 @@ async def run_ticker(d: Daemon) -> None:
             # sources' queues: time passes for the rules as far as they have read
             now = min(now, engine.latest_time)
         d.ingest.enqueue(engine.tick(now))
-        for name, src in d.inputs.running:
-            if name == "can":  # until the CAN source emits SignalSamples itself
-                for signal, value in src.telemetry().items():
-                    engine.on_signal(SignalSample(time=d.clock(), name=signal,
-                                                  value=value, mono=d.mono()))
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + d.config.log.status_interval_s
             d.reporter.log_status()

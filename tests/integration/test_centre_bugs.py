@@ -126,3 +126,20 @@ def test_a_log_hot_reload_reaches_loggers_already_used(
         structlog.reset_defaults()
         structlog.configure(**saved)
     assert [ln["event"] for ln in lines] == ["before", "shown"]
+
+
+def test_a_bus_signal_from_the_can_source_reaches_telemetry_through_the_engine() -> None:
+    """The CAN source emits OBD-II rpm as a SignalSample through its callback; the
+    daemon hands it to the engine (no side channel polled by the ticker), so the next
+    telemetry record carries it under its VSS name."""
+    from edge.app import Daemon
+    from edge.model import SignalSample
+
+    cfg = _speed_cfg(50)
+    d = Daemon(cfg)
+    d.engine = Engine(cfg, seed=1)
+    rpm = "Vehicle.Powertrain.CombustionEngine.Speed"
+    d.on_can(SignalSample(time=GNSS_T0 - 0.5, name=rpm, value=2110.0, mono=0.5))
+    d.on_fix(_fix(GNSS_T0, 1.0, 40.0))
+    (tel,) = [json.loads(e.to_bytes()) for e in d.ingest.queue if e.type == "telemetry"]
+    assert tel[rpm] == 2110.0
