@@ -77,6 +77,7 @@ class UplinkSupervisor:
         self._once = once or Once()
         self.state = UplinkState.DISCONNECTED
         self.last_error: str | None = None
+        self.retry_delay_s: float | None = None  # the wait after the latest failure
         # the forwarder counts published / publish_batches / rejected here
         self.counters: dict[str, int] = {"published": 0, "publish_batches": 0,
                                          "rejected": 0, "uplink_errors": 0, "connects": 0}
@@ -101,7 +102,8 @@ class UplinkSupervisor:
             except UplinkError as exc:
                 self._failed(exc)
             self.state = UplinkState.DISCONNECTED
-            await self._backoff_wait(backoff.next())
+            self.retry_delay_s = backoff.next()
+            await self._backoff_wait(self.retry_delay_s)
 
     def _failed(self, exc: Exception) -> None:
         self.counters["uplink_errors"] += 1
