@@ -39,7 +39,7 @@ class HealthReporter:
 
     def counters(self) -> dict[str, int]:
         d = self._d
-        return merged_counters(d.ingest.counters, d.supervisor.counters)
+        return merged_counters(d.ingest.counters, d.supervisor.all_counters())
 
     def health(self) -> dict[str, Any]:
         d = self._d
@@ -76,7 +76,7 @@ class HealthReporter:
                  lat=t.get("Vehicle.CurrentLocation.Latitude"),
                  lon=t.get("Vehicle.CurrentLocation.Longitude"),
                  uplink=str(d.supervisor.state),
-                 published=d.supervisor.counters["published"], queued=d.ingest.pending)
+                 published=d.supervisor.all_counters()["published"], queued=d.ingest.pending)
 
     async def run(self) -> None:
         """Publish health and write the status file until cancelled."""

@@ -160,6 +160,10 @@ class UplinkSupervisor:
         )
         await forwarder.run(uplink, self._ingest.new_rows)
 
+    def all_counters(self) -> dict[str, int]:
+        """The supervisor's counters with the forwarder's (published, rejected, ...)."""
+        return dict(self.counters)
+
     def health(self) -> dict[str, Any]:
         return {"kind": self._config().uplink.kind, "state": str(self.state),
                 "last_error": self.last_error}
