@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,6 +144,19 @@ class UplinkConfig:
     window: int = 64  # publishes awaiting their PUBACK at once
     probe_s: float = 0.5  # while down, look for the broker's port this often (0: off)
 
+    @property
+    def uses_tls(self) -> bool:
+        """TLS on: always to IoT Core; else as ``tls`` says, by default when cert/ca given."""
+        if self.kind == "iotcore":
+            return True
+        return self.tls if self.tls is not None else (self.cert is not None or self.ca is not None)
+
+    @property
+    def broker_port(self) -> int:
+        """The broker's port: ``port``, by default 8883 with TLS and 1883 without (the
+        one place that default is decided)."""
+        return self.port or (8883 if self.uses_tls else 1883)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxConfig:
@@ -201,6 +214,16 @@ class Config:
     @property
     def health_path(self) -> Path:
         return self.health.path or self.outbox.path.with_name("health.json")
+
+
+# the top-level fields a config update compares and applies (``thing`` and the sections;
+# ``source`` says where a config came from and is no setting)
+SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Config) if f.name != "source")
+
+
+def changed_sections(old: Config, new: Config) -> frozenset[str]:
+    """Top-level config fields that differ (``uplink`` usually means reconnect)."""
+    return frozenset(f for f in SECTIONS if getattr(old, f) != getattr(new, f))
 
 
 # --------------------------------------------------------------------------- loading

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
+from edge.errors import ExitCode
+
 
 def reader_went_away() -> int:
     """stdout's reader closed the pipe (``edge decode ... | head``): not an error. Point
     stdout at /dev/null so that the interpreter's final flush stays quiet; exit 0."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return ExitCode.OK
 
 
 def out_folder_error(out: os.PathLike[str] | str) -> str | None:

@@ -54,7 +54,7 @@ class IotCoreUplink(UplinkBase):
 
     @property
     def port(self) -> int:
-        return self.config.port or 8883
+        return self.config.broker_port
 
     # ---- connect / disconnect
 

@@ -52,12 +52,11 @@ class MqttUplink(UplinkBase):
 
     @property
     def tls(self) -> bool:
-        c = self.config
-        return c.tls if c.tls is not None else (c.cert is not None or c.ca is not None)
+        return self.config.uses_tls
 
     @property
     def port(self) -> int:
-        return self.config.port or (8883 if self.tls else 1883)
+        return self.config.broker_port
 
     async def _connect(self) -> None:
         import paho.mqtt.client as mqtt
