@@ -133,7 +133,7 @@ class Daemon:
         self.engine = Engine(cfg, zones=zones, roads=roads)
         self.ingest.snapshot = self.engine.snapshot
         if zones is None and cfg.rules.zones is not None:  # optional and not there yet
-            self.engine.rules.zones_rejected(zones_missing(cfg.rules.zones))
+            self.engine.reject_zones(zones_missing(cfg.rules.zones))
         await self.ingest.open(starting=True)
         saved = await self.ingest.saved_rules()
         if saved:

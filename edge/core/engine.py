@@ -224,6 +224,16 @@ class Engine:
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))
 
+    def reject_zones(self, reason: str) -> None:
+        """A zones file that could not be used (kept out, old zones stay): health says why."""
+        self.rules.zones_rejected(reason)
+
+    def use_roads(self, roads: RoadLimits | None) -> RoadLimits | None:
+        """Ask ``roads`` for posted limits from now on; returns the provider it replaces
+        (the caller closes it)."""
+        old, self.rules.roads = self.rules.roads, roads
+        return old
+
     def reconfigure(self, config: Config, *, zones: Zones | None = None) -> list[Envelope]:
         """Run under ``config`` from now on (a validated hot reload); ``zones``: the
         zones ``config`` names, loaded by the caller (None: keep the current ones).

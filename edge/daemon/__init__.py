@@ -7,4 +7,5 @@
 * ``reloader``    validated hot reload (``Engine.reconfigure``), zones/roads file watchers
 * ``health``      the health message and the status file ``edge status`` reads
 * ``heap``        glibc arena cap and trim (resident memory on a Pi)
+* ``loop``        the event loop a command runs on, and the stop signals
 """

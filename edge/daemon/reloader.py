@@ -141,7 +141,7 @@ class Reloader:
         try:
             zones = load_zones_for(d.config)
         except ZonesError as exc:
-            engine.rules.zones_rejected(str(exc))
+            engine.reject_zones(str(exc))
             d.once(log, f"zones:{exc}", "zones update rejected, keeping the old zones",
                    path=str(path), reason=str(exc))
             return
@@ -192,8 +192,7 @@ class Reloader:
                 self.roads_error = f"not reloaded, keeping the old index: {exc}"
                 log.warning("road index not reloaded, keeping the old one", reason=str(exc))
                 continue
-            old = d.engine.rules.roads
-            d.engine.rules.roads = new
+            old = d.engine.use_roads(new)
             self.roads_error = None
             if old is not None:
                 old.index.close()
