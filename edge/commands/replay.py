@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ExitCode
 from edge.replay import replay_events
 
 
@@ -26,13 +26,13 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
     why = out_folder_error(out)
     if why is not None:
         print(f"edge replay: cannot write {out}: {why}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     fh: IO[str]
     try:
         fh = sys.stdout if str(out) == "-" else out.open("w", encoding="utf-8")
     except OSError as exc:
         print(f"edge replay: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     def warn(message: str) -> None:
         print(f"edge replay: warning: {message}", file=sys.stderr)
@@ -43,7 +43,7 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
             fh.write(format_line(env.topic, env.to_bytes()))
     except (EdgeError, OSError) as exc:
         print(f"edge: replay {drive}: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     finally:
         if fh is not sys.stdout:
             fh.close()
@@ -57,4 +57,4 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
         f"({time.process_time() - started:.2f} s CPU)",
         file=sys.stderr,
     )
-    return 0
+    return ExitCode.OK
