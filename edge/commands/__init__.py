@@ -31,3 +31,11 @@ def out_folder_error(out: os.PathLike[str] | str) -> str | None:
     if path.is_dir():
         return f"{path} is a folder, not a file"
     return None
+
+
+def out_refused(command: str, out: os.PathLike[str] | str) -> bool:
+    """True, with the one message on stderr, when ``command`` cannot write ``--out``."""
+    why = out_folder_error(out)
+    if why is not None:
+        print(f"{command}: cannot write {out}: {why}", file=sys.stderr)
+    return why is not None

@@ -51,12 +51,10 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
 
 def keygen(out: Path) -> int:
     """A new 32-byte key for ``[outbox] key_file`` (0600; an existing file is kept)."""
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
     from edge.seal import keygen as make
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge outbox keygen: cannot write {out}: {why}", file=sys.stderr)
+    if out_refused("edge outbox keygen", out):
         return ExitCode.USAGE
     try:
         kid = make(out)

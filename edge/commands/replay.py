@@ -21,11 +21,9 @@ def main(drive: Path, cfg: Config, *, out: Path) -> int:
     wall = time.perf_counter()
     stats: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge replay: cannot write {out}: {why}", file=sys.stderr)
+    if out_refused("edge replay", out):
         return ExitCode.USAGE
     fh: IO[str]
     try:

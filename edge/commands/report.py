@@ -14,11 +14,9 @@ from edge.errors import ConfigError, EdgeError, ExitCode
 
 
 def main(drive: Path, *, config: Path, out: Path) -> int:
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge report: cannot write {out}: {why}", file=sys.stderr)
+    if out_refused("edge report", out):
         return ExitCode.USAGE
     try:
         cfg = load_config(config)

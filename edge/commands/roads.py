@@ -34,11 +34,9 @@ def import_main(src: Path, out: Path, *, bbox: str | None, country: str | None,
     if not src.is_file():
         print(f"edge roads import: {src}: no such file", file=sys.stderr)
         return ExitCode.USAGE
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge roads import: cannot write {out}: {why}", file=sys.stderr)
+    if out_refused("edge roads import", out):
         return ExitCode.USAGE
     try:
         import osmium  # noqa: F401

@@ -34,6 +34,7 @@ from edge.config import CanConfig
 from edge.core.backoff import Backoff
 from edge.core.canspeed import FrameDecoder
 from edge.errors import ConfigError
+from edge.logconf import Once
 from edge.model import Ignition, SignalSample, SpeedSample
 from edge.sources.canbus import BusReader
 from edge.sources.canobd import RESPONSE_FILTER, ObdSession
@@ -86,7 +87,7 @@ class CanSource:
         self._backoff = Backoff(base_s=0.25, cap_s=config.reopen_max_s)
         self.reader.on_flow = self._backoff.reset
         self._speed_checked = False
-        self._seen: set[str] = set()
+        self._once = Once()  # each kind of fault: WARNING once, then DEBUG
         self.state = "closed"
         self.last_error: str | None = None
         self._counters = {"samples": 0, "opens": 0, "open_failures": 0, "reopens": 0,
@@ -162,11 +163,7 @@ class CanSource:
 
     def _fault(self, kind: str, message: str) -> None:
         self.last_error = message
-        if kind not in self._seen:
-            self._seen.add(kind)
-            log.warning("can." + kind, reason=message)
-        else:
-            log.debug("can." + kind, reason=message)
+        self._once(log, kind, "can." + kind, reason=message)
 
     def _check_speed(self) -> None:
         """Once: a bus that carries traffic but not the configured speed signal (another
