@@ -90,15 +90,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def replay_rows(frames: int = FRAMES) -> list[dict[str, Any]]:
     import can
 
-    from edge.core.canlog import LogStats, iter_log_speed
-    from edge.core.canspeed import DbcSpeedDecoder
+    from edge.sources.canlog import LogStats, iter_log_speed
+    from edge.sources.dbc import speed_decoder
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "bus.log"
         dbc = Path(tmp) / "bench.dbc"
         dbc.write_text(BENCH_DBC)
         n_speed = write_log(log, frames)
-        decoder = DbcSpeedDecoder(dbc, "SPEED.SPEED", checksum="toyota")
+        decoder = speed_decoder(dbc, "SPEED.SPEED", checksum="toyota")
 
         best_ours = best_base = float("inf")
         samples = 0
@@ -262,8 +262,10 @@ async def _live(msgs: list[Any], seconds: float,
         # the source has read everything once the bus queue is empty and every speed
         # frame sent is a sample or a counted drop
         deadline = time.monotonic() + 30.0
-        c = source.counters
-        while (rx_queue.qsize() or c["samples"] + c["dropped"] < expected_speed) and \
+        def c() -> dict[str, int]:
+            return source.counters
+
+        while (rx_queue.qsize() or c()["samples"] + c()["dropped"] < expected_speed) and \
                 time.monotonic() < deadline:
             max_backlog = max(max_backlog, rx_queue.qsize())
             await asyncio.sleep(0.001)

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 
 def _loop_run(coro: Awaitable[T]) -> T:
-    """Run on the daemon's event loop (``edge.app._run``: uvloop when installed)."""
+    """Run on the daemon's event loop (``edge.daemon.loop.run_loop``: uvloop when installed)."""
     try:
         import uvloop
     except ImportError:

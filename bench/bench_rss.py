@@ -59,6 +59,24 @@ EDGE = ("edge.cli", "edge.app", "edge.sources.gnss", "edge.sources.can", "edge.u
 # what each costs alone; the last ones must not be in the daemon
 IMPORTS = (*DAEMON_THIRD_PARTY, "edge.cli", "edge.app", "edge.sources.can",
            "edge.core.canspeed", "cantools", "awscrt", "matplotlib", "rich", "colorama")
+# the daemon on asyncio's own event loop: uvloop made unimportable, ``edge.app._run``
+# falls back (what the encrypted daemon would save without uvloop, bench_seal)
+NO_UVLOOP = (
+    "import runpy, sys\n"
+    "sys.modules['uvloop'] = None  # import uvloop -> ImportError\n"
+    "sys.argv = ['edge', *sys.argv[1:]]\n"
+    "runpy.run_module('edge', run_name='__main__', alter_sys=True)\n"
+)
+# resident memory of the daemon by what it belongs to (``rss_by_part``): the first
+# part whose marker is in a mapping's path; anonymous memory is "heap"
+PARTS = (
+    ("cryptography", ("/cryptography/", "_cffi_backend")),
+    ("numpy", ("/numpy/", "/numpy.libs/")),
+    ("shapely_geos", ("/shapely/", "/shapely.libs/")),
+    ("uvloop", ("/uvloop/",)),
+    ("openssl_system", ("libssl.so", "libcrypto.so")),
+    ("python", ("libpython", "/lib-dynload/")),
+)
 PRELOAD = (
     "import runpy, sys, cantools\n"
     "_db = cantools.database.load_file(sys.argv[1])  # what the old decoder kept\n"
@@ -168,9 +186,30 @@ def _config(d: Path, broker: Broker, gnss: str, can_path: str, outbox_extra: str
     return cfg
 
 
+def rss_by_part(smaps: str) -> dict[str, int]:
+    """Resident KiB of a process by part (``PARTS``, "heap", "other") from the text
+    of its /proc/PID/smaps."""
+    out = {name: 0 for name, _ in PARTS} | {"heap": 0, "other": 0}
+    part = "other"
+    for line in smaps.splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            path = head[5] if len(head) > 5 else ""
+            if not path or path in ("[heap]", "[stack]") or path.startswith("[anon"):
+                part = "heap"  # malloc's heap, the main stack, anonymous mappings
+            else:
+                part = next((name for name, marks in PARTS
+                             if any(m in path for m in marks)), "other")
+        elif head and head[0] == "Rss:":
+            out[part] += int(head[1])
+    return out
+
+
 def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
-                   preload_cantools: bool = False, outbox_extra: str = "") -> dict[str, Any]:
-    """RSS samples (KiB, one a second) of ``edge run`` under traffic, and its health."""
+                   preload_cantools: bool = False, outbox_extra: str = "",
+                   no_uvloop: bool = False) -> dict[str, Any]:
+    """RSS samples (KiB, one a second) of ``edge run`` under traffic, its health and
+    its resident memory by part at the last sample (``rss_by_part``)."""
     d = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -183,6 +222,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
                                                        os.environ.get("PYTHONPATH"))))}
     args = ["run", "--config", str(cfg)]
     cmd = ([sys.executable, "-c", PRELOAD, str(DBC), *args] if preload_cantools
+           else [sys.executable, "-c", NO_UVLOOP, *args] if no_uvloop
            else [sys.executable, "-m", "edge", *args])
     log = d / "daemon.log"
     with log.open("wb") as err:
@@ -200,11 +240,12 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
             if proc.poll() is not None:
                 raise RuntimeError("the daemon exited: " + log.read_text(errors="replace")[-2000:])
             samples.append(rss_kb(proc.pid))
+        smaps = Path(f"/proc/{proc.pid}/smaps").read_text()
         health_path = d / "health.json"
         wait_until(health_path.exists, 5)
         health = json.loads(health_path.read_text())
         return {"rss_kb": samples, "health": health, "epochs": traffic.sent_epochs,
-                "frames": traffic.sent_frames}
+                "frames": traffic.sent_frames, "parts_kb": rss_by_part(smaps)}
     finally:
         traffic.stop()
         stop_process(proc)

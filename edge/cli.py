@@ -9,17 +9,15 @@ from pathlib import Path
 
 from edge import __version__
 from edge.config import Config, load_config
-from edge.errors import ConfigError, EdgeError
-
-EXIT_USAGE = 2
+from edge.errors import ConfigError, EdgeError, ExitCode, describe, exit_code
 
 
 def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"edge: invalid config {path}: {exc.field}: {exc.reason}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        print(describe(exc, config=f"config {path}"), file=sys.stderr)
+        raise SystemExit(exit_code(exc)) from None
 
 
 def _logging(cfg: Config | None, *, quiet: bool = False) -> None:
@@ -60,7 +58,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         usage = "--serve runs no daemon: no --config, --can or --can-channel"
     if usage is not None:
         print(f"edge sim: {usage}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.serve is not None:
         _logging(None)
         from sim.drive import DriveError
@@ -71,14 +69,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
                              loop=args.loop, max_gap_s=args.max_gap)
         except (DriveError, OSError) as exc:
             print(f"edge sim: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
     cfg = _load(args.config)
     _logging(cfg)
-    from edge.app import _run
+    from edge.daemon.loop import run_loop
     from sim.run import run_sim
 
     rate = None if args.max else args.rate
-    return _run(run_sim(args.drive, cfg, rate=rate, loop=args.loop, can_mode=args.can,
+    return run_loop(run_sim(args.drive, cfg, rate=rate, loop=args.loop, can_mode=args.can,
                         can_channel=args.can_channel, max_gap_s=args.max_gap))
 
 
@@ -112,10 +110,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         check_runtime(cfg)  # the files it names: zones, DBC and signals, TLS material
     except ConfigError as exc:
-        print(f"edge: invalid config {args.file}: {exc.field}: {exc.reason}", file=sys.stderr)
-        return EXIT_USAGE
+        print(describe(exc, config=f"config {args.file}"), file=sys.stderr)
+        return exit_code(exc)
     print(f"{args.file}: ok (thing {cfg.thing}, uplink {cfg.uplink.kind})")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -124,11 +122,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if args.action == "keygen":
         if args.out is None:
             print("edge outbox keygen: --out FILE is required", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         return keygen(args.out)
     if args.config is None:
         print(f"edge outbox {args.action}: --config is required", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     cfg = _load(args.config)
 
     return main(cfg, args.action, out=sys.stdout, lanes=args.lane, yes=args.yes)
@@ -333,12 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EdgeError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return 1
+        print(describe(exc), file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

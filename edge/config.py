@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,6 +144,19 @@ class UplinkConfig:
     window: int = 64  # publishes awaiting their PUBACK at once
     probe_s: float = 0.5  # while down, look for the broker's port this often (0: off)
 
+    @property
+    def uses_tls(self) -> bool:
+        """TLS on: always to IoT Core; else as ``tls`` says, by default when cert/ca given."""
+        if self.kind == "iotcore":
+            return True
+        return self.tls if self.tls is not None else (self.cert is not None or self.ca is not None)
+
+    @property
+    def broker_port(self) -> int:
+        """The broker's port: ``port``, by default 8883 with TLS and 1883 without (the
+        one place that default is decided)."""
+        return self.port or (8883 if self.uses_tls else 1883)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxConfig:
@@ -203,6 +216,16 @@ class Config:
         return self.health.path or self.outbox.path.with_name("health.json")
 
 
+# the top-level fields a config update compares and applies (``thing`` and the sections;
+# ``source`` says where a config came from and is no setting)
+SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Config) if f.name != "source")
+
+
+def changed_sections(old: Config, new: Config) -> frozenset[str]:
+    """Top-level config fields that differ (``uplink`` usually means reconnect)."""
+    return frozenset(f for f in SECTIONS if getattr(old, f) != getattr(new, f))
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -238,13 +261,76 @@ def config_from_dict(
     return cfg
 
 
+# numbers that must be > 0 (a field left unset, None, is not checked)
+POSITIVE = (
+    "gnss.baud",
+    "gnss.max_hdop",
+    "gnss.max_jump_mps",
+    "gnss.reopen_max_s",
+    "can.obd_interval_s",
+    "can.obd_timeout_s",
+    "can.stale_s",
+    "can.disagree_s",
+    "can.reopen_max_s",
+    "can.bitrate",
+    "rules.speed.limit_kmh",
+    "rules.speed.gap_s",
+    "rules.geofence.gap_s",
+    "rules.trip.start_kmh",
+    "rules.trip.end_s",
+    "rules.trip.harsh_accel_kmhs",
+    "telemetry.interval_s",
+    "outbox.max_mb",
+    "uplink.backoff_max_s",
+    "log.status_interval_s",
+    "health.interval_s",
+)
+# numbers that must be >= 0
+NON_NEGATIVE = (
+    "can.disagree_kmh",
+    "can.slcan_open_delay_s",
+    "rules.speed.tolerance_kmh",
+    "rules.speed.tolerance_pct",
+    "rules.speed.min_duration_s",
+    "rules.speed.recovery_kmh",
+    "rules.speed.end_after_s",
+    "rules.geofence.hysteresis_m",
+    "rules.geofence.debounce_s",
+    "rules.poi.cooldown_s",
+    "rules.poi.max_per_hour",
+    "rules.trip.start_s",
+    "rules.trip.resume_gap_s",
+    "outbox.sync_interval_s",
+    "outbox.reserve_mb",
+    "outbox.min_free_mb",
+    "uplink.probe_s",
+)
+
+
+def _check_signs(cfg: Config) -> None:
+    for path in POSITIVE:
+        value = _field(cfg, path)
+        if value is not None and value <= 0:
+            raise ConfigError(path, "must be positive")
+    for path in NON_NEGATIVE:
+        value = _field(cfg, path)
+        if value is not None and value < 0:
+            raise ConfigError(path, "must not be negative")
+
+
+def _field(cfg: Config, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _check(cfg: Config) -> None:
+    _check_signs(cfg)
     if not THING_RE.match(cfg.thing):
         raise ConfigError(
             "thing", "must be 1-128 characters of letters, digits, '_', '-' or ':'"
         )
-    if cfg.gnss.baud <= 0:
-        raise ConfigError("gnss.baud", "must be positive")
     if cfg.gnss.date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", cfg.gnss.date):
         raise ConfigError("gnss.date", "must be YYYY-MM-DD")
     if cfg.gnss.date is not None:
@@ -256,14 +342,8 @@ def _check(cfg: Config) -> None:
             raise ConfigError("gnss.date", "is not a valid date") from None
     if cfg.gnss.port is not None and not cfg.gnss.port:
         raise ConfigError("gnss.port", "must not be empty (leave it out to disable GNSS)")
-    if cfg.gnss.max_hdop <= 0:
-        raise ConfigError("gnss.max_hdop", "must be positive")
-    if cfg.gnss.max_jump_mps <= 0:
-        raise ConfigError("gnss.max_jump_mps", "must be positive")
     if cfg.gnss.confirm_fixes < 1:
         raise ConfigError("gnss.confirm_fixes", "must be at least 1")
-    if cfg.gnss.reopen_max_s <= 0:
-        raise ConfigError("gnss.reopen_max_s", "must be positive")
     if cfg.can.interface != "none" and cfg.can.mode == "dbc":
         if cfg.can.dbc is None:
             raise ConfigError("can.dbc", "required when can.interface is set and mode is 'dbc'")
@@ -273,54 +353,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError("can.queue_max", "must be at least 1")
     if not 1 <= cfg.can.obd_max_pids <= 6:
         raise ConfigError("can.obd_max_pids", "must be between 1 and 6")
-    for name in ("obd_interval_s", "obd_timeout_s", "stale_s", "disagree_s", "reopen_max_s"):
-        if getattr(cfg.can, name) <= 0:
-            raise ConfigError(f"can.{name}", "must be positive")
-    for name in ("disagree_kmh", "slcan_open_delay_s"):
-        if getattr(cfg.can, name) < 0:
-            raise ConfigError(f"can.{name}", "must not be negative")
-    if cfg.can.bitrate <= 0:
-        raise ConfigError("can.bitrate", "must be positive")
     if cfg.can.ignition_signal is not None and cfg.can.ignition_signal.count(".") != 1:
         raise ConfigError("can.ignition_signal", "must be 'MESSAGE.SIGNAL'")
     if cfg.can.ignition_signal is not None and cfg.can.mode != "dbc":
         raise ConfigError("can.ignition_signal", "needs mode = 'dbc' and a DBC")
-    for name in ("tolerance_kmh", "tolerance_pct", "min_duration_s", "recovery_kmh"):
-        if getattr(cfg.rules.speed, name) < 0:
-            raise ConfigError(f"rules.speed.{name}", "must not be negative")
-    if cfg.rules.speed.limit_kmh is not None and cfg.rules.speed.limit_kmh <= 0:
-        raise ConfigError("rules.speed.limit_kmh", "must be positive")
-    for name in ("end_after_s",):
-        if getattr(cfg.rules.speed, name) < 0:
-            raise ConfigError(f"rules.speed.{name}", "must not be negative")
-    if cfg.rules.speed.gap_s <= 0:
-        raise ConfigError("rules.speed.gap_s", "must be positive")
-    geo = cfg.rules.geofence
-    if geo.hysteresis_m is not None and geo.hysteresis_m < 0:
-        raise ConfigError("rules.geofence.hysteresis_m", "must not be negative")
-    if geo.debounce_s < 0:
-        raise ConfigError("rules.geofence.debounce_s", "must not be negative")
-    if geo.gap_s <= 0:
-        raise ConfigError("rules.geofence.gap_s", "must be positive")
-    if cfg.rules.poi.cooldown_s < 0:
-        raise ConfigError("rules.poi.cooldown_s", "must not be negative")
-    if cfg.rules.poi.max_per_hour < 0:
-        raise ConfigError("rules.poi.max_per_hour", "must not be negative")
-    trip = cfg.rules.trip
-    if trip.start_kmh <= 0:
-        raise ConfigError("rules.trip.start_kmh", "must be positive")
-    if trip.start_s < 0:
-        raise ConfigError("rules.trip.start_s", "must not be negative")
-    if trip.end_s <= 0:
-        raise ConfigError("rules.trip.end_s", "must be positive")
-    if cfg.rules.trip.resume_gap_s < 0:
-        raise ConfigError("rules.trip.resume_gap_s", "must not be negative")
-    if trip.harsh_accel_kmhs <= 0:
-        raise ConfigError("rules.trip.harsh_accel_kmhs", "must be positive")
-    if trip.harsh_brake_kmhs >= 0:
+    if cfg.rules.trip.harsh_brake_kmhs >= 0:
         raise ConfigError("rules.trip.harsh_brake_kmhs", "must be negative")
-    if cfg.telemetry.interval_s <= 0:
-        raise ConfigError("telemetry.interval_s", "must be positive")
     if not 1 <= cfg.telemetry.batch_max <= 1000:
         raise ConfigError("telemetry.batch_max", "must be between 1 and 1000")
     if cfg.uplink.kind == "file" and cfg.uplink.path is None:
@@ -334,13 +372,6 @@ def _check(cfg: Config) -> None:
     if (cfg.uplink.cert is None) != (cfg.uplink.key is None):
         raise ConfigError("uplink.key" if cfg.uplink.key is None else "uplink.cert",
                           "cert and key go together")
-    if cfg.outbox.max_mb <= 0:
-        raise ConfigError("outbox.max_mb", "must be positive")
-    if cfg.outbox.sync_interval_s < 0:
-        raise ConfigError("outbox.sync_interval_s", "must not be negative")
-    for name in ("reserve_mb", "min_free_mb"):
-        if getattr(cfg.outbox, name) < 0:
-            raise ConfigError(f"outbox.{name}", "must not be negative")
     for name in ("trip_max_mb", "telemetry_max_mb", "health_max_mb",
                  "trip_ttl_h", "telemetry_ttl_h", "health_ttl_h"):
         value = getattr(cfg.outbox, name)
@@ -367,10 +398,6 @@ def _check(cfg: Config) -> None:
             raise ConfigError("health.group", f"no group {cfg.health.group!r}") from None
     if not 1 <= cfg.uplink.window <= 100:
         raise ConfigError("uplink.window", "must be between 1 and 100")
-    if cfg.uplink.probe_s < 0:
-        raise ConfigError("uplink.probe_s", "must not be negative")
-    if cfg.uplink.backoff_max_s <= 0:
-        raise ConfigError("uplink.backoff_max_s", "must be positive")
     if cfg.uplink.compression == "zstd":
         import importlib.util  # local: only this check needs it
 
@@ -380,10 +407,6 @@ def _check(cfg: Config) -> None:
                  "switch_margin", "cache_kb"):
         if getattr(cfg.roads, name) <= 0:
             raise ConfigError(f"roads.{name}", "must be positive")
-    if cfg.log.status_interval_s <= 0:
-        raise ConfigError("log.status_interval_s", "must be positive")
-    if cfg.health.interval_s <= 0:
-        raise ConfigError("health.interval_s", "must be positive")
 
 
 def _type_name(tp: Any) -> str:

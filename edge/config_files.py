@@ -32,7 +32,7 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
     Roads component deploys it later), one that is there must be an index."""
     if zones and cfg.rules.zones is not None and (zones_must_exist
                                                    or cfg.rules.zones.exists()):
-        from edge.core.zones import load_zones
+        from edge.sources.zonesfile import load_zones
 
         try:
             load_zones(cfg.rules.zones)
@@ -44,7 +44,7 @@ def check_runtime(cfg: Config, *, zones_must_exist: bool = True, zones: bool = T
         RoadLimits.for_config(cfg).index.close()  # type: ignore[union-attr]  # roads.index
     if cfg.can.interface != "none" and cfg.can.mode == "dbc":
         _readable("can.dbc", cfg.can.dbc)
-        from edge.core.canspeed import decoder_for
+        from edge.sources.dbc import decoder_for
 
         decoder_for(cfg.can)  # names can.dbc / can.speed_signal / can.ignition_signal
     if cfg.uplink.kind in ("mqtt", "iotcore"):

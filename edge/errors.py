@@ -12,9 +12,15 @@
         ├── PublishFailed      this publish failed, the connection is fine (nucleus lite
         │                      offline): retry the message after a backoff, no reconnect
         └── PublishRejected    permanent for that message (ACL deny, too large)
+
+Exit codes are decided here and nowhere else (``ExitCode``, ``exit_code``, ``describe``):
+0 done, 1 it failed while running (outbox, uplink, a device, I/O), 2 what the user gave
+cannot work (config, zones file, arguments, an input file), 130 interrupted.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class EdgeError(Exception):
@@ -64,3 +70,30 @@ class PublishRejected(UplinkError):
     def __init__(self, message: str, *, reason_code: int | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class ExitCode(enum.IntEnum):
+    """The process exit status of every ``edge`` command."""
+
+    OK = 0
+    FAILED = 1  # it failed while running: outbox, uplink, a device, I/O
+    USAGE = 2  # what the user gave cannot work: config, zones file, arguments, input
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+def exit_code(exc: BaseException) -> ExitCode:
+    """The exit status for an error that ends a command."""
+    if isinstance(exc, ConfigError | ZonesError):
+        return ExitCode.USAGE
+    return ExitCode.FAILED
+
+
+def describe(exc: EdgeError, *, config: str = "configuration") -> str:
+    """The one line that tells the user why a command stopped (``edge: ...``)."""
+    if isinstance(exc, ConfigError):
+        return f"edge: invalid {config}: {exc.field}: {exc.reason}"
+    if isinstance(exc, ZonesError):
+        return f"edge: zones: {exc}"
+    if isinstance(exc, OutboxError):
+        return f"edge: outbox: {exc}"
+    return f"edge: {exc}"

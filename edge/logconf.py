@@ -30,7 +30,10 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: Any = None) -> 
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # not cached: a cached logger keeps the level and format of its first use, so a
+        # [log] hot reload would reach only loggers that had not logged yet. Building
+        # the bound logger per call costs about a microsecond; the daemon logs seldom.
+        cache_logger_on_first_use=False,
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from edge.errors import EdgeError
+from edge.logconf import Once
 
 log = structlog.get_logger()
 
@@ -31,7 +32,7 @@ DIR_MODE = 0o700
 FILE_CLOSED = 0o077
 DIR_CLOSED = 0o067
 
-_tightened: set[str] = set()  # paths already logged (once per process)
+_tightened = Once()  # each path logged once per process
 
 
 class PrivacyError(EdgeError):
@@ -84,8 +85,7 @@ def tighten(path: Path, closed: int = FILE_CLOSED) -> None:
         os.chmod(path, now)
     except OSError as exc:
         raise PrivacyError(f"cannot make {path} private: {exc.strerror}") from exc
-    if str(path) not in _tightened:
-        _tightened.add(str(path))
+    if _tightened.first(str(path)):
         log.warning("private file was readable by other users: tightened",
                     path=str(path), mode=f"{mode:04o}", now=f"{now:04o}")
 

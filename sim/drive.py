@@ -41,9 +41,9 @@ from typing import Any
 
 import structlog
 
-from edge.core.canlog import LogStats, iter_candump_lines
 from edge.core.nmea import correct_week_rollover
 from edge.errors import EdgeError
+from edge.sources.canlog import LogStats, iter_candump_lines
 
 log = structlog.get_logger()
 
@@ -398,7 +398,7 @@ def parse_candump(line: bytes) -> CandumpFrame | None:
 def iter_can(drive: Drive, *, warn: bool = True) -> Iterator[TimelineItem]:
     """CAN frames of the drive as candump -L lines, with their (offset-corrected) times.
 
-    candump logs go through ``edge.core.canlog.iter_candump_lines`` (the reader the
+    candump logs go through ``edge.sources.canlog.iter_candump_lines`` (the reader the
     replay and ``edge decode can`` use): comment and blank lines skipped, a line that is
     not a frame (truncated, garbage) counted and skipped, one warning with the count."""
     if drive.can is None:

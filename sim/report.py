@@ -4,7 +4,7 @@ Offline by design (no map tiles): the map is drawn in a local metric frame aroun
 drive, with a scale in metres. ``render`` takes the events as plain dicts
 (``{"type": ..., "ts": ms, "lat": ..., "lon": ..., ...}``, i.e. published payloads),
 so it draws events from any source; ``events_for`` gets them by replaying the drive
-through the engine (``edge.commands.replay.replay_events``).
+through the engine (``edge.replay.replay_events``).
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def can_speed_of(drive: Drive, config: Config) -> list[tuple[float, float]]:
     such as opendbc's overlap signals), drive.toml's ``can_time_offset_s`` applied."""
     if drive.can is None or config.can.dbc is None or not config.can.speed_signal:
         return []
-    from edge.core.canlog import iter_log_speed
-    from edge.core.canspeed import decoder_for
     from edge.model import SpeedSample
+    from edge.sources.canlog import iter_log_speed
+    from edge.sources.dbc import decoder_for
 
     off = drive.can_time_offset_s
     return [(s.time + off, s.speed_kmh) for s in iter_log_speed(drive.can, decoder_for(config.can))
@@ -88,7 +88,7 @@ def events_for(drive: Path, config: Config,
     """The alert and trip events the engine decides for ``drive``, as payload dicts, and
     the telemetry records that carry a posted road limit (``[roads]`` configured);
     ``warn`` hears what ``edge replay`` warns of: clocks that disagree, skipped lines."""
-    from edge.commands.replay import replay_events
+    from edge.replay import replay_events
 
     out = []
     for env in replay_events(drive, config, warn=warn):
@@ -134,7 +134,8 @@ def limits_of(track: Sequence[TrackPoint], config: Config) -> list[Limit]:
     """The applicable limit and its source at each track point, decided as the rules
     decide it: every zone kind and shape, ``maxspeed = "none"``, the policy."""
     from edge.core.drivegeo import limits_along
-    from edge.core.zones import empty_zones, load_zones
+    from edge.core.zones import empty_zones
+    from edge.sources.zonesfile import load_zones
 
     zones = load_zones(config.rules.zones) if config.rules.zones else empty_zones()
     return limits_along(zones, config.rules.speed, [(p.lat, p.lon) for p in track])

@@ -25,9 +25,9 @@ import structlog
 
 from edge.config import Config
 from edge.errors import CanError
+from sim.device_replay import BusCanSink, Replayer, VirtualCanSink
 from sim.drive import check_clocks, load_drive
 from sim.pty import PtySerial
-from sim.replay import BusCanSink, Replayer, VirtualCanSink
 
 log = structlog.get_logger()
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import structlog
 
+from sim.device_replay import Replayer
 from sim.drive import DriveError, load_drive
 from sim.pty import PtySerial
-from sim.replay import Replayer
 
 log = structlog.get_logger()
 

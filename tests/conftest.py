@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.broker import Broker, Pki, Subscriber
 
-# compiled DBC specs (edge.core.dbcspec) go to a per-run cache, not the user's ~/.cache;
+# compiled DBC specs (edge.sources.dbc) go to a per-run cache, not the user's ~/.cache;
 # daemons started by the tests inherit it
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ve-xdg-cache-")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 from edge.commands import reader_went_away
-from edge.core.canlog import LogStats, iter_log_speed
-from edge.core.canspeed import DbcSpeedDecoder
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ExitCode
 from edge.model import SpeedSample
+from edge.sources.canlog import LogStats, iter_log_speed
+from edge.sources.dbc import speed_decoder
 
 
 def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None = None) -> int:
@@ -25,12 +25,12 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
     path = Path(path)
     if not path.is_file():
         print(f"edge decode can: no such file: {path}", file=err)
-        return 2
+        return ExitCode.USAGE
     try:
-        decoder = DbcSpeedDecoder(Path(dbc), signal)
+        decoder = speed_decoder(Path(dbc), signal)
     except ConfigError as exc:
         print(f"edge decode can: {exc}", file=err)
-        return 2
+        return ExitCode.USAGE
     stats = LogStats()
     write = out.write
     try:
@@ -40,12 +40,12 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
             write(json.dumps({"t": s.time, "speed_kmh": round(s.speed_kmh, 3)}) + "\n")
     except ValueError as exc:
         print(f"edge decode can: {exc}", file=err)
-        return 2
+        return ExitCode.USAGE
     except BrokenPipeError:
         return reader_went_away()
     except OSError as exc:
         print(f"edge decode can: cannot read {path}: {exc.strerror or exc}", file=err)
-        return 2
+        return ExitCode.USAGE
     d = decoder.stats
     summary = {
         "format": stats.format,
@@ -69,5 +69,5 @@ def main(path: Path, *, dbc: Path, signal: str, out: TextIO, err: TextIO | None 
         print(f"edge decode can: warning: {problems}", file=err)
     if stats.frames == 0:
         print(f"edge decode can: {path} holds no CAN frames", file=err)
-        return 2
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK

@@ -22,6 +22,7 @@ from typing import TextIO
 
 from edge.commands import reader_went_away
 from edge.core.nmea import NmeaDecoder, iter_fixes
+from edge.errors import ExitCode
 
 _SUMMARY_KEYS = (
     ("framer_sentences", "sentences"),
@@ -87,7 +88,7 @@ def main(path: Path, *, date: str | None, out: TextIO, reference_date: str | Non
         except ValueError:
             print(f"edge decode nmea: {flag} must be YYYY-MM-DD, got {value!r}",
                   file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         if flag == "--date":
             day = parsed
         else:
@@ -108,7 +109,7 @@ def main(path: Path, *, date: str | None, out: TextIO, reference_date: str | Non
         fh = path.open("rb")
     except OSError as exc:
         print(f"edge decode nmea: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     decoder = NmeaDecoder(date=day, reference_date=ref, rollover=rollover)
     print(f"{path.name}: week-rollover reference: {source}", file=sys.stderr)
     dumps = json.dumps
@@ -121,7 +122,7 @@ def main(path: Path, *, date: str | None, out: TextIO, reference_date: str | Non
         return reader_went_away()
     except OSError as exc:
         print(f"edge decode nmea: error reading {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     stats = decoder.stats
     parts = [f"{stats.get(key, 0)} {label}" for key, label in _SUMMARY_KEYS]
     print(f"{path.name}: " + ", ".join(parts), file=sys.stderr)
@@ -131,4 +132,4 @@ def main(path: Path, *, date: str | None, out: TextIO, reference_date: str | Non
     if reasons:
         print(f"{path.name}: invalid_reason: "
               + ", ".join(f"{r} {n}" for r, n in reasons), file=sys.stderr)
-    return 0
+    return ExitCode.OK

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge.config import Config
+from edge.errors import ExitCode
 from edge.model import Lane
 from edge.outbox import Outbox
 
@@ -19,7 +20,7 @@ from edge.outbox import Outbox
 def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes: bool) -> int:
     if not cfg.outbox.path.exists():
         print(f"edge: no outbox at {cfg.outbox.path}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     chosen = [Lane[name.upper()] for name in lanes] if lanes else None
     ob = Outbox.from_config(cfg.outbox, recover=False)
     try:
@@ -36,35 +37,33 @@ def main(cfg: Config, action: str, *, out: TextIO, lanes: list[str] | None, yes:
             if ob.unreadable:
                 print(f"edge: {len(ob.unreadable)} sealed row(s) of {cfg.outbox.path} not"
                       f" exported: {ob.unreadable[0]}", file=sys.stderr)
-                return 1
+                return ExitCode.FAILED
         elif action == "purge":
             if not yes:
                 print("edge: purge deletes undelivered messages; add --yes", file=sys.stderr)
-                return 2
+                return ExitCode.USAGE
             n = ob.purge(chosen)
             print(f"purged {n} messages", file=sys.stderr)
     finally:
         ob.close()
-    return 0
+    return ExitCode.OK
 
 
 def keygen(out: Path) -> int:
     """A new 32-byte key for ``[outbox] key_file`` (0600; an existing file is kept)."""
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
     from edge.seal import keygen as make
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge outbox keygen: cannot write {out}: {why}", file=sys.stderr)
-        return 2
+    if out_refused("edge outbox keygen", out):
+        return ExitCode.USAGE
     try:
         kid = make(out)
     except FileExistsError:
         print(f"edge: {out} exists: not overwritten (a key in use must not be lost;"
               " move it to old_key_files first)", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except OSError as exc:
         print(f"edge: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"{out}: new AES-256 key, id {kid.hex()}", file=sys.stderr)
-    return 0
+    return ExitCode.OK

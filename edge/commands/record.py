@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edge.errors import ExitCode
+
 
 def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
          can_channel: str | None, duration_s: float | None) -> int:
@@ -21,18 +23,18 @@ def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
 
     if can_interface is not None and not can_channel:
         print("edge record: --can-channel is required with --can-interface", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if not Path(out).absolute().parent.is_dir():  # the drive folder is made, not its parents
         print(f"edge record: cannot write {out}: the folder {Path(out).absolute().parent} "
               f"does not exist (create it first)", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         rec = Recorder(out, serial=serial, baud=baud, can_interface=can_interface,
                        can_channel=can_channel)
         rec.start()
     except RecordError as exc:
         print(f"edge record: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -60,4 +62,4 @@ def main(out: Path, *, serial: str | None, baud: int, can_interface: str | None,
           file=sys.stderr)
     for p in s.problems:
         print(f"edge record: {p}", file=sys.stderr)
-    return 0
+    return ExitCode.OK

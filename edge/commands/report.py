@@ -10,27 +10,25 @@ import sys
 from pathlib import Path
 
 from edge.config import load_config
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, ExitCode
 
 
 def main(drive: Path, *, config: Path, out: Path) -> int:
-    from edge.commands import out_folder_error
+    from edge.commands import out_refused
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge report: cannot write {out}: {why}", file=sys.stderr)
-        return 2
+    if out_refused("edge report", out):
+        return ExitCode.USAGE
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         print(f"edge report: invalid config {config}: {exc.field}: {exc.reason}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("edge report: needs matplotlib (pip install 'vehicle-edge[report]')",
               file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     from sim.drive import DriveError
     from sim.report import main as report_main
 
@@ -39,9 +37,9 @@ def main(drive: Path, *, config: Path, out: Path) -> int:
                          warn=lambda m: print(f"edge report: warning: {m}", file=sys.stderr))
     except (DriveError, EdgeError) as exc:
         print(f"edge report: {drive}: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:
         print(f"edge report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"edge report: wrote {out}", file=sys.stderr)
     return rc

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from edge.errors import ExitCode
+
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     """``W,S,E,N`` in degrees; raises ValueError with the reason."""
@@ -28,31 +30,29 @@ def import_main(src: Path, out: Path, *, bbox: str | None, country: str | None,
         box = parse_bbox(bbox) if bbox else None
     except ValueError as exc:
         print(f"edge roads import: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if not src.is_file():
         print(f"edge roads import: {src}: no such file", file=sys.stderr)
-        return 2
-    from edge.commands import out_folder_error
+        return ExitCode.USAGE
+    from edge.commands import out_refused
 
-    why = out_folder_error(out)
-    if why is not None:
-        print(f"edge roads import: cannot write {out}: {why}", file=sys.stderr)
-        return 2
+    if out_refused("edge roads import", out):
+        return ExitCode.USAGE
     try:
         import osmium  # noqa: F401
     except ImportError:
         print("edge roads import needs pyosmium: pip install 'vehicle-edge[roads]'",
               file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     from edge.roads.importer import import_extract
 
     try:
         summary = import_extract(src, out, bbox=box, country=country)
     except RuntimeError as exc:  # pyosmium's error for a file it cannot read
         print(f"edge roads import: {src}: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(json.dumps(summary.to_json(), indent=2), file=stdout)
-    return 0
+    return ExitCode.OK
 
 
 def info_main(index: Path, *, stdout: TextIO) -> int:
@@ -60,7 +60,7 @@ def info_main(index: Path, *, stdout: TextIO) -> int:
 
     idx = RoadIndex(index)
     print(json.dumps({**idx.meta, "bytes": index.stat().st_size}, indent=2), file=stdout)
-    return 0
+    return ExitCode.OK
 
 
 def match_main(index: Path, lat: float, lon: float, *, heading: float | None,
@@ -73,7 +73,7 @@ def match_main(index: Path, lat: float, lon: float, *, heading: float | None,
         speed_mps=None if speed_kmh is None else speed_kmh / 3.6)
     if m is None:
         print(json.dumps({"matched": False}), file=stdout)
-        return 1
+        return ExitCode.FAILED
     w = m.way
     kmh = w.fwd_kmh if m.forward else w.bwd_kmh
     default = w.fwd_default if m.forward else w.bwd_default
@@ -85,4 +85,4 @@ def match_main(index: Path, lat: float, lon: float, *, heading: float | None,
         "limit_source": "road:default" if default else f"road:osm:way/{w.id}",
         "conditional": [list(c) for c in (w.fwd_cond if m.forward else w.bwd_cond)],
     }), file=stdout)
-    return 0
+    return ExitCode.OK

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge.config import Config
+from edge.errors import ExitCode
 
 
 def _alive(pid: int) -> bool:
@@ -33,10 +34,10 @@ def main(cfg: Config | None, *, out: TextIO, path: Path | None = None) -> int:
     except FileNotFoundError:
         print(f"edge: no status at {path}: the daemon has not run with this config",
               file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except (OSError, ValueError) as exc:
         print(f"edge: cannot read status {path}: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     age = time.time() - float(data.get("written_at", 0))
     pid = int(data.get("pid", 0))
     running = bool(data.get("running")) and pid > 0 and _alive(pid)
@@ -48,7 +49,7 @@ def main(cfg: Config | None, *, out: TextIO, path: Path | None = None) -> int:
         print(f"edge: warning: {w}", file=sys.stderr)
     json.dump(data, out, indent=2, default=str)
     out.write("\n")
-    return 0 if data["state"] == "running" else 1
+    return ExitCode.OK if data["state"] == "running" else ExitCode.FAILED
 
 
 def warnings(data: dict[str, Any]) -> list[str]:

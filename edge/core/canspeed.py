@@ -1,10 +1,10 @@
 """CAN payload -> vehicle speed, by one DBC signal ("MESSAGE.SIGNAL"). Pure.
 
-The signal's layout comes from ``edge.core.dbcspec``: cantools reads the DBC in a
-short-lived child process and the spec is cached by the DBC's sha256, so the daemon
-never imports cantools (~6-8 MB resident for good). Per frame we do not call
-cantools' ``decode_message`` (it decodes every signal of the message and builds a dict);
-the one signal we need is compiled into a closure that extracts its raw bits (start,
+The signal's layout is an ``edge.core.dbcspec.SignalSpec``: ``edge.sources.dbc`` has
+cantools read the DBC in a short-lived child process and caches the spec by the DBC's
+sha256, so the daemon never imports cantools (~6-8 MB resident for good). Per frame we
+do not call cantools' ``decode_message`` (it decodes every signal of the message and
+builds a dict); the one signal we need is compiled into a closure that extracts its raw bits (start,
 length, byte order, signedness), applies scale/offset and the unit factor, and checks
 the multiplexer chain and (optionally) the Toyota-style checksum. Tests check the closure
 agrees with cantools on random layouts and payloads.
@@ -20,10 +20,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edge.core.dbcspec import BitLayout, SignalSpec, load_spec, split_signal
+from edge.core.dbcspec import BitLayout, SignalSpec
 from edge.errors import ConfigError
 from edge.model import Ignition, SpeedSample
 
@@ -137,24 +136,12 @@ def unit_factor(unit: str | None) -> float | None:
 class DbcSpeedDecoder:
     """Decode one speed signal from its CAN frame. Pure: time comes in as arguments.
 
-    Built from a ``SignalSpec``: by default ``edge.core.dbcspec.load_spec`` (cached, or
-    compiled by cantools in a child process), so building a decoder never imports
-    cantools here. Pass ``spec`` to use one you have.
+    Built from a ``SignalSpec`` (``edge.sources.dbc.speed_decoder`` loads one from a
+    DBC, cached, or compiled by cantools in a child process).
     """
 
-    def __init__(
-        self,
-        dbc: Path | None,
-        signal: str,
-        *,
-        checksum: ChecksumMode = "auto",
-        spec: SignalSpec | None = None,
-    ) -> None:
-        msg_name, _ = split_signal(signal)
-        if spec is None:
-            if dbc is None:
-                raise ConfigError("can.dbc", "a DBC is needed in dbc mode")
-            spec = load_spec(Path(dbc), signal)
+    def __init__(self, spec: SignalSpec, *, checksum: ChecksumMode = "auto") -> None:
+        signal, msg_name = spec.name, spec.message
         factor = self._unit_factor(spec, signal)
         self.signal = signal
         self.spec = spec
@@ -306,8 +293,8 @@ class DbcIgnitionDecoder(DbcSpeedDecoder):
 
     FIELD = "can.ignition_signal"
 
-    def __init__(self, dbc: Path | None, signal: str, *, spec: SignalSpec | None = None) -> None:
-        super().__init__(dbc, signal, checksum="none", spec=spec)
+    def __init__(self, spec: SignalSpec) -> None:
+        super().__init__(spec, checksum="none")
         self._state: bool | None = None
 
     def _unit_factor(self, spec: SignalSpec, signal: str) -> float:
@@ -348,17 +335,3 @@ class MultiDecoder:
                 return out
         return None
 
-
-def decoder_for(config: Any) -> Any:
-    """The decoder ``[can]`` describes (mode "dbc"): the speed signal, plus the ignition
-    signal when ``ignition_signal`` is set. Raises ConfigError naming the field."""
-    if config.dbc is None or not config.speed_signal:
-        raise ConfigError("can.dbc", "a DBC and can.speed_signal are needed in dbc mode")
-    speed = DbcSpeedDecoder(config.dbc, config.speed_signal, checksum=config.checksum)
-    if not getattr(config, "ignition_signal", None):
-        return speed
-    ignition = DbcIgnitionDecoder(config.dbc, config.ignition_signal)
-    if ignition.frame_ids & speed.frame_ids:
-        raise ConfigError("can.ignition_signal",
-                          "must be in another message than can.speed_signal")
-    return MultiDecoder(speed, ignition)

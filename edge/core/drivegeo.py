@@ -18,6 +18,9 @@ Python round the same IEEE operations the same way), the same GEOS predicates on
 same prepared geometries, the same ``<= 0`` / ``<= h`` comparisons. A question the
 bulk pass did not foresee (a fix order the rules do not accept as this pass assumed)
 falls back to the live evaluation, so the events are the same either way.
+
+Two classes: ``BulkPass`` computes the answers for many fixes at once; ``DriveGeometry``
+picks the fixes the rules take, has them computed and hands the answers out per fix.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ FAR_M = 1.0  # a pair this much beyond the hysteresis of a zone's box is not mea
 
 
 class DriveGeometry:
-    """Precomputed ``locate`` and crossing answers for the fixes of one drive.
+    """Precomputed ``locate`` and crossing answers for the fixes of one drive (computed
+    by ``BulkPass``), handed out in the order the rules ask.
 
     The rules ask about the drive's fixes in order (``step``): the answer for the next
     expected fix is found by comparing three floats with it, no lookup at all. A fix
@@ -98,9 +102,12 @@ class DriveGeometry:
         if zones.tree is None:
             self._answers = [_EMPTY] * n
             return
-        self._answers = self._locate_all(lat, lon, h)
+        bulk = BulkPass(zones)
+        self._answers = bulk.locate_all(lat, lon, h)
         # a segment joins consecutive fixes
-        self._cross_all(lat[:-1], lon[:-1], lat[1:], lon[1:], h[1:], t[1:] - t[:-1])
+        self._hits = bulk.cross_all(lat[:-1], lon[:-1], lat[1:], lon[1:], h[1:],
+                                    t[1:] - t[:-1])
+        self.pairs = bulk.pairs
 
     # ------------------------------------------------------------------ lookups
 
@@ -138,7 +145,18 @@ class DriveGeometry:
                 self._where.setdefault(key, i)
         return self._where.get((lat, lon, h))
 
-    # ------------------------------------------------------------------ bulk passes
+
+class BulkPass:
+    """The geometry of many fixes at once (numpy + shapely over every (fix, zone) pair):
+    ``locate_all`` answers ``ZoneLocator.locate`` for each fix, ``cross_all`` the fences
+    each segment between consecutive fixes touches. ``pairs`` counts the (fix, zone)
+    pairs measured."""
+
+    __slots__ = ("pairs", "zones")
+
+    def __init__(self, zones: Zones) -> None:
+        self.zones = zones
+        self.pairs = 0
 
     def _query(self, x0: Any, y0: Any, x1: Any, y1: Any) -> tuple[Any, Any]:
         """(item, zone) pairs whose zone box meets item's lon/lat box, longitudes in any
@@ -206,7 +224,7 @@ class DriveGeometry:
         f = self.zones.table().frames
         return f[zone, 0], f[zone, 1], f[zone, 2], f[zone, 3]
 
-    def _locate_all(self, lat: Any, lon: Any, h: Any) -> list[Located]:
+    def locate_all(self, lat: Any, lon: Any, h: Any) -> list[Located]:
         import numpy as np
         import shapely
 
@@ -287,14 +305,14 @@ class DriveGeometry:
         run = np.cumsum(~same) - 1
         return [answers[r] for r in run.tolist()]
 
-    def _cross_all(self, lat1: Any, lon1: Any, lat2: Any, lon2: Any, h: Any,
-                   dt: Any) -> None:
+    def cross_all(self, lat1: Any, lon1: Any, lat2: Any, lon2: Any, h: Any,
+                  dt: Any) -> dict[int, frozenset[int]]:
         """The fences hit by the segment into each fix (keyed by that fix's index)."""
         import numpy as np
         import shapely
 
         if not len(lat1):
-            return
+            return {}
         tab = self.zones.table()
         # the rules ask only when the fixes are far enough apart (not jitter) and not a
         # jump (``Rules._crossings``); the others are left out, with a margin so that
@@ -305,7 +323,7 @@ class DriveGeometry:
         asked = (seg > 2.0 * h * (1 - 1e-6)) & (seg <= MAX_CROSS_MPS * dt * (1 + 1e-6))
         keep = np.flatnonzero(asked)
         if not len(keep):
-            return
+            return {}
         lat1, lon1, lat2, lon2 = lat1[keep], lon1[keep], lat2[keep], lon2[keep]
         lo, hi = np.minimum(lon1, lon2), np.maximum(lon1, lon2)
         wraps = hi - lo > 180.0  # across the antimeridian: the short way round
@@ -332,7 +350,7 @@ class DriveGeometry:
         # segment j joins fix j and fix j + 1
         for k, z in zip((keep[si[hit]] + 1).tolist(), zi[hit].tolist(), strict=True):
             found.setdefault(k, set()).add(z)
-        self._hits = {k: frozenset(got) for k, got in found.items()}
+        return {k: frozenset(got) for k, got in found.items()}
 
 
 def limits_along(zones: Zones, speed: SpeedRuleConfig,

@@ -224,6 +224,40 @@ class Engine:
     def reload(self, zones: Zones) -> list[Envelope]:
         return self._wrap(self.rules.reload(zones))
 
+    def reject_zones(self, reason: str) -> None:
+        """A zones file that could not be used (kept out, old zones stay): health says why."""
+        self.rules.zones_rejected(reason)
+
+    def use_roads(self, roads: RoadLimits | None) -> RoadLimits | None:
+        """Ask ``roads`` for posted limits from now on; returns the provider it replaces
+        (the caller closes it)."""
+        old, self.rules.roads = self.rules.roads, roads
+        return old
+
+    def reconfigure(self, config: Config, *, zones: Zones | None = None) -> list[Envelope]:
+        """Run under ``config`` from now on (a validated hot reload); ``zones``: the
+        zones ``config`` names, loaded by the caller (None: keep the current ones).
+
+        Rules whose settings changed start over under the new ones; new zones alone
+        swap in with the rules' state carried over (events of the swap returned); the
+        speed arbiter is rebuilt when its ``[can]`` thresholds or source policy
+        changed. The engine keeps ``config``, so what it rebuilds later (a clock step,
+        a restore after a restart) is built from it, never from the old one."""
+        old, self.config = self.config, config
+        if config.telemetry.interval_s != old.telemetry.interval_s:
+            self.telemetry.interval_s = config.telemetry.interval_s
+        if (config.can, config.rules.speed.source_policy) != (
+                old.can, old.rules.speed.source_policy):
+            self.arbiter = make_arbiter(config)
+        if dataclasses.replace(old.rules, zones=None) != dataclasses.replace(
+                config.rules, zones=None):
+            self.rules = Rules(config.rules, zones if zones is not None else self.rules.zones,
+                               self.rules.roads)
+            return []
+        if zones is not None:
+            return self.reload(zones)
+        return []
+
     def now(self, mono: float, system_time: float) -> tuple[float, str]:
         """Event time for an instant given by its monotonic and system clocks: GNSS time
         through the last valid fix when there is one, else the system clock."""

@@ -13,6 +13,11 @@ control is ever needed. A request unanswered within ``timeout_s`` or answered ne
 backs its PIDs off exponentially (capped); a multi-PID request that fails drops
 ``max_pids`` to 1 for good (the ECU told us what it accepts). A PID the ECU reports as
 unsupported (NRC 0x12/0x31) is retried only at the cap.
+
+Every value becomes a sample the engine takes (``to_sample``): speed a ``SpeedSample``
+(source "obd"), engine speed and coolant temperature ``SignalSample``s under their COVESA
+VSS names. The live source and log replay (``ObdDecoder``) share that one mapping, so a
+replayed OBD log gives the telemetry the live daemon gave.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge.model import SpeedSample
+from edge.model import SignalSample, SpeedSample
 
 REQUEST_ID = 0x7DF
 RESPONSE_IDS = frozenset(range(0x7E8, 0x7F0))
@@ -35,6 +40,12 @@ PID_COOLANT = 0x05
 # bytes of data each PID answers with
 PID_LENGTHS: dict[int, int] = {PID_SPEED: 1, PID_RPM: 2, PID_COOLANT: 1}
 NRC_UNSUPPORTED = frozenset({0x11, 0x12, 0x31})
+
+# PIDs that reach telemetry as signals, by their COVESA VSS names
+SIGNAL_NAMES: dict[int, str] = {
+    PID_RPM: "Vehicle.Powertrain.CombustionEngine.Speed",
+    PID_COOLANT: "Vehicle.Powertrain.CombustionEngine.ECT",
+}
 
 
 def request_frame(pids: Sequence[int]) -> bytes:
@@ -130,6 +141,9 @@ class ObdStats:
 class ObdPoller:
     """When to ask which PIDs, and what the answers mean. Pure: pass ``mono`` in."""
 
+    frame_ids = RESPONSE_IDS  # the frames to hand to ``on_frame``
+    extended = False  # 11-bit identifiers
+
     def __init__(
         self,
         *,
@@ -153,14 +167,6 @@ class ObdPoller:
         self._sent_at = 0.0
         self.last: dict[int, ObdValue] = {}
         self.last_mono: dict[int, float] = {}
-
-    @property
-    def frame_ids(self) -> frozenset[int]:
-        return RESPONSE_IDS
-
-    @property
-    def extended(self) -> bool:
-        return False
 
     @property
     def outstanding(self) -> tuple[int, ...]:
@@ -265,29 +271,31 @@ class ObdPoller:
         return out
 
 
-class ObdSpeedDecoder:
-    """Speed from recorded OBD responses (for log replay: no requests are sent)."""
+def to_sample(value: ObdValue, time: float, mono: float) -> SpeedSample | SignalSample | None:
+    """The sample an OBD value is for the engine: speed, or a telemetry signal."""
+    if value.pid == PID_SPEED:
+        return SpeedSample(time=time, speed_kmh=value.value, source="obd", mono=mono)
+    name = SIGNAL_NAMES.get(value.pid)
+    if name is None:
+        return None
+    return SignalSample(time=time, name=name, value=value.value, mono=mono)
+
+
+class ObdDecoder:
+    """Samples from recorded OBD responses (log replay: no requests are sent)."""
+
+    frame_ids = RESPONSE_IDS
+    extended = False
 
     def __init__(self) -> None:
         self.stats = ObdStats()
 
-    @property
-    def frame_ids(self) -> frozenset[int]:
-        return RESPONSE_IDS
-
-    @property
-    def extended(self) -> bool:
-        return False
-
-    def decode(
-        self, arbitration_id: int, data: bytes, time: float, mono: float
-    ) -> SpeedSample | None:
+    def decode_all(self, arbitration_id: int, data: bytes, time: float, mono: float
+                   ) -> list[SpeedSample | SignalSample]:
+        """Every sample one response carries (a multi-PID answer carries several)."""
         parsed = parse_response(arbitration_id, data)
         if not isinstance(parsed, list):
             self.stats.ignored += 1
-            return None
-        for v in parsed:
-            if v.pid == PID_SPEED:
-                self.stats.responses += 1
-                return SpeedSample(time=time, speed_kmh=v.value, source="obd", mono=mono)
-        return None
+            return []
+        self.stats.responses += 1
+        return [s for s in (to_sample(v, time, mono) for v in parsed) if s is not None]

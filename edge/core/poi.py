@@ -27,6 +27,10 @@ class PoiTracker:
         self.rate_capped = 0
         self.cooldown_skipped = 0
 
+    def health(self) -> dict[str, object]:
+        return {"offers": self.offers, "rate_capped": self.rate_capped,
+                "cooldown_skipped": self.cooldown_skipped}
+
     def new_trip(self) -> None:
         self._this_trip.clear()
 

@@ -70,7 +70,7 @@ def snapshot(rules: Rules) -> dict[str, Any]:
     return {
         "v": VERSION,
         "last_time": rules._last_input_t,
-        "last_event_t": _finite(rules._last_event_t),
+        "last_event_t": _finite(rules.stamp.last_t),
         "fix": list(rules._fix) if rules._fix is not None else None,
         "trip": {
             "open": _fields(trip._trip) if trip._trip is not None else None,
@@ -113,7 +113,7 @@ def restore(rules: Rules, doc: dict[str, Any], *, now: float | None,
     if isinstance(fix, list) and len(fix) == 3:
         rules._fix = (float(fix[0]), float(fix[1]), float(fix[2]))
     if isinstance(doc.get("last_event_t"), int | float):
-        rules._last_event_t = float(doc["last_event_t"])
+        rules.stamp.last_t = float(doc["last_event_t"])
     if isinstance(last, int | float):
         rules._last_input_t = float(last)
 
@@ -172,7 +172,7 @@ def restore(rules: Rules, doc: dict[str, Any], *, now: float | None,
         # time went backwards: nothing stamped in the old time line holds in the new
         # one (the restore's own events above were stamped in the old one)
         rules._fix = None
-        rules._last_event_t = -math.inf
+        rules.stamp.last_t = -math.inf
         rules._last_input_t = None
         poi._last, poi._recent = {}, deque()
         geo._st, geo._known, geo._watch = {}, False, set()

@@ -56,6 +56,9 @@ class OverspeedTracker:
     def active(self) -> bool:
         return self._ep is not None
 
+    def health(self) -> dict[str, object]:
+        return {"active": self.active, "limit_kmh": self.limit, "limit_source": self.source}
+
     def decide(self, claims: list[LimitClaim]) -> Limit:
         """The limit that applies given the claims of every source at the car's place."""
         return decide_limit(self.cfg.limit_kmh, self.cfg.limit_policy, claims)

@@ -55,6 +55,9 @@ class TripTracker:
     def active(self) -> bool:
         return self._trip is not None
 
+    def health(self) -> dict[str, object]:
+        return {"active": self.active, "trips": self.trips}
+
     def _stats(self) -> _Stats | None:
         return self._trip or self._cand
 

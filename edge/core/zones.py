@@ -42,7 +42,6 @@ import math
 import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -156,7 +155,7 @@ class ZoneTable:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Zones:
-    """An immutable, indexed set of zones. Build with ``parse_zones``/``load_zones``."""
+    """An immutable, indexed set of zones. Build with ``parse_zones``/``parse_zones_json``."""
 
     zones: tuple[Zone, ...]
     tree: Any  # shapely.STRtree of lon/lat boxes (also at ±360° across 180°); None: empty
@@ -247,19 +246,16 @@ def empty_zones() -> Zones:
     return _build([], EMPTY_ZONES_SOURCE)
 
 
-def load_zones(path: Path) -> Zones:
-    """Read and index a zones file. Raises ``ZonesError`` naming the file and feature."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZonesError(f"{path}: cannot read: {exc}") from exc
+def parse_zones_json(text: str, *, source: str) -> Zones:
+    """Index the text of a zones file (``edge.sources.zonesfile.load_zones`` reads it).
+    Raises ``ZonesError`` naming ``source`` and the feature."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ZonesError(f"{path}: not valid JSON: {exc}") from exc
+        raise ZonesError(f"{source}: not valid JSON: {exc}") from exc
     if not isinstance(data, Mapping):
-        raise ZonesError(f"{path}: must be a GeoJSON FeatureCollection object")
-    return parse_zones(data, source=str(path))
+        raise ZonesError(f"{source}: must be a GeoJSON FeatureCollection object")
+    return parse_zones(data, source=source)
 
 
 def parse_zones(data: Mapping[str, Any], *, source: str = "<zones>") -> Zones:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from edge.errors import EdgeError, UplinkError
-from edge.uplinks.greengrass import map_ipc_error, open_ipc_connection
+from edge.greengrass.uplink import map_ipc_error, open_ipc_connection
 
 log = structlog.get_logger()
 

@@ -4,6 +4,15 @@ An uplink is an async context manager: entering connects (raising ``UplinkError`
 ``UplinkAuthError``), leaving disconnects. It can be entered again after it was left,
 never twice at once. The reconnect loop belongs to the caller (``edge.app``).
 
+``Uplink`` declares everything the forwarder asks of an uplink: its ``name``, the
+largest payload of one publish (``max_payload``), whether it carries MQTT 5 user
+properties (``user_properties``: a compressed batch declares its content-encoding in
+one), whether AWS IoT Core's per-connection quotas apply (``iot_quota``), and ``lost``,
+an event set when the connection dropped. ``UplinkBase`` is the shell the four
+implementations share: the context manager around ``_connect`` / ``_disconnect``, the
+IoT Core checks before ``_publish``, ``lost``, and handing a result from a library's
+thread to the event loop (``_post``).
+
 ``publish`` returns only once the far side acknowledged the message (MQTT PUBACK with a
 reason code < 0x80, Greengrass IPC success, a flushed line in a file). It raises
 ``PublishRejected`` when this message will never be accepted as it is (ACL denied,
@@ -13,10 +22,12 @@ exceptions never leak out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from edge.errors import PublishRejected, UplinkError
 from edge.private import exposure
@@ -32,6 +43,11 @@ MAX_BYTES_PER_S = 512 * 1024
 class Uplink(Protocol):
     name: str
     max_payload: int
+    user_properties: bool
+    iot_quota: bool
+
+    @property
+    def lost(self) -> asyncio.Event: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -107,3 +123,83 @@ def check_puback(topic: str, code: int) -> None:
             reason_code=code,
         )
     raise UplinkError(f"{topic}: broker refused the publish for now (reason {code:#x})")
+
+
+class UplinkBase:
+    """The shell every uplink shares (see the module's docstring). A subclass sets
+    ``name`` and implements ``_connect``, ``_disconnect`` and ``_publish``; ``check``
+    may add limits of its own (it runs before every publish)."""
+
+    name = "uplink"
+    max_payload = MAX_PAYLOAD
+    user_properties = False
+    iot_quota = True
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lost = asyncio.Event()
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the connection dropped; the caller leaves the context and retries."""
+        return self._lost
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self._lost = asyncio.Event()
+        await self._connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._disconnect()
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        user_properties: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.check(topic, payload, qos, user_properties)
+        await self._publish(topic, payload, qos, user_properties)
+
+    def check(self, topic: str, payload: bytes, qos: int,
+              user_properties: Sequence[tuple[str, str]]) -> None:
+        """Raise ``PublishRejected`` for what may not be published (IoT Core's limits)."""
+        check_publish(topic, payload, qos, self.max_payload)
+
+    async def _connect(self) -> None:
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
+        raise NotImplementedError
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop (from a library's thread); nothing once
+        the loop is closed."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(fn, *args)
+
+
+def resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    """``fut``'s result, unless it is done already (cancelled, failed)."""
+    if not fut.done():
+        fut.set_result(value)
+
+
+def fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    """``fut``'s exception, unless it is done already."""
+    if not fut.done():
+        fut.set_exception(exc)

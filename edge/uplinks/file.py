@@ -1,7 +1,8 @@
 """File uplink: every publish is one JSON line ``{"topic": ..., "payload": {...}}``.
 
 What ``edge replay`` writes, and a way to run the daemon with no broker at all. A
-publish counts as acknowledged once the line is written and flushed.
+publish counts as acknowledged once the line is written and flushed. No IoT Core
+quota applies (``iot_quota`` is false) and the connection is never lost.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from edge.errors import UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_publish
+from edge.uplinks.base import UplinkBase
 
 
 def format_line(topic: str, payload: bytes) -> str:
@@ -23,11 +23,12 @@ def format_line(topic: str, payload: bytes) -> str:
     return json.dumps({"topic": topic, "payload": body}, separators=(",", ":")) + "\n"
 
 
-class FileUplink:
+class FileUplink(UplinkBase):
     name = "file"
-    max_payload = MAX_PAYLOAD
+    iot_quota = False
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = Path(path)
         self._fh: IO[str] | None = None
         # publishes arrive from several forwarder workers: one write at a time, in the
@@ -35,7 +36,7 @@ class FileUplink:
         # served), so the file keeps publish order
         self._order = asyncio.Lock()
 
-    async def __aenter__(self) -> Self:
+    async def _connect(self) -> None:
         try:
             # what is published says where the car went: a new file (and folder) is
             # private; an existing path (a FIFO, /dev/stdout) is used as it is
@@ -44,27 +45,14 @@ class FileUplink:
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
         except OSError as exc:
             raise UplinkError(f"cannot open {self.path}: {exc}") from exc
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _disconnect(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        user_properties: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        check_publish(topic, payload, qos, self.max_payload)
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
         if self._fh is None:
             raise UplinkError("file uplink is not open")
         line = format_line(topic, payload)

@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from edge.errors import UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish
+from edge.uplinks.base import UplinkBase, check_puback, fail, resolve
 from edge.uplinks.mqtt import check_key_file
 
 if TYPE_CHECKING:
@@ -40,34 +39,26 @@ log = structlog.get_logger()
 _AUTH_CONNACK = {0x86, 0x87, 0x8A, 0x8C}
 
 
-class IotCoreUplink:
+class IotCoreUplink(UplinkBase):
     name = "iotcore"
-    max_payload = MAX_PAYLOAD
     user_properties = True  # MQTT 5
 
     def __init__(self, config: UplinkConfig, *, client_id: str) -> None:
+        super().__init__()
         self.config = config
         self.client_id = config.client_id or client_id
         self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._connected: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
-        self._lost: asyncio.Event | None = None
         self._pending: set[asyncio.Future[Any]] = set()
 
     @property
     def port(self) -> int:
-        return self.config.port or 8883
-
-    @property
-    def lost(self) -> asyncio.Event:
-        """Set when the connection dropped; the caller leaves the context and retries."""
-        assert self._lost is not None
-        return self._lost
+        return self.config.broker_port
 
     # ---- connect / disconnect
 
-    async def __aenter__(self) -> Self:
+    async def _connect(self) -> None:
         if self._client is not None:
             raise RuntimeError("IotCoreUplink is already connected")
         cfg = self.config
@@ -81,10 +72,8 @@ class IotCoreUplink:
         except ImportError as exc:
             raise UplinkError(f"uplink.kind = 'iotcore' needs awsiotsdk: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._loop = loop
         self._connected = loop.create_future()
         self._stopped = loop.create_future()
-        self._lost = asyncio.Event()
         try:
             client = mqtt5_client_builder.mtls_from_path(
                 endpoint=cfg.endpoint,
@@ -121,14 +110,8 @@ class IotCoreUplink:
         except UplinkError:
             await self._stop()
             raise
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _disconnect(self) -> None:
         await self._stop()
 
     async def _stop(self) -> None:
@@ -149,18 +132,13 @@ class IotCoreUplink:
     def _fail_pending(self, err: UplinkError) -> None:
         pending, self._pending = self._pending, set()
         for fut in pending:
-            _fail(fut, err)
+            fail(fut, err)
 
     # ---- lifecycle callbacks: awscrt's threads
 
-    def _post(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
-
     def _on_success(self, data: Any) -> None:
         if self._connected is not None:
-            self._post(_resolve, self._connected, None)
+            self._post(resolve, self._connected, None)
 
     def _on_failure(self, data: Any) -> None:
         connack = getattr(data, "connack_packet", None)
@@ -175,7 +153,7 @@ class IotCoreUplink:
         else:
             err = UplinkError(f"connect to {self.config.endpoint}:{self.port} failed: {exc}")
         if self._connected is not None:
-            self._post(_fail, self._connected, err)
+            self._post(fail, self._connected, err)
         self._post(self._set_lost, err)
 
     def _on_disconnection(self, data: Any) -> None:
@@ -184,27 +162,19 @@ class IotCoreUplink:
 
     def _on_stopped(self, data: Any) -> None:
         if self._stopped is not None:
-            self._post(_resolve, self._stopped, None)
+            self._post(resolve, self._stopped, None)
 
     def _set_lost(self, err: UplinkError) -> None:
         # runs on the event loop
-        if self._lost is not None:
-            self._lost.set()
+        self._lost.set()
         self._fail_pending(err)
 
     # ---- the interface
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        user_properties: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        check_publish(topic, payload, qos, self.max_payload)
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
         client = self._client
-        if client is None or (self._lost is not None and self._lost.is_set()):
+        if client is None or self._lost.is_set():
             raise UplinkError("not connected")
         from awscrt import mqtt5
         from awscrt.exceptions import AwsCrtError
@@ -228,9 +198,9 @@ class IotCoreUplink:
         def done(cf: concurrent.futures.Future[Any]) -> None:  # awscrt's thread
             exc = cf.exception()
             if exc is not None:
-                self._post(_fail, fut, UplinkError(f"{topic}: publish failed: {exc}"))
+                self._post(fail, fut, UplinkError(f"{topic}: publish failed: {exc}"))
             else:
-                self._post(_resolve, fut, cf.result())
+                self._post(resolve, fut, cf.result())
 
         crt_future.add_done_callback(done)
         try:
@@ -245,13 +215,3 @@ class IotCoreUplink:
         puback = getattr(result, "puback", None)
         code = int(getattr(getattr(puback, "reason_code", 0), "value", 0) or 0)
         check_puback(topic, code)
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)

@@ -13,14 +13,13 @@ import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
 from edge.config import UplinkConfig
 from edge.errors import UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_puback, check_publish, key_problem
+from edge.uplinks.base import UplinkBase, check_puback, fail, key_problem, resolve
 
 log = structlog.get_logger()
 
@@ -35,43 +34,37 @@ def check_key_file(key: Path) -> None:
         raise UplinkAuthError(f"uplink.key {why}")
 
 
-class MqttUplink:
+class MqttUplink(UplinkBase):
     name = "mqtt"
-    max_payload = MAX_PAYLOAD
 
     def __init__(self, config: UplinkConfig, *, client_id: str) -> None:
+        super().__init__()
         self.config = config
         # MQTT 5 carries user properties (content-encoding of compressed batches)
         self.user_properties = config.protocol == 5
         self.client_id = config.client_id or client_id
         self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[int]] = {}
         self._early: dict[int, int] = {}
         self._connected: asyncio.Future[None] | None = None
-        self._lost: asyncio.Event | None = None
         self._lost_reason = ""
 
     @property
     def tls(self) -> bool:
-        c = self.config
-        return c.tls if c.tls is not None else (c.cert is not None or c.ca is not None)
+        return self.config.uses_tls
 
     @property
     def port(self) -> int:
-        return self.config.port or (8883 if self.tls else 1883)
+        return self.config.broker_port
 
-    async def __aenter__(self) -> Self:
+    async def _connect(self) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         if self._client is not None:
             raise RuntimeError("MqttUplink is already connected")
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._connected = loop.create_future()
-        self._lost = asyncio.Event()
+        self._connected = asyncio.get_running_loop().create_future()
         v5 = self.config.protocol == 5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -116,14 +109,8 @@ class MqttUplink:
         except (OSError, ValueError) as exc:
             self._teardown()
             raise UplinkError(f"connect to {self.config.endpoint}:{self.port}: {exc}") from exc
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _disconnect(self) -> None:
         client = self._client
         if client is None:
             return
@@ -140,23 +127,21 @@ class MqttUplink:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._early.clear()
-        loop = self._loop
         for fut in pending.values():
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_fail, fut, UplinkError("disconnected"))
+            self._post(fail, fut, UplinkError("disconnected"))
 
     # ---- callbacks: paho's thread
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         code = int(getattr(rc, "value", rc))
-        assert self._loop is not None and self._connected is not None
+        assert self._connected is not None
         fut = self._connected
         if code == 0:
-            self._loop.call_soon_threadsafe(_resolve, fut, None)
+            self._post(resolve, fut, None)
             return
         err_cls = UplinkAuthError if code in _AUTH_CODES else UplinkError
         err = err_cls(f"broker refused the connection: {rc} (code {code})")
-        self._loop.call_soon_threadsafe(_fail, fut, err)
+        self._post(fail, fut, err)
         client.disconnect()
 
     def _on_disconnect(
@@ -170,11 +155,10 @@ class MqttUplink:
             pending, self._pending = self._pending, {}
         err = UplinkError(f"connection lost: {rc}")
         for fut in pending.values():
-            loop.call_soon_threadsafe(_fail, fut, err)
+            self._post(fail, fut, err)
         if self._connected is not None:
-            loop.call_soon_threadsafe(_fail, self._connected, err)
-        if self._lost is not None:
-            loop.call_soon_threadsafe(self._lost.set)
+            self._post(fail, self._connected, err)
+        self._post(self._lost.set)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         code = int(getattr(rc, "value", rc))
@@ -183,28 +167,14 @@ class MqttUplink:
             if fut is None:
                 self._early[mid] = code
                 return
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve, fut, code)
+        self._post(resolve, fut, code)
 
     # ---- the interface
 
-    @property
-    def lost(self) -> asyncio.Event:
-        """Set when the connection dropped; the caller leaves the context and retries."""
-        assert self._lost is not None
-        return self._lost
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        user_properties: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        check_publish(topic, payload, qos, self.max_payload)
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
         client = self._client
-        if client is None or (self._lost is not None and self._lost.is_set()):
+        if client is None or self._lost.is_set():
             raise UplinkError("not connected")
         props = None
         if self.config.protocol == 5 and user_properties:
@@ -227,7 +197,7 @@ class MqttUplink:
             early = self._early.pop(info.mid, None)
             if early is None:
                 self._pending[info.mid] = fut
-        if early is None and self._lost is not None and self._lost.is_set():
+        if early is None and self._lost.is_set():
             with self._lock:
                 self._pending.pop(info.mid, None)
             raise UplinkError("connection lost")
@@ -242,13 +212,3 @@ class MqttUplink:
                     self._pending.pop(info.mid, None)
                 raise UplinkError(f"{topic}: no PUBACK within the keepalive") from exc
         check_puback(topic, code)
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)

@@ -6,13 +6,15 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import can
 import pytest
 
 from edge.config import CanConfig
+from edge.core.engine import Engine
 from edge.errors import ConfigError
-from edge.model import SpeedSample
+from edge.model import SignalSample, SpeedSample
 from edge.sources.can import CanSource
 from tests.support.can import DBC, frame, until
 
@@ -28,13 +30,27 @@ def dbc_config(tmp_path: Path, ch: str, **kw: object) -> CanConfig:
                      reopen_max_s=0.5, **kw)  # type: ignore[arg-type]
 
 
+RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
+ECT = "Vehicle.Powertrain.CombustionEngine.ECT"
+
+
+def speeds(got: list[Any]) -> list[SpeedSample]:
+    return [s for s in got if isinstance(s, SpeedSample)]
+
+
+def signals(got: list[Any]) -> dict[str, float]:
+    """The last value of each signal emitted."""
+    return {s.name: s.value for s in got if isinstance(s, SignalSample)}
+
+
 def run(
-    cfg: CanConfig, body: Callable[[CanSource, list[SpeedSample], can.BusABC], Awaitable[None]]
+    cfg: CanConfig, body: Callable[[CanSource, list[Any], can.BusABC], Awaitable[None]],
+    keep: list[Any] | None = None,
 ) -> None:
     async def main() -> None:
         car = can.Bus(interface="virtual", channel=cfg.channel, receive_own_messages=False)
         src = CanSource(cfg)
-        got: list[SpeedSample] = []
+        got: list[Any] = [] if keep is None else keep
         task = asyncio.create_task(src.run(got.append))
         try:
             await until(lambda: src.state == "open")
@@ -82,11 +98,11 @@ def test_bus_off_reopens(tmp_path: Path) -> None:
 def test_queue_is_bounded_and_drops_oldest(tmp_path: Path) -> None:
     src = CanSource(dbc_config(tmp_path, channel(), queue_max=5))
     for i in range(8):
-        src._push(can.Message(arbitration_id=0xB4, data=frame(i), timestamp=float(i),
-                              is_extended_id=False), 0.0)
+        src.reader.push(can.Message(arbitration_id=0xB4, data=frame(i), timestamp=float(i),
+                                    is_extended_id=False), 0.0)
     h = src.health()
     assert h["queue"] == 5 and h["dropped"] == 3 and h["drop_policy"] == "drop-oldest"
-    assert [f[2] for f in src._queue] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert [f[2] for f in src.reader.queue] == [3.0, 4.0, 5.0, 6.0, 7.0]
 
 
 def test_emit_that_raises_is_counted(tmp_path: Path) -> None:
@@ -112,14 +128,17 @@ def test_emit_that_raises_is_counted(tmp_path: Path) -> None:
 
 
 class FakeEcu:
-    """Answers OBD requests on the virtual bus like an engine ECU (0x7E8)."""
+    """Answers OBD requests on the virtual bus like an engine ECU (0x7E8); with
+    ``rpm_step``, each RPM answer is that much higher than the last."""
 
     def __init__(self, bus: can.BusABC, *, speed: int = 88, silent: bool = False,
-                 refuse: set[int] | None = None) -> None:
+                 refuse: set[int] | None = None, rpm_step: int = 0) -> None:
         self.bus = bus
         self.speed = speed
         self.silent = silent
         self.refuse = refuse or set()
+        self.rpm_raw = 0x1AF8
+        self.rpm_step = rpm_step
         self.requests: list[bytes] = []
 
     async def run(self) -> None:
@@ -137,7 +156,9 @@ class FakeEcu:
             elif pid == 0x0D:
                 reply = bytes([3, 0x41, 0x0D, self.speed, 0x55, 0x55, 0x55, 0x55])
             elif pid == 0x0C:
-                reply = bytes([4, 0x41, 0x0C, 0x1A, 0xF8, 0x55, 0x55, 0x55])
+                reply = bytes([4, 0x41, 0x0C, *self.rpm_raw.to_bytes(2, "big"), 0x55, 0x55,
+                               0x55])
+                self.rpm_raw += self.rpm_step
             else:
                 reply = bytes([3, 0x41, pid, 0x5A, 0x55, 0x55, 0x55, 0x55])
             self.bus.send(can.Message(arbitration_id=0x7E8, data=reply, is_extended_id=False))
@@ -156,20 +177,80 @@ def test_obd_polling_with_fake_ecu() -> None:
         ecu_holder.append(ecu)
         t = asyncio.create_task(ecu.run())
         try:
-            await until(lambda: len(got) >= 3 and "rpm" in src.health()["obd"])
+            await until(lambda: len(speeds(got)) >= 3 and "rpm" in src.health()["obd"]
+                        and ECT in signals(got))
         finally:
             t.cancel()
-        assert {(s.speed_kmh, s.source) for s in got} == {(88.0, "obd")}
+        assert {(s.speed_kmh, s.source) for s in speeds(got)} == {(88.0, "obd")}
         obd = src.health()["obd"]
         assert obd["rpm"] == pytest.approx(0x1AF8 / 4)
-        # the same values reach telemetry under their VSS names while they are fresh
-        await until(lambda: "Vehicle.Powertrain.CombustionEngine.ECT" in src.telemetry())
-        tel = src.telemetry()
-        assert tel["Vehicle.Powertrain.CombustionEngine.Speed"] == pytest.approx(0x1AF8 / 4)
+        # engine speed and coolant are emitted as signals under their VSS names, stamped
+        # like the speed (bus time and monotonic receive time)
+        assert signals(got)[RPM] == pytest.approx(0x1AF8 / 4)
+        assert signals(got)[ECT] == 0x5A - 40
+        assert all(isinstance(s, SpeedSample | SignalSample) and s.mono > 0 for s in got)
         assert all(r[0] == 2 and r[:3] in (b"\x02\x01\x0d", b"\x02\x01\x0c", b"\x02\x01\x05")
                    for r in ecu.requests)
 
     run(obd_config(channel()), body)
+
+
+def test_a_recorded_obd_session_replays_into_what_the_live_source_emitted(
+        tmp_path: Path) -> None:
+    # The live source on a virtual bus polls a fake ECU whose engine speed climbs; `edge
+    # record` captures the same bus. Decoding the recording gives the samples the source
+    # emitted (same names, values and bus times), and `edge replay` of the recording has
+    # the engine speed and coolant in its telemetry, as the live daemon's telemetry has.
+    from edge.config import config_from_dict
+    from edge.replay import replay_events
+    from edge.sources.canlog import iter_log_obd
+    from sim.record import Recorder
+
+    ch = channel()
+    drive = tmp_path / "drive"
+    rec = Recorder(drive, serial=None, can_interface="virtual", can_channel=ch)
+    rec.start()
+
+    async def body(src: CanSource, got: list[SpeedSample], car: can.BusABC) -> None:
+        ecu = FakeEcu(car, speed=64, rpm_step=40)
+        t = asyncio.create_task(ecu.run())
+        try:
+            await until(lambda: sum(1 for s in got if getattr(s, "name", "") == RPM) >= 4
+                        and ECT in signals(got), within=15)
+        finally:
+            t.cancel()
+        await asyncio.sleep(0.3)  # the recorder's thread writes what is on the bus
+
+    live: list[Any] = []
+    try:
+        run(obd_config(ch), body, keep=live)
+    finally:
+        rec.stop()
+    replayed = list(iter_log_obd(drive / "can.log"))
+
+    def key(s: object) -> tuple[str, float]:
+        if isinstance(s, SignalSample):
+            return s.name, s.value
+        assert isinstance(s, SpeedSample)
+        return "Vehicle.Speed", s.speed_kmh
+
+    assert [key(s) for s in live] == [key(s) for s in replayed]
+    # candump -L keeps microseconds
+    assert [s.time for s in live] == pytest.approx([s.time for s in replayed], abs=2e-6)
+    assert len({s.value for s in live if isinstance(s, SignalSample) and s.name == RPM}) >= 4
+
+    cfg = config_from_dict({"thing": "car", "can": {"interface": "virtual", "mode": "obd"},
+                            "telemetry": {"interval_s": 0.2}})
+    records = [dict(e.body) for e in replay_events(drive, cfg) if e.type == "telemetry"]
+    # the live daemon hands each emitted sample to its engine as it comes
+    engine = Engine(cfg)
+    live_records = []
+    for s in live:
+        out = engine.on_signal(s) if isinstance(s, SignalSample) else engine.on_speed(s)
+        live_records += [dict(e.body) for e in out if e.type == "telemetry"]
+    assert records == live_records
+    assert len({r[RPM] for r in records if RPM in r}) >= 2
+    assert records[-1][ECT] == 0x5A - 40 and records[-1]["Vehicle.Speed"] == 64.0
 
 
 def test_obd_silent_ecu_times_out_and_backs_off() -> None:
@@ -195,7 +276,7 @@ def test_obd_negative_response_and_multi_pid_fallback() -> None:
         ecu = FakeEcu(car, refuse={0x05})  # also refuses any multi-PID request
         t = asyncio.create_task(ecu.run())
         try:
-            await until(lambda: len(got) >= 3)
+            await until(lambda: len(speeds(got)) >= 3)
         finally:
             t.cancel()
         obd = src.health()["obd"]

@@ -1,11 +1,14 @@
 """The forwarder's batched drain: many rows claimed per worker-thread hop, outcomes
 settled many per transaction, and still: a row leaves only after its PUBACK, alerts
-first, every claimed row settled or released when ``run`` returns."""
+first, every claimed row settled or released when ``run`` returns, and no outbox write
+on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from edge.config import UplinkConfig
 from edge.errors import UplinkError
 from edge.forwarder import Forwarder
 from edge.model import Envelope, Lane
-from edge.outbox import Outbox
+from edge.outbox import Outbox, Row
 from edge.uplinks.file import FileUplink
 from edge.uplinks.mqtt import MqttUplink
 from tests.conftest import THING
@@ -179,4 +182,52 @@ def test_settle_acks_rejects_and_releases_in_one_transaction(tmp_path: Path) -> 
                                         "bytes": sum(len(r.payload) for r in rows[6:])}
     assert [r.seq for r in ob.claim(10)] == seqs[6:]  # released in their old place
     assert ob.integrity_ok()
+    ob.close()
+
+
+class ThreadNotingOutbox(Outbox):
+    """A real outbox that notes which thread each claim and settlement ran on."""
+
+    threads: list[tuple[str, int]]
+
+    def claim(self, limit: int, *, lanes: Iterable[Lane] | None = None) -> list[Row]:
+        self.threads.append(("claim", threading.get_ident()))
+        return super().claim(limit, lanes=lanes)
+
+    def settle(self, *, acked: Sequence[int] = (), rejected: Sequence[int] = (),
+               released: Sequence[int] = ()) -> None:
+        self.threads.append(("settle", threading.get_ident()))
+        super().settle(acked=acked, rejected=rejected, released=released)
+
+
+def test_no_sqlite_write_on_the_event_loop_and_health_counts_what_it_sent(
+    tmp_path: Path
+) -> None:
+    ob = ThreadNotingOutbox(tmp_path / "o.db")
+    ob.threads = []
+    ob.put([env(i) for i in range(500)] + [env(i, Lane.ALERT) for i in range(20)])
+    fw = Forwarder(ob, thing=THING, batch_max=10, window=4)
+    loop_thread = 0
+
+    async def go() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.get_ident()
+        async with FileUplink(tmp_path / "out.jsonl") as up:
+            task = asyncio.create_task(fw.run(up, asyncio.Event()))
+            async with asyncio.timeout(30):
+                while ob.stats()["pending"] > 100:
+                    await asyncio.sleep(0.005)
+            task.cancel()  # mid-drain: the last settlement and the releases too
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
+    kinds = {k for k, _ in ob.threads}
+    assert kinds == {"claim", "settle"}
+    assert all(t != loop_thread for _, t in ob.threads), "an outbox write on the event loop"
+    h = fw.health()
+    st = ob.stats()
+    assert h["counters"]["published"] == st["counters"]["delivered"] > 400
+    assert h["counters"]["publish_batches"] < h["counters"]["published"]  # batched
+    assert h["leased"] == 0 and st["lanes"]["telemetry"]["inflight"] == 0
     ob.close()

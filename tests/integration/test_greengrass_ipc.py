@@ -32,15 +32,15 @@ from edge.greengrass.config import (
     component_config_to_dict,
     config_from_component,
 )
-from edge.model import Envelope, Lane
-from edge.outbox import Outbox
-from edge.uplinks.base import MAX_PAYLOAD
-from edge.uplinks.greengrass import (
+from edge.greengrass.uplink import (
     LITE_MAX_MESSAGE,
     LITE_MAX_PAYLOAD,
     GreengrassUplink,
     ipc_message_size,
 )
+from edge.model import Envelope, Lane
+from edge.outbox import Outbox
+from edge.uplinks.base import MAX_PAYLOAD
 from tests.support.ggipc_server import GgIpcServer, thing_topic_policy
 
 THING = "car-0001"
@@ -323,6 +323,31 @@ def test_in_flight_publish_fails_when_nucleus_drops(sock_dir: Path) -> None:
                     await task
 
     run(body)
+
+
+def test_an_idle_forwarder_notices_the_nucleus_connection_drop(
+    sock_dir: Path, tmp_path: Path
+) -> None:
+    """The uplink declares ``lost`` (the Uplink protocol): a forwarder with nothing to
+    send gives the connection up as soon as the nucleus drops it, not at the next
+    publish, so the daemon reconnects at once."""
+    ob = Outbox(tmp_path / "o.db")
+
+    async def body() -> None:
+        async with server(sock_dir) as srv:
+            async with uplink_for(srv) as up:
+                assert not up.lost.is_set()
+                task = asyncio.create_task(Forwarder(ob, thing=THING).run(up, asyncio.Event()))
+                await asyncio.sleep(0.3)
+                assert not task.done()
+                srv.drop_connections()
+                with pytest.raises(UplinkError):
+                    async with asyncio.timeout(3):
+                        await task
+                assert up.lost.is_set()
+
+    run(body)
+    ob.close()
 
 
 def test_wrong_svcuid_is_auth_error(sock_dir: Path) -> None:

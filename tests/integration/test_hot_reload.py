@@ -121,7 +121,7 @@ def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
     dbc = Path(__file__).resolve().parents[2] / "sim" / "dbc" / "demo.dbc"
 
     async def body(d: Daemon, cfg: Config, task: asyncio.Task[None]) -> None:
-        gnss_task = d._source_tasks["gnss"]
+        gnss_task = d.inputs.tasks["gnss"]
         bad = dataclasses.replace(
             cfg,
             gnss=dataclasses.replace(cfg.gnss, baud=115200),
@@ -134,8 +134,8 @@ def test_an_update_that_cannot_run_is_rejected_whole(tmp_path: Path) -> None:
         assert ei.value.field == "can.speed_signal"
         # nothing of it was applied: same config, same running GNSS source, no CAN
         assert d.config == cfg
-        assert d._source_tasks["gnss"] is gnss_task and not gnss_task.done()
-        assert "can" not in d._source_tasks
+        assert d.inputs.tasks["gnss"] is gnss_task and not gnss_task.done()
+        assert "can" not in d.inputs.tasks
         assert d.engine is not None and d.engine.telemetry.interval_s == 1.0
         n = len(events(out, "telemetry"))
         assert await wait_until(lambda: len(events(out, "telemetry")) > n + 2)

@@ -40,7 +40,7 @@ def _leaves(value: Any) -> Iterator[Any]:
 
 
 def test_replayed_drive_leaves_no_location_thing_or_event_field_on_disk(tmp_path: Path) -> None:
-    from edge.commands.replay import replay_events
+    from edge.replay import replay_events
     from sim.run import run_sim
 
     key = tmp_path / "outbox.key"

@@ -94,7 +94,7 @@ def make_drive(tmp: Path, route: Route, profile: Profile) -> Drive:
 
 
 def replay(drive: Drive, cfg) -> Iterator[dict[str, object]]:  # type: ignore[no-untyped-def]
-    from edge.commands.replay import replay_events
+    from edge.replay import replay_events
 
     for env in replay_events(drive.dir, cfg):
         yield {"type": env.type, "ts": env.ts, **env.body}

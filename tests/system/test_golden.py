@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.commands.replay import replay_events
 from edge.config import load_config
+from edge.replay import replay_events
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVES = sorted(p for p in (ROOT / "sim" / "drives").iterdir() if (p / "config.toml").exists())

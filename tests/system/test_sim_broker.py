@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.commands.replay import replay_events
 from edge.config import load_config
+from edge.replay import replay_events
 from tests.support.broker import Broker, Subscriber
 
 ROOT = Path(__file__).resolve().parents[2]

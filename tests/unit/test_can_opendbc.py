@@ -8,7 +8,8 @@ from pathlib import Path
 import cantools
 import pytest
 
-from edge.core.canspeed import DbcSpeedDecoder, toyota_checksum
+from edge.core.canspeed import toyota_checksum
+from edge.sources.dbc import speed_decoder
 
 CACHE = Path(os.environ.get("VEHICLE_EDGE_CACHE") or Path.home() / ".cache" / "vehicle-edge")
 TOYOTA = CACHE / "opendbc-0.3.1" / "toyota_nodsu_pt_generated.dbc"
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_toyota_speed_with_checksum_agrees_with_cantools() -> None:
-    d = DbcSpeedDecoder(TOYOTA, "SPEED.SPEED")
+    d = speed_decoder(TOYOTA, "SPEED.SPEED")
     assert d.frame_ids == frozenset({0xB4}) and d.stats.checksum == "toyota"
     msg = cantools.database.load_file(str(TOYOTA), strict=False).get_message_by_name("SPEED")
     for kmh in (0.0, 12.34, 88.8, 249.99):
@@ -39,7 +40,7 @@ def test_toyota_speed_with_checksum_agrees_with_cantools() -> None:
 
 
 def test_toyota_wheel_speed_offset_signal() -> None:
-    d = DbcSpeedDecoder(TOYOTA, "WHEEL_SPEEDS.WHEEL_SPEED_FL")
+    d = speed_decoder(TOYOTA, "WHEEL_SPEEDS.WHEEL_SPEED_FL")
     assert d.stats.checksum == "none"  # this message has no checksum signal
     msg = cantools.database.load_file(str(TOYOTA), strict=False).get_message_by_name(
         "WHEEL_SPEEDS")

@@ -10,11 +10,12 @@ from pathlib import Path
 import can
 import pytest
 
-import edge.core.canlog as canlog
+import edge.sources.canlog as canlog
 from edge.commands.decode_can import main as decode_main
-from edge.core.canlog import LogStats, iter_log_frames, iter_log_speed
-from edge.core.canspeed import DbcSpeedDecoder, toyota_checksum
-from edge.core.obd import ObdSpeedDecoder
+from edge.core.canspeed import toyota_checksum
+from edge.model import SpeedSample
+from edge.sources.canlog import LogStats, iter_log_frames, iter_log_obd, iter_log_speed
+from edge.sources.dbc import speed_decoder
 
 DBC = """VERSION ""
 
@@ -76,7 +77,7 @@ def test_candump_fast_path_matches_python_can(tmp_path: Path, dbc: Path) -> None
     log = tmp_path / "drive.log"
     log.write_text("".join(candump_line(m) for m in msgs))
     stats = LogStats()
-    fast = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    fast = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == "candump" and stats.frames == 300 and stats.wanted == 30
     # python-can's own reader of the same file, decoded with cantools
     ref = []
@@ -100,7 +101,7 @@ def test_other_formats_go_through_python_can(tmp_path: Path, dbc: Path, suffix: 
         for m in msgs:
             writer.on_message_received(m)
     stats = LogStats()
-    got = list(iter_log_speed(path, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(path, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == suffix[1:]
     assert [round(s.speed_kmh, 2) for s in got] == [i / 10 for i in range(0, 100, 10)]
     assert got[0].time == pytest.approx(T0, abs=1.0)  # epoch seconds, also for .asc
@@ -120,7 +121,7 @@ def test_error_remote_fd_extended_and_malformed_lines(tmp_path: Path, dbc: Path)
     ]
     log = tmp_path / "mixed.log"
     log.write_text("\n".join(lines))  # no newline at the end either
-    dec = DbcSpeedDecoder(dbc, "SPEED.SPEED")
+    dec = speed_decoder(dbc, "SPEED.SPEED")
     stats = LogStats()
     got = list(iter_log_speed(log, dec, stats))
     assert [s.speed_kmh for s in got] == [10.0, 20.0]
@@ -134,14 +135,14 @@ def test_error_remote_fd_extended_and_malformed_lines(tmp_path: Path, dbc: Path)
         f"({T0:.6f}) can0 18FEF100#00{(int(42.5 * 256)).to_bytes(2, 'little').hex()}0000000000\n"
         f"({T0:.6f}) can0 0FEF100#0000000000000000\n"
     )
-    got = list(iter_log_speed(ext, DbcSpeedDecoder(dbc, "CCVS.WheelBasedVehicleSpeed")))
+    got = list(iter_log_speed(ext, speed_decoder(dbc, "CCVS.WheelBasedVehicleSpeed")))
     assert [s.speed_kmh for s in got] == [42.5]
 
     fd = tmp_path / "fd.log"
     payload = bytearray(16)
     payload[10:12] = (1234).to_bytes(2, "little")
     fd.write_text(f"({T0:.6f}) can0 4B0##1{payload.hex().upper()}\n")
-    got = list(iter_log_speed(fd, DbcSpeedDecoder(dbc, "FDSPEED.V")))
+    got = list(iter_log_speed(fd, speed_decoder(dbc, "FDSPEED.V")))
     assert [round(s.speed_kmh, 1) for s in got] == [123.4]
 
 
@@ -153,7 +154,7 @@ def test_block_boundaries_do_not_lose_or_split_lines(
     log = tmp_path / "b.log"
     log.write_text("".join(candump_line(m) for m in msgs))
     stats = LogStats()
-    got = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert len(got) == 50 and stats.frames == 500 and stats.malformed == 0
 
 
@@ -164,8 +165,36 @@ def test_obd_responses_replay(tmp_path: Path) -> None:
         f"({T0 + 0.01:.6f}) can0 7E8#03410D3255555555\n"
         f"({T0 + 0.02:.6f}) can0 7E9#037F011255555555\n"
     )
-    got = list(iter_log_speed(log, ObdSpeedDecoder()))
-    assert [(s.speed_kmh, s.source) for s in got] == [(50.0, "obd")]
+    got = list(iter_log_obd(log))
+    assert [(s.speed_kmh, s.source) for s in got if isinstance(s, SpeedSample)] == [
+        (50.0, "obd")]
+    assert got == [SpeedSample(time=T0 + 0.01, speed_kmh=50.0, source="obd", mono=T0 + 0.01)]
+
+
+def test_obd_engine_signals_replay_from_any_log_format(tmp_path: Path) -> None:
+    # the engine speed and coolant answers of a recorded OBD session come out as the
+    # signals the live source emits, from the candump fast path and from python-can alike
+    answers = [(0x7E8, "04410C1AF8555555"), (0x7E8, "03410D3255555555"),
+               (0x7E9, "0341055A55555555"), (0x7DF, "02010C5555555555")]
+    msgs = [can.Message(timestamp=T0 + i, arbitration_id=arb, data=bytes.fromhex(d),
+                        is_extended_id=False) for i, (arb, d) in enumerate(answers)]
+    candump = tmp_path / "obd.log"
+    candump.write_text("".join(candump_line(m) for m in msgs))
+    asc = tmp_path / "obd.asc"
+    with can.Logger(asc) as w:
+        for m in msgs:
+            w.on_message_received(m)
+    for path in (candump, asc):
+        stats = LogStats()
+        got = [(type(s).__name__, getattr(s, "name", "speed"),
+                getattr(s, "value", getattr(s, "speed_kmh", None)), round(s.time - T0, 3))
+               for s in iter_log_obd(path, stats)]
+        assert got == [
+            ("SignalSample", "Vehicle.Powertrain.CombustionEngine.Speed", 1726.0, 0.0),
+            ("SpeedSample", "speed", 50.0, 1.0),
+            ("SignalSample", "Vehicle.Powertrain.CombustionEngine.ECT", 50.0, 2.0),
+        ], path.name
+        assert stats.samples == 3 and stats.wanted == 3
 
 
 def test_iter_log_frames_filters_by_decoder(tmp_path: Path, dbc: Path) -> None:
@@ -173,7 +202,7 @@ def test_iter_log_frames_filters_by_decoder(tmp_path: Path, dbc: Path) -> None:
     with can.Logger(path) as w:
         for m in messages(50):
             w.on_message_received(m)
-    frames = list(iter_log_frames(path, DbcSpeedDecoder(dbc, "SPEED.SPEED")))
+    frames = list(iter_log_frames(path, speed_decoder(dbc, "SPEED.SPEED")))
     assert [f[0] for f in frames] == [180] * 5
     assert len(list(iter_log_frames(path))) == 50
 
@@ -228,7 +257,7 @@ def test_comments_blank_garbage_and_truncated_lines_are_counted(tmp_path: Path,
     log = tmp_path / "can.log"
     log.write_text("\n".join(lines) + "\n")
     stats = LogStats()
-    got = list(iter_log_speed(log, DbcSpeedDecoder(dbc, "SPEED.SPEED"), stats))
+    got = list(iter_log_speed(log, speed_decoder(dbc, "SPEED.SPEED"), stats))
     assert stats.format == "candump"
     assert [round(s.speed_kmh) for s in got] == list(range(10))
     assert stats.frames == 10 and stats.samples == 10

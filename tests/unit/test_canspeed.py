@@ -11,8 +11,9 @@ from cantools.database.can import Message, Signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.core.canspeed import DbcSpeedDecoder, make_extractor, toyota_checksum
+from edge.core.canspeed import make_extractor, toyota_checksum
 from edge.errors import ConfigError
+from edge.sources.dbc import speed_decoder
 
 DBC = """VERSION ""
 
@@ -73,7 +74,7 @@ def toyota_frame(kmh: float, *, fid: int = 180, good: bool = True) -> bytes:
 
 
 def test_big_endian_speed_in_kmh_with_toyota_checksum(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "SPEED.SPEED")
+    d = speed_decoder(dbc, "SPEED.SPEED")
     assert d.frame_ids == frozenset({180}) and not d.extended
     assert d.stats.checksum == "toyota"
     s = d.decode(180, toyota_frame(87.65), 1700000000.5, 12.0)
@@ -83,7 +84,7 @@ def test_big_endian_speed_in_kmh_with_toyota_checksum(dbc: Path) -> None:
 
 
 def test_bad_checksum_is_counted_and_skipped(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "SPEED.SPEED")
+    d = speed_decoder(dbc, "SPEED.SPEED")
     assert d.decode(180, toyota_frame(50.0), 0.0, 0.0) is not None
     for _ in range(40):  # after one good frame the checksum stays enforced
         assert d.decode(180, toyota_frame(50.0, good=False), 0.0, 0.0) is None
@@ -92,7 +93,7 @@ def test_bad_checksum_is_counted_and_skipped(dbc: Path) -> None:
 
 
 def test_auto_checksum_gives_up_when_the_car_uses_another_algorithm(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "SPEED.SPEED")  # auto
+    d = speed_decoder(dbc, "SPEED.SPEED")  # auto
     bad = [d.decode(180, toyota_frame(30.0, good=False), 0.0, 0.0) for _ in range(20)]
     assert bad[:15] == [None] * 15
     assert bad[-1] is not None and bad[-1].speed_kmh == pytest.approx(30.0)
@@ -100,18 +101,18 @@ def test_auto_checksum_gives_up_when_the_car_uses_another_algorithm(dbc: Path) -
 
 
 def test_checksum_toyota_mode_never_gives_up_and_none_mode_ignores(dbc: Path) -> None:
-    strict = DbcSpeedDecoder(dbc, "SPEED.SPEED", checksum="toyota")
-    off = DbcSpeedDecoder(dbc, "SPEED.SPEED", checksum="none")
+    strict = speed_decoder(dbc, "SPEED.SPEED", checksum="toyota")
+    off = speed_decoder(dbc, "SPEED.SPEED", checksum="none")
     for _ in range(30):
         assert strict.decode(180, toyota_frame(30.0, good=False), 0.0, 0.0) is None
         assert off.decode(180, toyota_frame(30.0, good=False), 0.0, 0.0) is not None
     with pytest.raises(ConfigError) as e:
-        DbcSpeedDecoder(dbc, "US_SPEED.VEH_SPEED_MPH", checksum="toyota")
+        speed_decoder(dbc, "US_SPEED.VEH_SPEED_MPH", checksum="toyota")
     assert e.value.field == "can.checksum"
 
 
 def test_multiplexed_little_endian_signed_m_per_s(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "MUXED.V_MPS")
+    d = speed_decoder(dbc, "MUXED.V_MPS")
     assert d.stats.checksum == "none"
     frame = bytes([1]) + (2500).to_bytes(2, "little", signed=True) + bytes(5)
     s = d.decode(500, frame, 0.0, 0.0)
@@ -125,28 +126,28 @@ def test_multiplexed_little_endian_signed_m_per_s(dbc: Path) -> None:
 
 
 def test_extended_id_j1939_and_mph(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "CCVS.WheelBasedVehicleSpeed")
+    d = speed_decoder(dbc, "CCVS.WheelBasedVehicleSpeed")
     assert d.extended and d.frame_ids == frozenset({0x18FEF100})
     s = d.decode(0x18FEF100, bytes([0]) + (int(88.5 * 256)).to_bytes(2, "little") + bytes(5),
                  0.0, 0.0)
     assert s is not None and s.speed_kmh == pytest.approx(88.5)
-    m = DbcSpeedDecoder(dbc, "US_SPEED.VEH_SPEED_MPH")
+    m = speed_decoder(dbc, "US_SPEED.VEH_SPEED_MPH")
     s = m.decode(601, (6000).to_bytes(2, "big") + bytes(2), 0.0, 0.0)
     assert s is not None and s.speed_kmh == pytest.approx(60 * 1.609344)
 
 
 def test_unitless_signal_is_kmh_and_sna_value_is_skipped(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "NOUNIT.SPD")
+    d = speed_decoder(dbc, "NOUNIT.SPD")
     assert d.unit == "km/h (assumed)"
     s = d.decode(602, (1234).to_bytes(2, "little"), 0.0, 0.0)
     assert s is not None and s.speed_kmh == pytest.approx(123.4)
-    sna = DbcSpeedDecoder(dbc, "WITH_SNA.SPD")
+    sna = speed_decoder(dbc, "WITH_SNA.SPD")
     assert sna.decode(603, b"\xff\xff", 0.0, 0.0) is None
     assert sna.stats.invalid == 1
 
 
 def test_wrong_length_and_other_ids(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "SPEED.SPEED")
+    d = speed_decoder(dbc, "SPEED.SPEED")
     assert d.decode(0x123, toyota_frame(10.0), 0.0, 0.0) is None
     assert d.stats.frames == 0
     assert d.decode(180, toyota_frame(10.0)[:7], 0.0, 0.0) is None
@@ -155,7 +156,7 @@ def test_wrong_length_and_other_ids(dbc: Path) -> None:
 
 
 def test_out_of_dbc_range_is_skipped(dbc: Path) -> None:
-    d = DbcSpeedDecoder(dbc, "SPEED.SPEED", checksum="none")
+    d = speed_decoder(dbc, "SPEED.SPEED", checksum="none")
     frame = bytearray(8)
     frame[5:7] = (60000).to_bytes(2, "big")  # 600 km/h > [0|250]
     assert d.decode(180, bytes(frame), 0.0, 0.0) is None
@@ -173,25 +174,25 @@ def test_out_of_dbc_range_is_skipped(dbc: Path) -> None:
 )
 def test_config_errors_name_the_field(dbc: Path, signal: str, field: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
-        DbcSpeedDecoder(dbc, signal)
+        speed_decoder(dbc, signal)
     assert e.value.field == field and needle in str(e.value)
 
 
 def test_missing_or_garbage_dbc(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        DbcSpeedDecoder(tmp_path / "missing.dbc", "A.B")
+        speed_decoder(tmp_path / "missing.dbc", "A.B")
     assert e.value.field == "can.dbc"
     bad = tmp_path / "bad.dbc"
     bad.write_text("this is not a dbc at all {{{")
     with pytest.raises(ConfigError) as e:
-        DbcSpeedDecoder(bad, "A.B")
+        speed_decoder(bad, "A.B")
     assert e.value.field == "can.dbc"
 
 
 def test_decoder_agrees_with_cantools_on_real_frames(dbc: Path) -> None:
     db = cantools.database.load_file(str(dbc))
     for name in ("SPEED.SPEED", "MUXED.V_MPS", "US_SPEED.VEH_SPEED_MPH", "NOUNIT.SPD"):
-        d = DbcSpeedDecoder(dbc, name, checksum="none")
+        d = speed_decoder(dbc, name, checksum="none")
         msg_name, sig = name.split(".")
         msg = db.get_message_by_name(msg_name)
         factor = {"m/s": 3.6, "mph": 1.609344}.get(msg.get_signal_by_name(sig).unit or "", 1.0)

@@ -79,7 +79,7 @@ def test_the_live_daemon_does_not_take_its_host_clock_on_trust(tmp_path: Path,
                       / "config.toml")
     cfg = dataclasses.replace(cfg, gnss=dataclasses.replace(cfg.gnss, port="/dev/null"))
     daemon = Daemon(cfg)
-    src = dict(daemon._build_sources(cfg, {"gnss"}))["gnss"]
+    src = dict(daemon.inputs.build(cfg, {"gnss"}))["gnss"]
     assembler = src._decoder.assembler
     assert assembler.replay is False and assembler.reference_date is None
     # so a receiver's 2018 date is a rollover live (the 2019 floor), not history

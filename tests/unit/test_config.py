@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import config_from_dict, load_config
+from edge.config import NON_NEGATIVE, POSITIVE, config_from_dict, load_config
 from edge.errors import ConfigError
 
 
@@ -68,3 +68,40 @@ def test_examples_are_valid() -> None:
     for name in ("laptop-sim.toml", "raspberry-pi.toml"):
         cfg = load_config(root / "examples" / name)
         assert cfg.thing
+
+
+@pytest.mark.parametrize(("uplink", "port"), [
+    ({"kind": "mqtt"}, 1883),
+    ({"kind": "mqtt", "ca": "ca.pem"}, 8883),  # TLS by default once a CA is given
+    ({"kind": "mqtt", "ca": "ca.pem", "tls": False}, 1883),
+    ({"kind": "mqtt", "tls": True}, 8883),
+    ({"kind": "mqtt", "port": 18830}, 18830),
+    ({"kind": "iotcore", "endpoint": "x-ats.iot.eu-west-1.amazonaws.com", "ca": "ca.pem",
+      "cert": "c.pem", "key": "k.pem"}, 8883),
+    ({"kind": "iotcore", "endpoint": "x-ats.iot.eu-west-1.amazonaws.com", "ca": "ca.pem",
+      "cert": "c.pem", "key": "k.pem", "port": 443}, 443),
+])
+def test_the_broker_port_default_is_decided_once(uplink: dict[str, object], port: int) -> None:
+    """The uplinks and the daemon's reconnect probe read the same port."""
+    from edge.uplinks.mqtt import MqttUplink
+
+    cfg = config_from_dict({"thing": "car", "uplink": uplink})
+    assert cfg.uplink.broker_port == port
+    if cfg.uplink.kind == "mqtt":
+        assert MqttUplink(cfg.uplink, client_id="car").port == port
+
+
+@pytest.mark.parametrize("path", POSITIVE + NON_NEGATIVE)
+def test_every_signed_number_is_checked_and_named(path: str) -> None:
+    """Each field of the sign tables exists, and a bad value is refused naming it."""
+    section, _, name = path.rpartition(".")
+    bad = 0 if path in POSITIVE else -1
+    data: dict[str, object] = {"thing": "car"}
+    node = data
+    for part in section.split("."):
+        node = node.setdefault(part, {})  # type: ignore[assignment]
+    node[name] = bad
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert info.value.field == path
+    assert "positive" in info.value.reason or "negative" in info.value.reason

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.app import limit_arenas
+from edge.daemon.heap import limit_arenas
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"

@@ -16,14 +16,15 @@ import cantools
 import pytest
 
 from edge.core.canspeed import DbcSpeedDecoder
-from edge.core.dbcspec import (
-    SignalSpec,
+from edge.core.dbcspec import SignalSpec
+from edge.errors import ConfigError
+from edge.sources.dbc import (
     cache_path,
     compile_spec,
     load_spec,
     spec_from_message,
+    speed_decoder,
 )
-from edge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "sim" / "dbc" / "demo.dbc"
@@ -104,7 +105,7 @@ def _agree_on_every_signal(path: Path, per_signal: int) -> int:
             # decode as a km/h signal without range/SNA checks: the raw path is what we test
             plain = dataclasses.replace(spec, unit="km/h", minimum=None, maximum=None,
                                         choices=(), raw_invalid=None)
-            dec = DbcSpeedDecoder(None, spec.name, spec=plain, checksum="none")
+            dec = DbcSpeedDecoder(plain, checksum="none")
             for data, theirs in zip(payloads, theirs_all, strict=True):
                 ours = dec.decode(msg.frame_id, data, 0.0, 0.0)
                 if theirs is None:
@@ -147,7 +148,7 @@ def test_spec_carries_mux_checksum_and_value_table(mux_dbc: Path) -> None:
     assert s.checksum is not None and (s.checksum.start, s.checksum.length) == (63, 8)
     sna = load_spec(mux_dbc, "WITH_SNA.SPD")
     assert sna.choices == ((1, "one"), (65535, "SNA"))
-    assert DbcSpeedDecoder(mux_dbc, "WITH_SNA.SPD").decode(603, b"\xff\xff", 0, 0) is None
+    assert speed_decoder(mux_dbc, "WITH_SNA.SPD").decode(603, b"\xff\xff", 0, 0) is None
 
 
 def test_spec_is_cached_by_the_dbc_hash(mux_dbc: Path, cache_home: Path) -> None:

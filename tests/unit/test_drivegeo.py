@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.commands.replay import replay_events
 from edge.config import load_config
 from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import LocalFrame
@@ -20,6 +19,7 @@ from edge.core.geofence import hysteresis_for
 from edge.core.rules import Rules
 from edge.core.zones import Zones, parse_zones
 from edge.model import Event, Fix, SpeedSample
+from edge.replay import replay_events
 from tests.support.rules_kit import T0, circle, config, fix, ll, speed, square, zones
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_bundled_drive_replays_the_same_in_bulk_and_fix_by_fix(drive: Path) -> N
 
 
 def test_replay_in_small_windows_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edge.commands.replay as replay
+    import edge.replay as replay
 
     drive = DRIVES[0]
     cfg = load_config(drive / "config.toml")

@@ -110,3 +110,41 @@ def test_a_wrong_dbc_scale_raises_one_diagnostic_and_overspeed_follows_gnss() ->
     assert [(o["phase"], o["speed_source"]) for o in over] == [("start", "can"),
                                                                ("end", "gnss")]
     assert e.health()["speed"]["source"] == "gnss"
+
+
+def test_reconfigure_switches_rules_telemetry_and_arbiter_and_keeps_the_config() -> None:
+    import dataclasses
+
+    e = engine()
+    old_rules, old_arbiter = e.rules, e.arbiter
+    cfg = e.config
+    # telemetry interval only: rules and arbiter untouched
+    new = dataclasses.replace(cfg, telemetry=dataclasses.replace(cfg.telemetry, interval_s=5.0))
+    assert e.reconfigure(new) == []
+    assert e.telemetry.interval_s == 5.0 and e.rules is old_rules and e.arbiter is old_arbiter
+    assert e.config is new
+    # a [can] threshold: a new arbiter with it
+    new = dataclasses.replace(new, can=dataclasses.replace(new.can, stale_s=2.5))
+    e.reconfigure(new)
+    assert e.arbiter is not old_arbiter and e.rules is old_rules
+    # a speed limit: the rules start over under it
+    new = dataclasses.replace(new, rules=dataclasses.replace(
+        new.rules, speed=dataclasses.replace(new.rules.speed, limit_kmh=30)))
+    e.reconfigure(new)
+    assert e.rules is not old_rules and e.config.rules.speed.limit_kmh == 30
+
+
+def test_reconfigure_with_new_zones_alone_keeps_the_rule_state() -> None:
+    from edge.core.zones import parse_zones
+
+    e = engine()
+    for k in range(5):
+        e.on_fix(fix(GNSS_T0 + k, 1.0 + k, 48.0 + k * 1e-4))
+    rules = e.rules
+    circle = parse_zones({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"id": "town", "radius_m": 5000},
+        "geometry": {"type": "Point", "coordinates": [11.0, 48.0]}}]})
+    out = payloads(e.reconfigure(e.config, zones=circle))
+    assert e.rules is rules  # same rules, other zones: swapped in, state carried over
+    assert [(p["fence"], p["transition"]) for p in out if p["type"] == "geofence"] == [
+        ("town", "inside")]

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge.core.rules import Rules
-from edge.core.zones import load_zones
 from edge.model import Fix
+from edge.sources.zonesfile import load_zones
 from tests.support.rules_kit import (
     T0,
     circle,

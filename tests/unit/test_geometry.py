@@ -41,7 +41,7 @@ def test_shapely_loads_only_when_a_zones_file_is_loaded() -> None:
         cfg = load_config('sim/drives/city/config.toml')
         Engine(cfg)  # no zones: the rules run without shapely
         before = sorted(m for m in ('shapely', 'numpy') if m in sys.modules)
-        from edge.core.zones import load_zones
+        from edge.sources.zonesfile import load_zones
         zones = load_zones('sim/drives/city/zones.geojson')
         after = sorted(m for m in ('shapely', 'numpy') if m in sys.modules)
         print(before, after)
@@ -53,7 +53,7 @@ def test_daemon_path_with_zones_finds_fences() -> None:
     out = _run("""
         from edge.config import load_config
         from edge.core.engine import Engine
-        from edge.core.zones import load_zones
+        from edge.sources.zonesfile import load_zones
         from edge.model import Fix
 
         zones = load_zones('sim/drives/city/zones.geojson')

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edge.commands.replay import replay_events
 from edge.config import config_from_dict
-from edge.core.canspeed import DbcIgnitionDecoder, MultiDecoder, decoder_for
+from edge.core.canspeed import MultiDecoder
 from edge.errors import ConfigError
 from edge.model import Ignition, SpeedSample
+from edge.replay import replay_events
+from edge.sources.dbc import decoder_for, ignition_decoder
 from tests.support.nmea import T0, epoch
 
 DBC = """VERSION ""
@@ -42,7 +43,7 @@ def can_cfg(dbc: Path, **kw: object) -> object:
 
 
 def test_ignition_decoder_reports_changes_only(dbc: Path) -> None:
-    d = DbcIgnitionDecoder(dbc, "BODY_STATUS.IGNITION_ON")
+    d = ignition_decoder(dbc, "BODY_STATUS.IGNITION_ON")
     got = [d.decode(800, bytes([on, 0]), float(i), float(i))
            for i, on in enumerate([0, 0, 1, 1, 1, 0])]
     assert [g.on if isinstance(g, Ignition) else None for g in got] == [

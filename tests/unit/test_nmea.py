@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from edge.commands import decode_nmea
-from edge.core.nmea import (
-    GPS_ROLLOVER_2019,
-    FixAssembler,
-    NmeaDecoder,
-    NmeaFramer,
-    _crc24q,
-    correct_week_rollover,
-    iter_fixes,
-)
+from edge.core.nmea import FixAssembler, NmeaDecoder, iter_fixes
+from edge.core.nmeadate import GPS_ROLLOVER_2019, correct_week_rollover
+from edge.core.nmeaframe import NmeaFramer, _crc24q
 from edge.model import Fix
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nmea"

@@ -10,12 +10,13 @@ from edge.core.obd import (
     PID_COOLANT,
     PID_RPM,
     PID_SPEED,
+    ObdDecoder,
     ObdNegative,
     ObdPoller,
-    ObdSpeedDecoder,
     parse_response,
     request_frame,
 )
+from edge.model import SignalSample, SpeedSample
 
 
 def test_speed_request_is_the_iso15765_single_frame() -> None:
@@ -140,10 +141,21 @@ def test_multi_pid_rejected_falls_back_to_one_pid_per_request() -> None:
 
 
 def test_replay_decoder_turns_responses_into_samples() -> None:
-    d = ObdSpeedDecoder()
-    s = d.decode(0x7E8, bytes.fromhex("03410D2A55555555"), 5.0, 5.0)
-    assert s is not None and (s.speed_kmh, s.source) == (42.0, "obd")
-    assert d.decode(0x7E8, bytes.fromhex("04410C1AF8555555"), 5.0, 5.0) is None
+    d = ObdDecoder()
+    [s] = d.decode_all(0x7E8, bytes.fromhex("03410D2A55555555"), 5.0, 5.0)
+    assert isinstance(s, SpeedSample) and (s.speed_kmh, s.source) == (42.0, "obd")
+    # engine speed and coolant come out as telemetry signals under their VSS names
+    assert d.decode_all(0x7E8, bytes.fromhex("04410C1AF8555555"), 5.0, 5.0) == [
+        SignalSample(time=5.0, name="Vehicle.Powertrain.CombustionEngine.Speed",
+                     value=0x1AF8 / 4, mono=5.0)]
+    # one multi-PID answer: speed 42 km/h, 1726 rpm, coolant 50 C
+    got = d.decode_all(0x7E8, bytes.fromhex("07410D2A0C1AF805"), 6.0, 6.0)
+    assert [type(s).__name__ for s in got] == ["SpeedSample", "SignalSample"]
+    got = d.decode_all(0x7E8, bytes.fromhex("06410D2A055A5555"), 6.0, 6.0)
+    assert got[1] == SignalSample(time=6.0, name="Vehicle.Powertrain.CombustionEngine.ECT",
+                                  value=50.0, mono=6.0)
+    assert d.decode_all(0x7E8, bytes.fromhex("037F011255555555"), 7.0, 7.0) == []
+    assert d.decode_all(0x123, bytes(8), 7.0, 7.0) == []
 
 
 def test_engine_values_go_stale() -> None:

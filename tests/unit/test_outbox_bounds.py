@@ -216,9 +216,9 @@ def test_full_tmpfs_rotates_telemetry_and_takes_every_alert(tmp_path: Path) -> N
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_the_reserve_is_released_only_to_alerts_and_taken_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edge.outbox
+    import edge.outbox.disk
 
-    monkeypatch.setattr(edge.outbox, "RESERVE_RETRY_S", 0.0)
+    monkeypatch.setattr(edge.outbox.disk, "RESERVE_RETRY_S", 0.0)
     with tmpfs(tmp_path / "mnt", "1m") as mnt:
         ob = Outbox(mnt / "o.db", max_bytes=1 << 40, reserve_bytes=128 * 1024,
                     min_free_bytes=64 * 1024)

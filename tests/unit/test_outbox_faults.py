@@ -224,3 +224,38 @@ def test_an_open_that_fails_midway_leaves_a_database_that_opens(tmp_path: Path) 
     assert ob.migrated_from == 0 and ob.integrity_ok()
     assert ob.stats()["pending"] == 11
     ob.close()
+
+
+def test_a_full_disk_is_told_by_its_error_code_not_its_wording(tmp_path: Path) -> None:
+    import errno
+
+    from edge.outbox import is_disk_full
+
+    db = sqlite3.connect(tmp_path / "small.db")
+    db.execute("CREATE TABLE t (b BLOB)")
+    db.execute("PRAGMA max_page_count = 8")  # SQLITE_FULL, as a full disk reports it
+    with pytest.raises(sqlite3.OperationalError) as full:
+        for _ in range(100):
+            db.execute("INSERT INTO t VALUES (?)", (b"x" * 4096,))
+    db.close()
+    assert is_disk_full(full.value)
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    # the wording alone says nothing: an I/O error that mentions "full" is not one
+    io = sqlite3.OperationalError("disk I/O error: buffer full")
+    io.sqlite_errorcode = 10  # SQLITE_IOERR
+    assert not is_disk_full(io)
+    assert not is_disk_full(sqlite3.OperationalError("database or disk is full"))  # no code
+    assert not is_disk_full(OSError(errno.EIO, "full of errors"))
+
+
+def test_row_states_are_named_and_keep_their_numbers_on_disk(tmp_path: Path) -> None:
+    from edge.outbox import State
+
+    # the numbers are in every existing database: they never change
+    assert (State.READY, State.INFLIGHT, State.HELD) == (0, 1, 2)
+    ob = Outbox(tmp_path / "o.db")
+    ob.put([env(1), env(2)])
+    ob.claim(1)
+    ob.close()
+    assert [s for _, s in _content(tmp_path / "o.db")[0]] == [State.INFLIGHT, State.READY]

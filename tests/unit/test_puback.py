@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import pytest
 
@@ -14,7 +12,7 @@ from edge.errors import PublishRejected, UplinkError
 from edge.forwarder import Forwarder
 from edge.model import Envelope, Lane
 from edge.outbox import Outbox
-from edge.uplinks.base import MAX_PAYLOAD, check_puback
+from edge.uplinks.base import UplinkBase, check_puback
 
 
 @pytest.mark.parametrize("code", [0x00, 0x10])
@@ -36,24 +34,17 @@ def test_transient_codes_are_connection_trouble_not_rejection(code: int) -> None
     assert not isinstance(ei.value, PublishRejected)
 
 
-class ThrottledUplink:
+class ThrottledUplink(UplinkBase):
     """Answers 0x97 (quota exceeded, how AWS IoT Core throttles) to every publish."""
 
     name = "fake"
-    max_payload = MAX_PAYLOAD
 
     def __init__(self) -> None:
+        super().__init__()
         self.tries = 0
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        return None
-
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      user_properties: Sequence[tuple[str, str]] = ()) -> None:
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
         self.tries += 1
         check_puback(topic, 0x97)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from edge.core.rules import Rules
-from edge.core.zones import load_zones
+from edge.errors import ZonesError
 from edge.model import Event, Fix, SpeedSample
+from edge.sources.zonesfile import load_zones
 from tests.support.rules_kit import (
     T0,
     circle,
@@ -58,13 +59,16 @@ def test_invalid_file_is_rejected_and_old_zones_stay(tmp_path: Path) -> None:
     good = tmp_path / "zones.geojson"
     shutil.copy(DATA / "city.geojson", good)
     rules = Rules(config(), load_zones(good))
-    assert rules.reload_file(DATA / "bad_no_radius.geojson") == []
+    # as the daemon's reloader does: the file read, its error handed to the rules
+    with pytest.raises(ZonesError) as bad:
+        load_zones(DATA / "bad_no_radius.geojson")
+    rules.zones_rejected(str(bad.value))
     h = rules.health()["zones"]
     assert h["source"] == str(good) and h["fence"] == 2
     assert "lamp-post" in h["error"] and "radius_m" in h["error"]
     assert h["rejected"] == 1
     # a good file later clears the error
-    rules.reload_file(DATA / "antimeridian.geojson")
+    assert rules.reload(load_zones(DATA / "antimeridian.geojson")) == []
     h = rules.health()["zones"]
     assert h["error"] is None and h["fence"] == 3
 

@@ -12,8 +12,8 @@ import pytest
 
 from edge.config import config_from_dict
 from edge.core.engine import Engine
-from edge.core.zones import load_zones
 from edge.model import Fix, SpeedSample
+from edge.sources.zonesfile import load_zones
 
 T0 = 1_778_000_000.0
 LAT0, LON0 = 48.1351, 11.5820
@@ -144,20 +144,20 @@ def test_time_going_backwards_is_not_a_continuation(tmp_path: Path) -> None:
 def test_an_older_snapshot_never_overwrites_a_newer_one(tmp_path: Path) -> None:
     """The daemon's writer: telemetry held back by a full disk may commit after newer
     alerts; the rule state it carries is older and must not replace theirs."""
-    from edge.app import Daemon
+    from edge.daemon.ingest import RuleStates
     from edge.model import Envelope, Lane
 
-    d = Daemon(config_from_dict({"thing": "car"}))
+    d = RuleStates()
 
     def e(i: int, lane: Lane) -> Envelope:
         return Envelope(id=f"e{i}", thing="car", type="t", ts=i, seq=i, topic="t",
                         lane=lane, body={})
 
     tel, alert = e(1, Lane.TELEMETRY), e(2, Lane.ALERT)
-    d._state_for[id(tel)] = (1, {"old": True})
-    d._state_for[id(alert)] = (2, {"new": True})
-    n, state = d._state_of([alert])  # the alert commits first (telemetry held)
+    d.by_env[id(tel)] = (1, {"old": True})
+    d.by_env[id(alert)] = (2, {"new": True})
+    n, state = d.of([alert])  # the alert commits first (telemetry held)
     assert (n, state) == (2, {"rules": {"new": True}})
-    d._snap_written = n
-    assert d._state_of([tel]) == (2, None)  # later: the telemetry, without its state
-    assert d._state_of([tel, alert]) == (2, None)
+    d.written = n
+    assert d.of([tel]) == (2, None)  # later: the telemetry, without its state
+    assert d.of([tel, alert]) == (2, None)

@@ -135,7 +135,7 @@ def test_parse_candump_error_and_extended_frames() -> None:
 def test_sim_timeline_and_replay_read_a_dirty_can_log_alike(tmp_path: Path) -> None:
     # One CAN reader: '#' first line, blank lines, garbage and a truncated line are
     # skipped and counted the same by the timeline edge sim plays and by edge replay.
-    from edge.core.canlog import LogStats, iter_candump_lines
+    from edge.sources.canlog import LogStats, iter_candump_lines
 
     good = [f"({DAY + 30600 + i * 0.1:.6f}) can0 3E9#00000100000000{i:02X}" for i in range(5)]
     d = write(tmp_path / "d", None, ["# captured with candump -L", "", *good[:2],

@@ -13,8 +13,8 @@ from typing import TextIO
 
 import pytest
 
+from sim.device_replay import Replayer
 from sim.drive import load_drive
-from sim.replay import Replayer
 from sim.run import Progress
 
 

@@ -56,7 +56,7 @@ def test_track_skips_invalid_and_corrupt_sentences() -> None:
 
 def test_edge_report_command_replays_the_drive(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("edge.commands.replay")
+    pytest.importorskip("edge.replay")
     from edge.commands.report import main
 
     out = tmp_path / "faults.png"
@@ -84,7 +84,7 @@ def _render(drive_dir: Path, cfg_path: Path, tmp_path: Path, events: list[dict[s
 
 @pytest.mark.parametrize("name", ["city", "faults"])
 def test_map_labels_do_not_collide_and_keep_one_scale(tmp_path: Path, name: str) -> None:
-    from edge.commands.replay import replay_events
+    from edge.replay import replay_events
     from sim.report import labels_overlap
 
     cfg = load_config(DRIVES / name / "config.toml")

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from edge.core.geo import LocalFrame, haversine_m
-from edge.core.zones import ZoneLocator, load_zones, parse_maxspeed, parse_zones
+from edge.core.zones import ZoneLocator, parse_maxspeed, parse_zones
 from edge.errors import ZonesError
+from edge.sources.zonesfile import load_zones
 from tests.support.rules_kit import ORIGIN, circle, ll, square, zones
 
 DATA = Path(__file__).parent.parent / "data" / "zones"

@@ -30,13 +30,12 @@ import asyncio
 import concurrent.futures
 import os
 from collections.abc import Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from edge.errors import PublishFailed, PublishRejected, UplinkAuthError, UplinkError
-from edge.uplinks.base import MAX_PAYLOAD, check_publish
+from edge.uplinks.base import MAX_PAYLOAD, UplinkBase, check_publish
 
 if TYPE_CHECKING:
     from edge.config import UplinkConfig
@@ -166,11 +165,13 @@ def map_ipc_error(exc: BaseException, what: str) -> UplinkError:
     return UplinkError(f"{what}: IPC failure: {type(exc).__name__}: {text}")
 
 
-class GreengrassUplink:
-    """``Uplink`` over Greengrass IPC (``GreengrassCoreIPCClientV2.publish_to_iot_core``)."""
+class GreengrassUplink(UplinkBase):
+    """``Uplink`` over Greengrass IPC (``GreengrassCoreIPCClientV2.publish_to_iot_core``).
+
+    ``user_properties`` is false: the forwarder does not compress through the nucleus
+    (as before the Uplink protocol declared it)."""
 
     name = "greengrass"
-    max_payload = MAX_PAYLOAD
 
     def __init__(
         self,
@@ -183,6 +184,7 @@ class GreengrassUplink:
     ) -> None:
         """``config`` (``[uplink]``) only contributes ``connect_timeout_s``: the socket and
         token come from the nucleus' environment unless given here (tests)."""
+        super().__init__()
         self._ipc_socket = ipc_socket
         self._authtoken = authtoken
         if connect_timeout_s is None:
@@ -196,15 +198,14 @@ class GreengrassUplink:
         self.max_payload = LITE_MAX_PAYLOAD if self.lite else MAX_PAYLOAD
         self._client: Any = None  # GreengrassCoreIPCClientV2 while connected
         self._conn: Any = None
-        self._lost: asyncio.Event | None = None
         self._lost_reason: str | None = None
         self._entered = False
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and not (self._lost is not None and self._lost.is_set())
+        return self._client is not None and not self._lost.is_set()
 
-    async def __aenter__(self) -> Self:
+    async def _connect(self) -> None:
         if self._entered:
             raise RuntimeError("GreengrassUplink is already entered")
         try:
@@ -213,9 +214,7 @@ class GreengrassUplink:
         except ImportError as exc:
             raise UplinkError("uplink.kind = 'greengrass' needs the awsiotsdk package") from exc
 
-        loop = asyncio.get_running_loop()
-        lost = asyncio.Event()
-        self._lost = lost
+        lost = self._lost
         self._lost_reason = None
 
         def on_disconnect(reason: Exception | None) -> None:  # awscrt thread
@@ -223,10 +222,7 @@ class GreengrassUplink:
                 self._lost_reason = repr(reason) if reason else "closed"
                 lost.set()
 
-            try:
-                loop.call_soon_threadsafe(mark)
-            except RuntimeError:  # loop already closed
-                pass
+            self._post(mark)
 
         conn, fut = open_ipc_connection(
             ipc_socket=self._ipc_socket, authtoken=self._authtoken, on_disconnect=on_disconnect
@@ -249,14 +245,8 @@ class GreengrassUplink:
         )
         self._entered = True
         log.info("uplink_connected", uplink=self.name)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _disconnect(self) -> None:
         client, self._client = self._client, None
         self._conn = None
         self._entered = False
@@ -269,14 +259,9 @@ class GreengrassUplink:
         except Exception as err:  # closing a dead connection: nothing left to do
             log.debug("uplink_close_error", uplink=self.name, error=repr(err))
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        user_properties: Sequence[tuple[str, str]] = (),
-    ) -> None:
+    def check(self, topic: str, payload: bytes, qos: int,
+              user_properties: Sequence[tuple[str, str]]) -> None:
+        """IoT Core's limits, and on lite the exact IPC message size."""
         check_publish(topic, payload, qos, MAX_PAYLOAD)
         if self.max_message is not None:
             size = ipc_message_size(topic, payload, qos, user_properties) - PRELUDE
@@ -284,10 +269,13 @@ class GreengrassUplink:
                 raise PublishRejected(
                     f"{topic}: payload {len(payload)} B is a {size} B IPC message, over "
                     f"nucleus lite's {self.max_message} B")
+
+    async def _publish(self, topic: str, payload: bytes, qos: int,
+                       user_properties: Sequence[tuple[str, str]]) -> None:
         client = self._client
         if client is None:
             raise UplinkError("greengrass: not connected")
-        if self._lost is not None and self._lost.is_set():
+        if self._lost.is_set():
             raise UplinkError(f"greengrass: IPC connection lost: {self._lost_reason}")
 
         from awsiot.greengrasscoreipc import model
@@ -310,7 +298,6 @@ class GreengrassUplink:
         However this ends (also cancelled), the IPC future's outcome is consumed: when
         the connection closes later, awsiotsdk fails it with StreamClosedError, which
         would otherwise be logged as "Future exception was never retrieved"."""
-        assert self._lost is not None
         fut = asyncio.wrap_future(cfut)
         fut.add_done_callback(_consume)
         lost = asyncio.ensure_future(self._lost.wait())

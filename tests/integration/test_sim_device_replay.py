@@ -11,9 +11,9 @@ from pathlib import Path
 import can
 import pytest
 
+from sim.device_replay import Replayer, VirtualCanSink
 from sim.drive import iter_timeline, load_drive, parse_candump
 from sim.pty import PtySerial
-from sim.replay import Replayer, VirtualCanSink
 
 DRIVES = Path(__file__).resolve().parents[2] / "sim" / "drives"
 
@@ -148,7 +148,7 @@ def _has_vcan() -> bool:
 
 @pytest.mark.skipif(not _has_vcan(), reason="no vcan0 on this host (ip link add vcan0 type vcan)")
 def test_can_frames_arrive_on_a_vcan_interface(tmp_path: Path) -> None:
-    from sim.replay import BusCanSink
+    from sim.device_replay import BusCanSink
 
     d = tmp_path / "d"
     d.mkdir()

@@ -1,10 +1,13 @@
-"""Replay a CAN log file into speed samples. Pure apart from reading the file.
+"""CAN log files into samples (speed, ignition, OBD-II engine signals): the log-file
+input adapter, on python-can.
 
 candump -L logs (``(1700000000.123456) can0 0B4#DEADBEEF``, CAN-FD ``0B4##1...``) take a
 fast path built like a kernel filter: the file is read in large blocks and only the lines
 whose ID text is one of the wanted IDs are ever looked at (``bytes.find`` on `` 0B4#``);
 every other frame costs one byte scan and a newline count, no object, no parse. Wanted
-lines are parsed strictly and handed to the decoder (its precompiled bit extraction).
+lines are parsed strictly and handed on as frames to the decoder (its precompiled bit
+extraction for a DBC signal; ``edge.core.obd.ObdDecoder`` for recorded OBD-II answers,
+which gives speed and the engine signals telemetry carries).
 Every line is accounted for: ``#`` comment lines and blank lines are skipped and counted
 (``comments``, ``blank``), a line that does not start like a frame (garbage) is
 ``malformed``, and so is a wanted frame line that does not parse (truncated). Only lines
@@ -24,10 +27,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge.core.canspeed import FrameDecoder
-from edge.model import Ignition, SpeedSample
+from edge.core.obd import ObdDecoder
+from edge.model import Ignition, SignalSample, SpeedSample
 
 CAN_ERR_FLAG = 0x20000000
 CAN_ERR_BUSOFF = 0x00000040
@@ -39,6 +43,19 @@ _NO_HASH_RE = re.compile(rb"^\([^\n#]*$", re.M)
 _LINE_RE = re.compile(
     rb"\((\d+(?:\.\d*)?)\) \S+ ([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#(#[0-9A-Fa-f])?([0-9A-Fa-f]*)\s*"
 )
+
+
+LogFrame = tuple[int, bytes, float]  # arbitration_id, data, log timestamp
+
+
+class FrameFilter(Protocol):
+    """The frames a reader keeps: these IDs, 11- or 29-bit (any decoder is one)."""
+
+    @property
+    def frame_ids(self) -> frozenset[int]: ...
+
+    @property
+    def extended(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -94,7 +111,7 @@ def is_candump(path: Path) -> bool:
     return False
 
 
-def _id_texts(decoder: FrameDecoder) -> list[bytes]:
+def _id_texts(decoder: FrameFilter) -> list[bytes]:
     texts: list[bytes] = []
     for fid in sorted(decoder.frame_ids):
         if decoder.extended:
@@ -152,12 +169,9 @@ def _account(block: bytes, stats: LogStats) -> None:
                                 else "a line that is not a candump -L frame")
 
 
-def _candump_lines(
-    path: Path, decoder: FrameDecoder, stats: LogStats
-) -> Iterator[SpeedSample | Ignition]:
-    needles = _id_texts(decoder)
+def _candump_frames(path: Path, wanted: FrameFilter, stats: LogStats) -> Iterator[LogFrame]:
+    needles = _id_texts(wanted)
     match = _LINE_RE.fullmatch
-    decode = decoder.decode
     fromhex = bytes.fromhex
     with open(path, "rb") as fh:
         tail = b""
@@ -208,18 +222,14 @@ def _candump_lines(
                     stats.malformed += 1
                     stats.last_error = f"odd payload length: {line[:80]!r}"
                     continue
-                ts = float(ts_text)
-                sample = decode(int(id_text, 16), fromhex(payload.decode()), ts, ts)
-                if sample is not None:
-                    stats.samples += 1
-                    yield sample
+                yield int(id_text, 16), fromhex(payload.decode()), float(ts_text)
             if not chunk:
                 break
 
 
 def _python_can_frames(
-    path: Path, decoder: FrameDecoder | None, stats: LogStats
-) -> Iterator[tuple[int, bytes, float]]:
+    path: Path, decoder: FrameFilter | None, stats: LogStats
+) -> Iterator[LogFrame]:
     import can
 
     kwargs: dict[str, Any] = {}
@@ -295,33 +305,47 @@ def iter_candump_lines(path: Path, stats: LogStats | None = None
 
 
 def iter_log_frames(
-    path: Path, decoder: FrameDecoder | None = None, stats: LogStats | None = None
-) -> Iterator[tuple[int, bytes, float]]:
-    """(arbitration_id, data, timestamp) of the frames the decoder wants (all without one).
-
-    Any python-can format; error and remote frames are counted and skipped.
-    """
+    path: Path, decoder: FrameFilter | None = None, stats: LogStats | None = None
+) -> Iterator[LogFrame]:
+    """(arbitration_id, data, timestamp) of the frames the decoder wants (all without one),
+    in file order. A candump -L log read for a decoder takes the fast path; any other
+    python-can format goes through ``can.LogReader``. Error and remote frames are counted
+    and skipped. Raises ValueError for an unreadable file."""
+    path = Path(path)
     stats = stats if stats is not None else LogStats()
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if decoder is not None and is_candump(path):
+        stats.format = "candump"
+        yield from _candump_frames(path, decoder, stats)
+        return
     stats.format = path.suffix.lower().lstrip(".") or "?"
-    yield from _python_can_frames(Path(path), decoder, stats)
+    yield from _python_can_frames(path, decoder, stats)
 
 
 def iter_log_speed(
     path: Path, decoder: FrameDecoder, stats: LogStats | None = None
 ) -> Iterator[SpeedSample | Ignition]:
-    """Speed samples of a CAN log, in file order. Raises ValueError for an unreadable file."""
-    path = Path(path)
+    """Speed samples (and ignition changes) of a CAN log, in file order. Raises
+    ValueError for an unreadable file."""
     stats = stats if stats is not None else LogStats()
-    if not path.is_file():
-        raise ValueError(f"no such file: {path}")
-    if is_candump(path):
-        stats.format = "candump"
-        yield from _candump_lines(path, decoder, stats)
-        return
-    stats.format = path.suffix.lower().lstrip(".") or "?"
     decode = decoder.decode
-    for arb_id, data, ts in _python_can_frames(path, decoder, stats):
+    for arb_id, data, ts in iter_log_frames(path, decoder, stats):
         sample = decode(arb_id, data, ts, ts)
         if sample is not None:
+            stats.samples += 1
+            yield sample
+
+
+def iter_log_obd(
+    path: Path, stats: LogStats | None = None
+) -> Iterator[SpeedSample | SignalSample]:
+    """What the recorded OBD-II answers of a CAN log carry, in file order: speed, and
+    engine speed and coolant temperature as the signals the live source emits. Raises
+    ValueError for an unreadable file."""
+    stats = stats if stats is not None else LogStats()
+    decoder = ObdDecoder()
+    for arb_id, data, ts in iter_log_frames(path, decoder, stats):
+        for sample in decoder.decode_all(arb_id, data, ts, ts):
             stats.samples += 1
             yield sample

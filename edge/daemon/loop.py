@@ -1,0 +1,57 @@
+"""The event loop a command runs on (uvloop when installed) and the stop signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from .heap import limit_arenas
+
+log = structlog.get_logger()
+
+
+async def run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+) -> int:
+    """Run ``main(stop)``; SIGTERM/SIGINT set ``stop``, a second one forces exit."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hits = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            log.info("signal received, stopping", signal=signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("second signal, forcing exit")
+            os._exit(128 + signum)
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        await main(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def run_loop(coro: Awaitable[int]) -> int:
+    """Run ``coro`` to its exit status on a new event loop."""
+    limit_arenas()  # before the event loop's executor starts any thread
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
