@@ -144,7 +144,8 @@ class Forwarder:
                     dry = refill is None and self._dry
                     await self._wait(0.1 if self.lease.settle_failing else IDLE_S,
                                      wake if dry else None)
-                    self._dry = False if dry else self._dry
+                    if dry:  # woken by new rows, or looking again after IDLE_S
+                        self._dry = False
                     continue
                 unit = staged[0]
                 now = time.monotonic()
