@@ -809,7 +809,7 @@ class Daemon:
 
     def all_counters(self) -> dict[str, int]:
         """The daemon's counters and the forwarder's (it owns those)."""
-        from edge.forwarder.drain import COUNTERS
+        from edge.forwarder import COUNTERS
 
         out = dict.fromkeys(COUNTERS, 0)
         owned = self.forwarder.health()["counters"] if self.forwarder is not None else {}
