@@ -164,7 +164,7 @@ class UplinkSupervisor:
 
     def all_counters(self) -> dict[str, int]:
         """The supervisor's counters with the forwarder's (published, rejected, ...)."""
-        from edge.forwarder.drain import COUNTERS
+        from edge.forwarder import COUNTERS
 
         owned = self.forwarder.counters if self.forwarder is not None else {}
         return {**dict.fromkeys(COUNTERS, 0), **owned, **self.counters}
