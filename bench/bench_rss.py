@@ -77,6 +77,14 @@ PARTS = (
     ("openssl_system", ("libssl.so", "libcrypto.so")),
     ("python", ("libpython", "/lib-dynload/")),
 )
+# the daemon, writing the names of the modules it loaded when it exits (``modules_out``)
+DUMP_MODULES = (
+    "import atexit, runpy, sys\n"
+    "out = sys.argv[1]\n"
+    "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+    "sys.argv = ['edge', *sys.argv[2:]]\n"
+    "runpy.run_module('edge', run_name='__main__', alter_sys=True)\n"
+)
 PRELOAD = (
     "import runpy, sys, cantools\n"
     "_db = cantools.database.load_file(sys.argv[1])  # what the old decoder kept\n"
@@ -207,9 +215,11 @@ def rss_by_part(smaps: str) -> dict[str, int]:
 
 def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
                    preload_cantools: bool = False, outbox_extra: str = "",
-                   no_uvloop: bool = False) -> dict[str, Any]:
+                   no_uvloop: bool = False, modules_out: Path | None = None) -> dict[str, Any]:
     """RSS samples (KiB, one a second) of ``edge run`` under traffic, its health and
-    its resident memory by part at the last sample (``rss_by_part``)."""
+    its resident memory by part at the last sample (``rss_by_part``). With
+    ``modules_out`` the daemon runs under ``DUMP_MODULES`` and writes there the modules
+    it loaded (a run for counting them, not for its RSS)."""
     d = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -223,6 +233,7 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
     args = ["run", "--config", str(cfg)]
     cmd = ([sys.executable, "-c", PRELOAD, str(DBC), *args] if preload_cantools
            else [sys.executable, "-c", NO_UVLOOP, *args] if no_uvloop
+           else [sys.executable, "-c", DUMP_MODULES, str(modules_out), *args] if modules_out
            else [sys.executable, "-m", "edge", *args])
     log = d / "daemon.log"
     with log.open("wb") as err:
@@ -268,7 +279,7 @@ def import_rss(modules: tuple[str, ...]) -> tuple[int, list[str]]:
     return int(kb), [m for m in missing.split(",") if m]
 
 
-def _median_import_rss(modules: tuple[str, ...], runs: int = 3) -> tuple[int, list[str]]:
+def median_import_rss(modules: tuple[str, ...], runs: int = 3) -> tuple[int, list[str]]:
     got = [import_rss(modules) for _ in range(runs)]
     return sorted(g[0] for g in got)[runs // 2], got[0][1]
 
@@ -298,8 +309,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         why = _check_traffic(now)
         if why is not None:
             raise RuntimeError(why)
-        bare_kb, _ = _median_import_rss(())
-        base_kb, missing = _median_import_rss(DAEMON_THIRD_PARTY)
+        bare_kb, _ = median_import_rss(())
+        base_kb, missing = median_import_rss(DAEMON_THIRD_PARTY)
         last = now["rss_kb"][-1] / 1024
         peak = max(now["rss_kb"]) / 1024
         h = now["health"]
@@ -327,12 +338,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 continue
             rest = tuple(m for m in DAEMON_THIRD_PARTY if m != mod and not
                          (mod == "can" and m.startswith("can.")))
-            kb, _ = _median_import_rss(rest)
+            kb, _ = median_import_rss(rest)
             rows.append(row(f"daemon_can.import_marginal.{mod}",
                              round((base_kb - kb) / 1024, 1) + 0.0, "MB", None,
                              "RSS saved by not importing it (others loaded)"))
-        edge_kb, _ = _median_import_rss((*DAEMON_THIRD_PARTY, *EDGE))
-        with_ct, _ = _median_import_rss((*DAEMON_THIRD_PARTY, *EDGE, "cantools"))
+        edge_kb, _ = median_import_rss((*DAEMON_THIRD_PARTY, *EDGE))
+        with_ct, _ = median_import_rss((*DAEMON_THIRD_PARTY, *EDGE, "cantools"))
         rows += [
             row("daemon_can.import_marginal.edge", round((edge_kb - base_kb) / 1024, 1), "MB",
                  None, "edge's own modules on top of the third-party ones"),

@@ -16,6 +16,12 @@
   ``python`` (libpython, stdlib extensions), ``heap`` (anonymous: Python objects,
   malloc), ``other`` (libc, libstdc++, sqlite, ...). Baseline: the same part with
   encryption off.
+* ``seal.daemon_modules``: how many modules the encrypted daemon has loaded (a short
+  run of its own; baseline: encryption off). ``seal.floor_libraries``: a bare python
+  importing only the third-party modules that daemon loads (``bench_rss``'s list and
+  AESGCM), no edge code, no data: what the libraries alone take of the 60 MB (baseline:
+  the encrypted daemon). ``seal.floor_edge_imports``: the same plus edge's modules the
+  daemon loads, still no data: what edge's code adds (issue 18's module diet).
 * ``seal.daemon_rss_asyncio_loop``: the encrypted daemon with uvloop made unimportable
   (``edge.app._run`` falls back to asyncio's loop): what the event loop costs.
 
@@ -44,6 +50,9 @@ from edge.outbox import Outbox  # noqa: E402
 
 GOAL_SLOWER = 0.15
 GOAL_MB = 60.0
+# edge's modules the encrypted daemon loads beyond bench_rss.EDGE (seal.floor_edge_imports)
+EDGE_ENCRYPTED = ("edge.seal", "edge.daemon.supervisor", "edge.forwarder", "edge.sources.dbc",
+                  "edge.sources.zonesfile")
 THING = "car-rss-1"
 
 
@@ -107,7 +116,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
     need_mosquitto()
-    from bench.bench_rss import PARTS, import_rss, measure_daemon
+    from bench.bench_rss import (
+        DAEMON_THIRD_PARTY,
+        EDGE,
+        PARTS,
+        import_rss,
+        measure_daemon,
+        median_import_rss,
+    )
     from edge.seal import keygen
     from tests.support.broker import Broker, Pki
 
@@ -127,6 +143,11 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
             offs.append(measure_daemon(tmp, broker, seconds))
         asyncio_loop = measure_daemon(tmp, broker, seconds, outbox_extra=extra,
                                       no_uvloop=True)
+        listed = {enc: tmp / f"modules-{enc}.txt" for enc in (True, False)}
+        for enc, out in listed.items():
+            measure_daemon(tmp, broker, 3.0, outbox_extra=extra if enc else "",
+                           modules_out=out)
+        modules = {enc: len(out.read_text().split()) for enc, out in listed.items()}
     finally:
         broker.stop()
         shutil.rmtree(pki.dir, ignore_errors=True)
@@ -146,6 +167,9 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
               else f"{mb_on:.1f}")
     bare, _ = import_rss(())
     aead, _ = import_rss(("cryptography.hazmat.primitives.ciphers.aead",))
+    libs = (*DAEMON_THIRD_PARTY, "cryptography.hazmat.primitives.ciphers.aead")
+    floor_libs, _ = median_import_rss(libs)
+    floor_edge, _ = median_import_rss((*libs, *EDGE, *EDGE_ENCRYPTED))
     # where the encrypted daemon's resident memory is (the median round's)
     mid = sorted(ons, key=last_mb)[len(ons) // 2]
     mid_off = sorted(offs, key=last_mb)[len(offs) // 2]
@@ -156,6 +180,15 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
             mb_on <= GOAL_MB),
         row("seal.daemon_rss_cost", round(mb_on - mb_off, 1), "MB", None,
             "what encryption adds to the daemon (medians, on - off)"),
+        row("seal.daemon_modules", modules[True], "modules", modules[False],
+            "loaded by the encrypted daemon (baseline: encryption off)"),
+        row("seal.floor_libraries", round(floor_libs / 1024, 1), "MB", round(mb_on, 1),
+            "bare python importing only the daemon's third-party modules and AESGCM, no"
+            " edge code, no data (median of 3; baseline: the encrypted daemon)"),
+        row("seal.floor_edge_imports", round(floor_edge / 1024, 1), "MB",
+            round(floor_libs / 1024, 1),
+            "the same plus edge's modules the encrypted daemon loads, no data (baseline:"
+            " the libraries alone)"),
         row("seal.daemon_rss_asyncio_loop", round(mb_asyncio, 1), "MB", round(mb_on, 1),
             "the same encrypted daemon on asyncio's loop instead of uvloop (not the"
             " default: for comparison)"),

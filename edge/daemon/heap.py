@@ -12,12 +12,14 @@ _M_ARENA_MAX = -8  # mallopt parameter number, glibc's malloc.h
 
 
 def _libc(name: str) -> Any:
-    """glibc's function ``name`` through ctypes, or None (no libc found, or not glibc)."""
-    import ctypes.util
+    """glibc's function ``name`` through ctypes, or None (not glibc, or no such symbol).
+    The symbol is looked up in the running process (``dlopen(NULL)``), where Python has
+    linked libc already: ``ctypes.util.find_library`` would import tempfile, shutil and
+    subprocess and run ``ldconfig -p`` at every start for the same library."""
+    import ctypes
 
     try:
-        lib = ctypes.util.find_library("c")
-        return None if lib is None else getattr(ctypes.CDLL(lib), name)
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 

@@ -9,7 +9,6 @@ the batch is compressed and declared with the user property ``content-encoding``
 
 from __future__ import annotations
 
-import gzip
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ class Unit:
 
 def compress(data: bytes, method: str) -> bytes:
     if method == "gzip":
+        import gzip  # only when the uplink compresses: the daemon does not load it otherwise
+
         return gzip.compress(data, compresslevel=6, mtime=0)
     if method == "zstd":
         import zstandard
@@ -54,6 +55,8 @@ def compress(data: bytes, method: str) -> bytes:
 def decompress(data: bytes, method: str) -> bytes:
     """The consumer's side (tests, tools): undo ``compress``."""
     if method == "gzip":
+        import gzip
+
         return gzip.decompress(data)
     if method == "zstd":
         import zstandard

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,7 +37,9 @@ from edge.errors import ConfigError
 from edge.logconf import Once
 from edge.model import Ignition, SignalSample, SpeedSample
 from edge.sources.canbus import BusReader
-from edge.sources.canobd import RESPONSE_FILTER, ObdSession
+
+if TYPE_CHECKING:
+    from edge.sources.canobd import ObdSession
 
 log = structlog.get_logger()
 
@@ -67,6 +69,9 @@ class CanSource:
         self._decoder: FrameDecoder | None = None
         filters: list[dict[str, Any]]
         if config.mode == "obd":
+            # the OBD-II session and its PID tables only when polled (a DBC bus never loads them)
+            from edge.sources.canobd import RESPONSE_FILTER, ObdSession
+
             self._obd = ObdSession(config)
             wanted, extended, filters = self._obd.frame_ids, False, RESPONSE_FILTER
         else:

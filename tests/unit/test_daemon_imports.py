@@ -26,12 +26,25 @@ atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
 sys.argv = ["edge", *sys.argv[2:]]
 runpy.run_module("edge", run_name="__main__", alter_sys=True)
 """
-# none of these serves a GNSS + zones + file-uplink daemon
+DBC = ROOT / "sim" / "dbc" / "demo.dbc"
+# none of these serves a GNSS + zones + file-uplink daemon; ctypes.util would run
+# ``ldconfig -p`` at start (the heap knobs find libc in the process instead) and gzip
+# is for an uplink that compresses
 ABSENT = ("edge.roads", "edge.commands", "cryptography", "cantools", "can", "awscrt",
-          "awsiot", "paho", "matplotlib", "rich", "colorama", "pyosmium", "osmium")
+          "awsiot", "paho", "matplotlib", "rich", "colorama", "pyosmium", "osmium",
+          "ctypes.util", "gzip")
+# the module diet of the encrypted CAN (DBC) daemon (issue 18: RSS <= 60 MB): AES-GCM
+# needs no X.509, key serialisation or asymmetric crypto; a DBC bus no OBD-II session
+ABSENT_ENCRYPTED_DBC = ("edge.roads", "edge.commands", "cantools", "awscrt", "awsiot",
+                        "matplotlib", "ctypes.util", "edge.core.obd", "edge.sources.canobd",
+                        "cryptography.x509", "cryptography.hazmat.primitives.serialization",
+                        "cryptography.hazmat.primitives.asymmetric",
+                        "cryptography.hazmat.backends")
 
 
-def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Path) -> None:
+def loaded_modules(tmp_path: Path, sections: str) -> list[str]:
+    """The modules a real ``edge run`` with a GNSS pty, the city zones, a file uplink
+    and ``sections`` has loaded once it wrote its first health file."""
     master, slave = os.openpty()
     tty.setraw(slave)
     health = tmp_path / "health.json"
@@ -41,9 +54,9 @@ def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Pat
         f'[gnss]\nport = "{os.ttyname(slave)}"\n'
         f'[rules]\nzones = "{ZONES}"\n'
         f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
         f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n')
+        '[log]\nformat = "json"\nlevel = "warning"\n'
+        + sections.replace("@", str(tmp_path)))
     mods = tmp_path / "modules.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("MALLOC_ARENA_MAX", None)
@@ -62,11 +75,32 @@ def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Pat
             proc.wait()
         os.close(master)
         os.close(slave)
-    loaded = json.loads(mods.read_text())
+    return list(json.loads(mods.read_text()))
+
+
+def _under(loaded: list[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == p or m.startswith(p + ".") for p in names))
+
+
+def test_edge_run_without_roads_or_encryption_does_not_import_them(tmp_path: Path) -> None:
+    loaded = loaded_modules(tmp_path, '[outbox]\npath = "@/o.db"\n')
     assert "shapely" in loaded and "edge.core.zones" in loaded  # the config's zones
-    heavy = sorted(m for m in loaded if m.split(".")[0] in ABSENT
-                   or any(m.startswith(p + ".") or m == p for p in ABSENT))
-    assert heavy == []
+    assert _under(loaded, ABSENT) == []
+
+
+def test_encrypted_dbc_daemon_loads_aes_gcm_and_no_more(tmp_path: Path) -> None:
+    from edge.seal import keygen
+
+    keygen(tmp_path / "outbox.key")
+    loaded = loaded_modules(
+        tmp_path,
+        '[outbox]\npath = "@/o.db"\nencryption = "aes-256-gcm"\nkey_file = "@/outbox.key"\n'
+        f'[can]\ninterface = "virtual"\nchannel = "imports-test"\ndbc = "{DBC}"\n'
+        'speed_signal = "VEHICLE_SPEED.SPEED_KMH"\n')
+    # the config's parts are there: the sealer, the CAN bus, the DBC decoder
+    assert {"cryptography.hazmat.primitives.ciphers.aead", "can", "edge.sources.dbc",
+            "edge.seal"} <= set(loaded)
+    assert _under(loaded, ABSENT_ENCRYPTED_DBC) == []
 
 
 def test_malloc_arenas_are_capped_unless_the_operator_set_them(
