@@ -21,6 +21,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -66,6 +67,7 @@ class Daemon:
         self.once = Once()
         self.engine: Engine | None = None
         self.zones_optional = False  # Greengrass: the Zones and Roads components may come later
+        self.roads_offered: Path | None = None  # Greengrass: the index the recipe offers
         self.extra_health: Callable[[], dict[str, Any]] | None = None
         self.task_group: asyncio.TaskGroup | None = None
         self.inputs = Sources({"gnss": self.on_fix, "can": self.on_can},
@@ -212,7 +214,7 @@ def run_daemon(config: Config) -> int:
 def run_greengrass() -> int:
     """``edge run --greengrass``: config from the nucleus (GetConfiguration), validated
     hot reload on SubscribeToConfigurationUpdate."""
-    from edge.greengrass.config import GreengrassConfigWatcher
+    from edge.greengrass.config import GreengrassConfigWatcher, roads_offered
     from edge.logconf import configure
 
     holder: dict[str, Daemon] = {}
@@ -228,6 +230,7 @@ def run_greengrass() -> int:
             configure(cfg.log.level, cfg.log.format)
             d = Daemon(cfg)
             d.zones_optional = True  # the Zones component may deploy its file later
+            d.roads_offered = roads_offered()  # a fleet may not deploy the Roads component
             d.extra_health = watcher.health
             holder["daemon"] = d
             await d.run(stop)

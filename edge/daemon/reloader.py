@@ -71,14 +71,26 @@ class Reloader:
         self.restart_required: list[str] = []
         self.roads_reloads = 0
         self.roads_error: str | None = None  # why there is no road provider now
+        self.roads_state = "loaded"  # or "missing", "not deployed"
 
     def open_roads(self, cfg: Config) -> Any:
         """The road provider ``[roads]`` names at start-up (None: no [roads], or, under
-        Greengrass, an index not deployed yet: the watcher loads it when it comes)."""
+        Greengrass, an index not deployed yet: the watcher loads it when it comes).
+
+        An index the configuration names is an error in health while it is missing. The
+        one the Daemon's recipe offers (``VEHICLE_EDGE_ROADS``, ``roads_offered``) is not:
+        a fleet that does not deploy com.vehicleedge.Roads runs on zone and default
+        limits, and health says ``not deployed``, without an error."""
         if cfg.roads.index is None:
             return None  # no [roads]: edge.roads (R*Tree matcher, sqlite index) not imported
         if not cfg.roads.index.exists():
             # only here under Greengrass (check_runtime refuses it otherwise)
+            if cfg.roads.index == self._d.roads_offered:
+                self.roads_state = "not deployed"
+                log.info("no road index deployed (com.vehicleedge.Roads): road limits off "
+                         "until one is", path=str(cfg.roads.index))
+                return None
+            self.roads_state = "missing"
             self.roads_error = roads_missing(cfg.roads.index)
             log.warning("road index not there yet, running without road limits",
                         path=str(cfg.roads.index), reason=self.roads_error)
@@ -194,6 +206,7 @@ class Reloader:
                 continue
             old = d.engine.use_roads(new)
             self.roads_error = None
+            self.roads_state = "loaded"
             if old is not None:
                 old.index.close()
                 self.roads_reloads += 1
@@ -206,5 +219,5 @@ class Reloader:
 
     def roads_health(self, config: Config, roads: dict[str, Any] | None) -> dict[str, Any]:
         """The road provider's health with the reloads and the error of the watcher."""
-        return {**(roads or {"index": str(config.roads.index)}),
+        return {**(roads or {"index": str(config.roads.index)}), "state": self.roads_state,
                 "reloads": self.roads_reloads, "error": self.roads_error}

@@ -59,6 +59,13 @@ WORK_ENV = "VEHICLE_EDGE_WORK"  # set by the recipe: the component's work dir (r
 OnConfig = Callable[[Config], Awaitable[None] | None]
 
 
+def roads_offered(env: Mapping[str, str] | None = None) -> Path | None:
+    """The road index the Daemon's recipe points at (com.vehicleedge.Roads' file), if any:
+    whether that component is deployed is the fleet's choice."""
+    path = (os.environ if env is None else env).get(ROADS_ENV)
+    return Path(path) if path else None
+
+
 def component_config_to_dict(
     value: Mapping[str, Any], *, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:

@@ -133,3 +133,51 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_roads_component_the_fleet_does_not_deploy_is_no_error(tmp_path: Path) -> None:
+    """The Daemon's recipe always offers com.vehicleedge.Roads' index path
+    (VEHICLE_EDGE_ROADS); a fleet that does not deploy Roads runs on zone and default
+    limits with health saying so, without an error, and an index deployed later is used."""
+    from edge.greengrass.config import component_config_to_dict, roads_offered
+
+    index = tmp_path / "work" / "com.vehicleedge.Roads" / "roads.db"
+    env = {"VEHICLE_EDGE_ROADS": str(index)}
+    feeder = PtyFeeder(period=0.1).start()
+    doc = component_config_to_dict({
+        "thing": "car-roads", "gnss": {"port": feeder.path},
+        "uplink": {"kind": "file", "path": str(tmp_path / "out.jsonl")},
+        "outbox": {"path": str(tmp_path / "o.db")},
+        "telemetry": {"interval_s": 1}, "health": {"interval_s": 0.5}}, env=env)
+    from edge.config import config_from_dict
+
+    cfg = config_from_dict(doc)
+    assert cfg.roads.index == index and roads_offered(env) == index
+    out = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        d.zones_optional = True
+        d.roads_offered = roads_offered(env)  # what edge run --greengrass sets
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(lambda: len(events(out, "telemetry")) >= 2, 15)
+        h = dict(d.health()["rules"]["overspeed"]["roads"])
+        assert h["state"] == "not deployed" and h["error"] is None, h
+        health = [e for e in events(out, "health")]
+        assert health and all(
+            e["rules"]["overspeed"]["roads"]["error"] is None for e in health)
+        index.parent.mkdir(parents=True)
+        north_road(tmp_path / "next.db", 20.0)
+        os.replace(tmp_path / "next.db", index)
+        assert await wait_until(
+            lambda: [r.get("speed_limit_kmh") for r in events(out, "telemetry")][-1] == 20.0, 15)
+        assert dict(d.health()["rules"]["overspeed"]["roads"])["state"] == "loaded"
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
