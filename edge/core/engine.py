@@ -238,7 +238,8 @@ class Engine:
         """Run under ``config`` from now on (a validated hot reload); ``zones``: the
         zones ``config`` names, loaded by the caller (None: keep the current ones).
 
-        Rules whose settings changed start over under the new ones; new zones alone
+        Rules whose settings changed are rebuilt under the new ones with their state
+        carried over (``rulestate.carry_over``); new zones alone
         swap in with the rules' state carried over (events of the swap returned); the
         speed arbiter is rebuilt when its ``[can]`` thresholds or source policy
         changed. The engine keeps ``config``, so what it rebuilds later (a clock step,
@@ -251,9 +252,13 @@ class Engine:
             self.arbiter = make_arbiter(config)
         if dataclasses.replace(old.rules, zones=None) != dataclasses.replace(
                 config.rules, zones=None):
-            self.rules = Rules(config.rules, zones if zones is not None else self.rules.zones,
-                               self.rules.roads)
-            return []
+            old_rules = self.rules
+            self.rules = Rules(config.rules, zones if zones is not None else old_rules.zones,
+                               old_rules.roads)
+            if self._resume is not None:
+                return []  # a restart's state still waits for its fix: restored into these
+            return self._wrap(rulestate.carry_over(
+                old_rules, self.rules, resume_gap_s=config.rules.trip.resume_gap_s))
         if zones is not None:
             return self.reload(zones)
         return []

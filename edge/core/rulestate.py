@@ -92,6 +92,20 @@ def snapshot(rules: Rules) -> dict[str, Any]:
     }
 
 
+def carry_over(old: Rules, new: Rules, *, resume_gap_s: float) -> list[Event]:
+    """``old``'s state put into ``new`` (rules rebuilt under new settings by a hot
+    reload): the open trip, its POIs, an open overspeed episode and the fence states go
+    on, as after a restart with no gap, so a configuration push mid-drive is no new trip
+    and no second overspeed start. A limit the new settings change ends the episode at
+    the next fix (``limit_changed``), as any limit change does."""
+    doc = snapshot(old)
+    last = doc.get("last_time")
+    if not isinstance(last, int | float):
+        return []  # nothing seen yet: nothing to carry
+    events, _ = restore(new, doc, now=float(last), resume_gap_s=resume_gap_s)
+    return events
+
+
 def restore(rules: Rules, doc: dict[str, Any], *, now: float | None,
             resume_gap_s: float) -> tuple[list[Event], dict[str, Any]]:
     """Put ``doc`` (a ``snapshot``) back into fresh ``rules``; ``now``: the GNSS time of

@@ -148,3 +148,31 @@ def test_reconfigure_with_new_zones_alone_keeps_the_rule_state() -> None:
     assert e.rules is rules  # same rules, other zones: swapped in, state carried over
     assert [(p["fence"], p["transition"]) for p in out if p["type"] == "geofence"] == [
         ("town", "inside")]
+
+
+def test_a_rules_reload_mid_trip_carries_the_trip_and_the_overspeed_episode_on() -> None:
+    """A configuration push while the car drives (a Greengrass merge, a new tolerance) is
+    no new trip and no second overspeed start: the rules' state carries over into the
+    rules rebuilt under the new settings, as it does across a restart."""
+    import dataclasses
+
+    e = engine()
+    before = [p for k in range(10)
+              for p in payloads(e.on_fix(fix(GNSS_T0 + k, 1.0 + k, 48.0 + k * 2e-4)))]
+    kinds = [(p["type"], p.get("phase")) for p in before]
+    assert kinds.count(("trip", "start")) == 1 and kinds.count(("overspeed", "start")) == 1
+    cfg = e.config
+    new = dataclasses.replace(cfg, rules=dataclasses.replace(
+        cfg.rules, poi=dataclasses.replace(cfg.rules.poi, cooldown_s=60.0),
+        speed=dataclasses.replace(cfg.rules.speed, tolerance_kmh=1.0)))
+    rules = e.rules
+    after = payloads(e.reconfigure(new))
+    assert e.rules is not rules and e.rules.speed.episodes == 1
+    after += [p for k in range(10, 20)
+              for p in payloads(e.on_fix(fix(GNSS_T0 + k, 1.0 + k, 48.0 + k * 2e-4)))]
+    phases = [(p["type"], p.get("phase")) for p in after if p["type"] in ("trip", "overspeed")]
+    assert phases == [], phases  # the same trip and episode go on
+    closing = payloads(e.close(GNSS_T0 + 20))
+    trip_end = [p for p in closing if p["type"] == "trip" and p["phase"] == "end"]
+    assert len(trip_end) == 1 and trip_end[0]["start_ts"] == before[
+        kinds.index(("trip", "start"))]["start_ts"]
