@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.app import Daemon
-from edge.config import load_config
+from edge.config import Config, load_config
 from edge.errors import ConfigError
 from edge.roads.index import E7, IndexWriter
 from tests.support.daemon import PtyFeeder, events, wait_until
@@ -30,30 +30,37 @@ def north_road(path: Path, kmh: float) -> None:
     w.close({"country": "DE", "source": "test"})
 
 
+def roads_config(tmp_path: Path, gnss: str, index: Path) -> Config:
+    """A daemon on a GNSS pty with ``index`` as its road index, publishing to a file."""
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(
+        'thing = "car-roads"\n'
+        f'[gnss]\nport = "{gnss}"\n'
+        f'[roads]\nindex = "{index}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        "[telemetry]\ninterval_s = 1\n[health]\ninterval_s = 0.5\n")
+    return load_config(cfg_path)
+
+
+def limits(out: Path) -> list[object]:
+    """The posted limit of every telemetry record published so far."""
+    return [r.get("speed_limit_kmh") for r in events(out, "telemetry")]
+
+
 @pytest.mark.timeout(90)
 def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None:
     index = tmp_path / "roads.db"
     north_road(index, 50.0)
     feeder = PtyFeeder(period=0.1).start()
-    cfg_path = tmp_path / "edge.toml"
-    cfg_path.write_text(
-        'thing = "car-roads"\n'
-        f'[gnss]\nport = "{feeder.path}"\n'
-        f'[roads]\nindex = "{index}"\n'
-        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
-        "[telemetry]\ninterval_s = 1\n[health]\ninterval_s = 0.5\n")
-    cfg = load_config(cfg_path)
+    cfg = roads_config(tmp_path, feeder.path, index)
     out = tmp_path / "out.jsonl"
-
-    def limits() -> list[object]:
-        return [r.get("speed_limit_kmh") for r in events(out, "telemetry")]
 
     async def scenario() -> None:
         d = Daemon(cfg)
         stop = asyncio.Event()
         task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: 50.0 in limits(), 15)
+        assert await wait_until(lambda: 50.0 in limits(out), 15)
         # not an index: refused, the old one stays
         bad = tmp_path / "bad.new"
         bad.write_bytes(b"garbage" * 1000)
@@ -61,11 +68,11 @@ def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None
         await asyncio.sleep(6)
         assert d.engine is not None and d.engine.rules.roads is not None
         assert d.engine.rules.roads.index.meta["source"] == "test"
-        assert limits()[-1] == 50.0 and not task.done()
+        assert limits(out)[-1] == 50.0 and not task.done()
         # a real one: swapped in, the posted limit follows
         north_road(tmp_path / "next.db", 20.0)
         os.replace(tmp_path / "next.db", index)
-        assert await wait_until(lambda: limits()[-1] == 20.0, 15)
+        assert await wait_until(lambda: limits(out)[-1] == 20.0, 15)
         stop.set()
         await task
 
@@ -82,15 +89,7 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
     Outside Greengrass the same config is refused at start, naming roads.index."""
     index = tmp_path / "work" / "com.vehicleedge.Roads" / "roads.db"  # not there yet
     feeder = PtyFeeder(period=0.1).start()
-    cfg_path = tmp_path / "edge.toml"
-    cfg_path.write_text(
-        'thing = "car-roads"\n'
-        f'[gnss]\nport = "{feeder.path}"\n'
-        f'[roads]\nindex = "{index}"\n'
-        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
-        "[telemetry]\ninterval_s = 1\n[health]\ninterval_s = 0.5\n")
-    cfg = load_config(cfg_path)
+    cfg = roads_config(tmp_path, feeder.path, index)
     out = tmp_path / "out.jsonl"
 
     def roads(d: Daemon) -> dict[str, object]:
@@ -119,7 +118,7 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
         north_road(tmp_path / "next.db", 20.0)
         os.replace(tmp_path / "next.db", index)
         assert await wait_until(
-            lambda: [r.get("speed_limit_kmh") for r in events(out, "telemetry")][-1] == 20.0, 15)
+            lambda: limits(out)[-1] == 20.0, 15)
         h = roads(d)
         assert h["error"] is None and h["segments"] == 59 and int(h["lookups"]) > 0  # type: ignore[call-overload]
         assert h["reloads"] == 0  # loaded, not replaced
@@ -172,7 +171,7 @@ def test_a_roads_component_the_fleet_does_not_deploy_is_no_error(tmp_path: Path)
         north_road(tmp_path / "next.db", 20.0)
         os.replace(tmp_path / "next.db", index)
         assert await wait_until(
-            lambda: [r.get("speed_limit_kmh") for r in events(out, "telemetry")][-1] == 20.0, 15)
+            lambda: limits(out)[-1] == 20.0, 15)
         assert dict(d.health()["rules"]["overspeed"]["roads"])["state"] == "loaded"
         stop.set()
         await task
