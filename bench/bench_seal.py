@@ -49,11 +49,9 @@ from edge.model import Envelope, Lane  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
 
 GOAL_SLOWER = 0.15
-GOAL_MB = 60.0
 # edge's modules the encrypted daemon loads beyond bench_rss.EDGE (seal.floor_edge_imports)
 EDGE_ENCRYPTED = ("edge.seal", "edge.daemon.supervisor", "edge.forwarder", "edge.sources.dbc",
                   "edge.sources.zonesfile")
-THING = "car-rss-1"
 
 
 def _env(i: int) -> Envelope:
@@ -119,7 +117,9 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
     from bench.bench_rss import (
         DAEMON_THIRD_PARTY,
         EDGE,
+        GOAL_MB,
         PARTS,
+        THING,
         import_rss,
         measure_daemon,
         median_import_rss,

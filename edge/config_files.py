@@ -14,6 +14,16 @@ from edge.config import Config
 from edge.errors import ConfigError, ZonesError
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of a file a config names, None when it is not there: what the
+    daemon's watchers compare to see it replaced."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def _readable(field: str, path: Path | None) -> None:
     if path is None:
         return

@@ -56,14 +56,13 @@ class DriveGeometry:
     to the live path."""
 
     __slots__ = ("_answers", "_chain", "_h", "_hits", "_k", "_lat", "_lon", "_n", "_where",
-                 "pairs", "zones")
+                 "zones")
 
     def __init__(self, zones: Zones, fixes: Iterable[Fix],
                  hysteresis: Callable[[float | None], float]) -> None:
         import numpy as np
 
         self.zones = zones
-        self.pairs = 0  # (fix, zone) pairs evaluated
         # the fixes the rules take, in their order: per fix its lat, lon, hysteresis,
         # its (inside, near) answer and the fences the segment from the one before hits
         self._lat: list[float] = []
@@ -107,7 +106,6 @@ class DriveGeometry:
         # a segment joins consecutive fixes
         self._hits = bulk.cross_all(lat[:-1], lon[:-1], lat[1:], lon[1:], h[1:],
                                     t[1:] - t[:-1])
-        self.pairs = bulk.pairs
 
     # ------------------------------------------------------------------ lookups
 
@@ -149,14 +147,12 @@ class DriveGeometry:
 class BulkPass:
     """The geometry of many fixes at once (numpy + shapely over every (fix, zone) pair):
     ``locate_all`` answers ``ZoneLocator.locate`` for each fix, ``cross_all`` the fences
-    each segment between consecutive fixes touches. ``pairs`` counts the (fix, zone)
-    pairs measured."""
+    each segment between consecutive fixes touches."""
 
-    __slots__ = ("pairs", "zones")
+    __slots__ = ("zones",)
 
     def __init__(self, zones: Zones) -> None:
         self.zones = zones
-        self.pairs = 0
 
     def _query(self, x0: Any, y0: Any, x1: Any, y1: Any) -> tuple[Any, Any]:
         """(item, zone) pairs whose zone box meets item's lon/lat box, longitudes in any
@@ -248,7 +244,6 @@ class BulkPass:
         by = np.maximum(np.maximum(xb[:, 1] - ys, ys - xb[:, 3]), 0.0)
         keep = np.flatnonzero((bx * bx + by * by <= (hf + FAR_M) ** 2) | (shape == CIRCLE))
         fi, zi, xs, ys, hf, shape = fi[keep], zi[keep], xs[keep], ys[keep], hf[keep], shape[keep]
-        self.pairs += len(fi)
         pad = tab.pad[zi]
         geom = tab.geom[zi]
         sd = np.empty(len(fi))

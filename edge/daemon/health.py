@@ -59,8 +59,8 @@ class HealthReporter:
         }
         if d.config.roads.index is not None:
             over = out["rules"]["overspeed"]
-            over["roads"] = d.reloader.roads_health(d.config, over.get("roads"))
-        out["config"] = d.reloader.health(d.config)
+            over["roads"] = d.reloader.roads_health(over.get("roads"))
+        out["config"] = d.reloader.health()
         if d.extra_health is not None:
             out["greengrass"] = d.extra_health()
         out.update(ingest)  # outbox, disk
@@ -76,7 +76,7 @@ class HealthReporter:
                  lat=t.get("Vehicle.CurrentLocation.Latitude"),
                  lon=t.get("Vehicle.CurrentLocation.Longitude"),
                  uplink=str(d.supervisor.state),
-                 published=d.supervisor.all_counters()["published"], queued=d.ingest.pending)
+                 published=d.supervisor.published, queued=d.ingest.pending)
 
     async def run(self) -> None:
         """Publish health and write the status file until cancelled."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -190,11 +190,9 @@ class Ingest:
                 self.queue.clear()
                 self.inflight = []
             except OutboxError as exc:
-                lanes: dict[str, int] = {}
-                for env in left:
-                    lanes[env.lane.name.lower()] = lanes.get(env.lane.name.lower(), 0) + 1
+                lanes = Counter(env.lane.name.lower() for env in left)
                 log.error("outbox: messages lost at shutdown", count=len(left),
-                          lanes=lanes, reason=str(exc))
+                          lanes=dict(lanes), reason=str(exc))
         if self.outbox is not None:
             self.outbox.close()
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from edge.config import Config, changed_sections
-from edge.config_files import check_runtime
+from edge.config_files import check_runtime, file_stamp
 from edge.errors import ConfigError, EdgeError, ZonesError
 
 if TYPE_CHECKING:
@@ -166,13 +166,7 @@ class Reloader:
 
         def stamp() -> tuple[int, int, int] | None:
             p = self._d.config.rules.zones
-            if p is None:
-                return None
-            try:
-                st = p.stat()
-            except OSError:
-                return None
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
+            return None if p is None else file_stamp(p)
 
         last = await asyncio.to_thread(stamp)
         while True:
@@ -186,7 +180,7 @@ class Reloader:
         """Swap to a new road index when the file is replaced (a Greengrass Roads
         deployment renames the new file over the old one); a file that is not an index
         keeps the old one and is logged."""
-        from edge.roads.provider import RoadLimits, file_stamp
+        from edge.roads.provider import RoadLimits
 
         d = self._d
         path = d.config.roads.index
@@ -213,11 +207,13 @@ class Reloader:
             log.info("road index reloaded", path=str(path), segments=new.index.meta.get(
                 "segments"))
 
-    def health(self, config: Config) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
+        source = self._d.config.source
         return {"reloads": self.reloads, "restart_required": self.restart_required,
-                "source": str(config.source) if config.source else None}
+                "source": str(source) if source else None}
 
-    def roads_health(self, config: Config, roads: dict[str, Any] | None) -> dict[str, Any]:
+    def roads_health(self, roads: dict[str, Any] | None) -> dict[str, Any]:
         """The road provider's health with the reloads and the error of the watcher."""
-        return {**(roads or {"index": str(config.roads.index)}), "state": self.roads_state,
+        index = self._d.config.roads.index
+        return {**(roads or {"index": str(index)}), "state": self.roads_state,
                 "reloads": self.roads_reloads, "error": self.roads_error}

@@ -162,6 +162,11 @@ class UplinkSupervisor:
             )
         await self.forwarder.run(uplink, self._ingest.new_rows)
 
+    @property
+    def published(self) -> int:
+        """Messages the broker acknowledged (the forwarder's count)."""
+        return self.forwarder.counters["published"] if self.forwarder is not None else 0
+
     def all_counters(self) -> dict[str, int]:
         """The supervisor's counters with the forwarder's (published, rejected, ...)."""
         from edge.forwarder import COUNTERS

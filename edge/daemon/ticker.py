@@ -37,7 +37,7 @@ async def run_ticker(d: Daemon) -> None:
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + d.config.log.status_interval_s
             d.reporter.log_status()
-        published = d.supervisor.all_counters()["published"]
+        published = d.supervisor.published
         if published - trimmed_at > TRIM_AFTER_PUBLISHED or time.monotonic() >= next_trim:
             next_trim = time.monotonic() + TRIM_EVERY_S
             trimmed_at = published

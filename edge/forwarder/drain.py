@@ -241,15 +241,14 @@ class Forwarder:
         self._staged.add(units)
         self._changed.set()
 
-    async def _claim_urgent(self) -> bool:
-        """New alerts and trip edges to the front of the stage; whether there were any."""
+    async def _claim_urgent(self) -> None:
+        """New alerts and trip edges to the front of the stage."""
         try:
             units = await asyncio.to_thread(self._packer.claim, self.lease, self.window,
                                             urgent_only=True)
         except OutboxError:
-            return False
+            return
         self._staged.add(units)
-        return bool(units)
 
     # ------------------------------------------------------------------ publishing
 

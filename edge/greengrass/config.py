@@ -154,17 +154,13 @@ def config_from_component(
     Relative paths resolve against ``base``, else ``$VEHICLE_EDGE_WORK`` (the recipe sets
     it to the component's work dir), else the current directory."""
     e = os.environ if env is None else env
-    base = base or Path(e.get(WORK_ENV) or Path.cwd())
-    return config_from_dict(component_config_to_dict(value, env=e), base=base)
+    return config_from_dict(component_config_to_dict(value, env=e), base=work_base(base, e))
 
 
-def changed_sections(old: Config, new: Config) -> frozenset[str]:
-    """Top-level config sections that differ (``uplink`` usually means reconnect)."""
-    return frozenset(
-        f.name
-        for f in dataclasses.fields(Config)
-        if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)
-    )
+def work_base(base: Path | None, env: Mapping[str, str]) -> Path:
+    """Where relative paths resolve: ``base``, else ``$VEHICLE_EDGE_WORK`` (the
+    component's work dir), else the current directory."""
+    return base or Path(env.get(WORK_ENV) or Path.cwd())
 
 
 class GreengrassConfigWatcher:
@@ -184,8 +180,7 @@ class GreengrassConfigWatcher:
         reconnect_max_s: float = 30.0,
     ) -> None:
         self._on_config = on_config
-        e = os.environ if env is None else env
-        self._base = base or Path(e.get(WORK_ENV) or Path.cwd())
+        self._base = work_base(base, os.environ if env is None else env)
         self._env = env
         # one ConfigIpc per connection, all with the same socket, token and deadline
         self._ipc_options: dict[str, Any] = {"ipc_socket": ipc_socket, "authtoken": authtoken,

@@ -90,9 +90,7 @@ class ConfigIpc:
                 client.close(executor_wait=False)
 
     async def get_configuration(self) -> dict[str, Any]:
-        if self._client is None:
-            raise UplinkError("ggconfig: not connected")
-        resp = await self._call(self._client.get_configuration_async(key_path=[]),
+        resp = await self._call(self._require().get_configuration_async(key_path=[]),
                                 "GetConfiguration")
         return dict(resp.value or {})
 

@@ -197,16 +197,14 @@ class GreengrassUplink(UplinkBase):
         self.max_message = LITE_MAX_MESSAGE if self.lite else None
         self.max_payload = LITE_MAX_PAYLOAD if self.lite else MAX_PAYLOAD
         self._client: Any = None  # GreengrassCoreIPCClientV2 while connected
-        self._conn: Any = None
         self._lost_reason: str | None = None
-        self._entered = False
 
     @property
     def connected(self) -> bool:
         return self._client is not None and not self._lost.is_set()
 
     async def _connect(self) -> None:
-        if self._entered:
+        if self._client is not None:
             raise RuntimeError("GreengrassUplink is already entered")
         try:
             from awsiot.greengrasscoreipc.client import GreengrassCoreIPCClient
@@ -238,18 +236,14 @@ class GreengrassUplink(UplinkBase):
         except Exception as exc:
             conn.close()
             raise map_ipc_error(exc, "greengrass connect") from exc
-        self._conn = conn
         # executor=None: no callbacks of ours run on the executor; avoids a thread pool.
         self._client = GreengrassCoreIPCClientV2(
             client=GreengrassCoreIPCClient(conn), executor=None
         )
-        self._entered = True
         log.info("uplink_connected", uplink=self.name)
 
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
-        self._conn = None
-        self._entered = False
         if client is None:
             return
         try:

@@ -115,14 +115,12 @@ class Codec:
 
         for s, i, ln, tp, p, a in got:
             payload = bytes(p)
-            if self.sealer is not None or is_sealed(payload):
-                plain = (self.open_value(payload, row_ad(i, ln), f"row {s}")
-                         if is_sealed(payload) else payload)  # plain: stored before sealing
+            if is_sealed(payload):  # a plain row was stored before sealing: as it is
+                plain = self.open_value(payload, row_ad(i, ln), f"row {s}")
                 if plain is None:
                     bad.append(int(s))
                     continue
-                if plain is not payload:
-                    topic, _, payload = plain.partition(b"\n")
-                    tp = topic.decode()
+                topic, _, payload = plain.partition(b"\n")
+                tp = topic.decode()
             rows.append(Row(s, i, Lane(ln), tp, payload, a))
         return rows, bad

@@ -23,7 +23,6 @@ import math
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.core.limits import DEFAULT_SOURCE, Limit, LimitClaim, decide_limit
@@ -44,15 +43,6 @@ class RoadLimit:
     source: str  # road:osm:way/<id> | road:default
     road: str | None  # name (ref)
     way: int
-
-
-def file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """(mtime, size, inode) of the index file, None when it is not there."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class RoadLimits:

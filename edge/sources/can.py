@@ -122,9 +122,9 @@ class CanSource:
             **self.counters,
             "last_error": self.last_error,
         }
-        stats = getattr(self._decoder, "stats", None)
-        if stats is not None and hasattr(stats, "as_dict"):
-            out["decoder"] = stats.as_dict()
+        stats = self._decoder_stats()
+        if stats is not None:
+            out["decoder"] = stats
         if self._obd is not None:
             out["obd"] = self._obd.health()
         return out
@@ -176,20 +176,26 @@ class CanSource:
         warning with the counts -- not a silent drive without speed."""
         if self._speed_checked or self._decoder is None:
             return
-        ids = ", ".join(f"0x{i:X}" for i in sorted(self._wanted))
         frames, samples = self.reader.counters["frames"], self._counters["samples"]
         if self.reader.received >= 2048 and frames == 0:
             self._speed_checked = True
             self._fault("no_speed_frames",
                         f"{self.reader.received} frames read, none with the speed signal's "
-                        f"ID ({self.config.speed_signal}: {ids}); is can.dbc this car's?")
+                        f"ID ({self.config.speed_signal}: {self._ids()}); is can.dbc this "
+                        "car's?")
         elif frames >= 256 and samples == 0:
             self._speed_checked = True
-            stats = getattr(self._decoder, "stats", None)
-            detail = stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else {}
             self._fault("no_speed_samples",
                         f"{frames} frames of {self.config.speed_signal} "
-                        f"({ids}), no speed decoded from them {detail}")
+                        f"({self._ids()}), no speed decoded from them "
+                        f"{self._decoder_stats() or {}}")
+
+    def _ids(self) -> str:
+        return ", ".join(f"0x{i:X}" for i in sorted(self._wanted))
+
+    def _decoder_stats(self) -> dict[str, Any] | None:
+        stats = getattr(self._decoder, "stats", None)
+        return stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else None
 
     def _emit(self, emit: Emit, sample: CanSample) -> None:
         self._counters["samples"] += 1

@@ -48,7 +48,6 @@ class MqttUplink(UplinkBase):
         self._pending: dict[int, asyncio.Future[int]] = {}
         self._early: dict[int, int] = {}
         self._connected: asyncio.Future[None] | None = None
-        self._lost_reason = ""
 
     @property
     def tls(self) -> bool:
@@ -150,7 +149,6 @@ class MqttUplink(UplinkBase):
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        self._lost_reason = str(rc)
         with self._lock:
             pending, self._pending = self._pending, {}
         err = UplinkError(f"connection lost: {rc}")

@@ -16,7 +16,7 @@ import structlog.testing
 
 pytest.importorskip("awsiot.greengrasscoreipc.clientv2")
 
-from edge.config import Config
+from edge.config import Config, changed_sections
 from edge.core.backoff import Backoff
 from edge.errors import (
     ConfigError,
@@ -28,7 +28,6 @@ from edge.errors import (
 from edge.forwarder import Forwarder
 from edge.greengrass.config import (
     GreengrassConfigWatcher,
-    changed_sections,
     component_config_to_dict,
     config_from_component,
 )
