@@ -4,13 +4,11 @@ PUBACK.
 
 * ``drain``: ``Forwarder``, the dispatcher over a window of publishes;
 * ``lease``: ``Lease``, the rows it holds (claims and settlements in worker threads);
-* ``outcomes``: what a publish's result does to its rows; the counters (``COUNTERS``);
 * ``units``: ``Unit`` (one publish and its rows), telemetry batching and compression.
 """
 
-from edge.forwarder.drain import Forwarder
+from edge.forwarder.drain import COUNTERS, Forwarder
 from edge.forwarder.lease import Lease
-from edge.forwarder.outcomes import COUNTERS
 from edge.forwarder.units import CONTENT_ENCODING, Unit, compress, decompress
 
 __all__ = ["CONTENT_ENCODING", "COUNTERS", "Forwarder", "Lease", "Unit", "compress", "decompress"]

@@ -6,23 +6,24 @@ to the caller. ``health()`` reports the counters it owns.
 
 One dispatcher loop walks the *stage*: units (``edge.forwarder.units``) made from rows
 claimed in lane order (alerts, trip edges, telemetry, health) by the ``Lease``, in a
-worker thread, ``2 * window`` at a time while fewer than ``window`` are staged. One
-gate (``_gate``) decides whether the head of the stage may go out now; a publish task
-holds one slot of the window and, when its PUBACK is in, takes the next unit the gate
-lets go. At most ``window`` publishes await their PUBACK at once (pipelining: a 100 ms
-round trip to AWS would otherwise cap a drain at 10 publishes/s) and one slot is kept
-for alerts and trip edges.
+worker thread, ``2 * window`` at a time while fewer than ``window`` are staged. Each
+unit is published by a task of its own; at most ``window`` publishes await their
+PUBACK at once (pipelining: a 100 ms round trip to AWS would otherwise cap a drain at
+10 publishes/s) and one slot of the window is kept for alerts and trip edges.
 
 * Urgent first: claimed alerts and trip edges go to the front of the stage. Before a
   telemetry or health publish the urgent lanes are claimed again -- always under the
   IoT quota (an alert waits at most for the quota tokens of the batch already being
   sent, <= 128 KiB at 512 KiB/s: 0.25 s), and without a quota whenever ``wake`` is set
   (new rows were written) or ``URGENT_RECHECK_S`` has passed.
-* ``IotQuota`` (when the uplink has ``iot_quota``): 100 publishes/s and 512 KiB/s; the
-  wait for its tokens is computed.
-* Outcomes (``edge.forwarder.outcomes``): a row leaves the outbox only after its
-  PUBACK; a rejected publish is dropped and counted; a ``PublishFailed`` holds every
-  publish for a backoff, then one at a time probes until one succeeds (no reconnect).
+* ``IotQuota`` (when the uplink has ``iot_quota``): 100 publishes/s and 512 KiB/s.
+* Outcomes: PUBACK < 0x80 -> ack (rows leave); ``PublishRejected`` -> reject (dropped
+  and counted, never retried); ``PublishFailed`` (this publish failed on a working
+  connection: nucleus lite offline) -> the unit goes back to the stage in its lane
+  order, no publish starts for a capped, jittered backoff, then one at a time probes
+  until one succeeds (the backoff resets; counted in ``publish_failures``, logged once,
+  ``on_publish_error`` told; no reconnect); any other ``UplinkError`` -> the connection
+  is given up. A row leaves the outbox only after its PUBACK.
 * Every claimed row is settled or released before ``run`` returns (also when it is
   cancelled), in a worker thread: no SQLite write on the event loop.
 """
@@ -38,9 +39,8 @@ import structlog
 
 from edge.core.backoff import Backoff
 from edge.core.ratelimit import IotQuota
-from edge.errors import OutboxError, UplinkError
+from edge.errors import OutboxError, PublishFailed, PublishRejected, UplinkError
 from edge.forwarder.lease import Lease
-from edge.forwarder.outcomes import Outcomes
 from edge.forwarder.units import Packer, Stage, Unit
 from edge.logconf import Once
 from edge.outbox import Outbox
@@ -52,6 +52,8 @@ log = structlog.get_logger()
 URGENT_RECHECK_S = 0.02
 # nothing to send: the outbox is looked at again after this even without ``wake``
 IDLE_S = 5.0
+COUNTERS = ("published", "publish_batches", "rejected", "bytes_sent", "publish_failures",
+            "outbox_errors")
 
 
 class Forwarder:
@@ -80,35 +82,33 @@ class Forwarder:
         self.window = max(1, window)
         self.settle_linger_s = settle_linger_s
         self.settle_max = max(1, settle_max)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._retry = retry or Backoff(base_s=0.5, cap_s=60.0)
+        self._on_publish_error = on_publish_error
         self._once = once or Once()
         self._quota = quota
         self.lease = Lease(outbox, once=self._once)
-        self._out = Outcomes(self.lease, retry=retry or Backoff(base_s=0.5, cap_s=60.0),
-                             once=self._once, on_publish_error=on_publish_error)
-        self.counters = self._out.counters
         # one connection's state (reset by run)
         self._packer = Packer(thing=thing, batch_max=self.batch_max)
         self._staged = Stage()  # claimed, not yet published
         self._flying: set[asyncio.Task[None]] = set()  # publishes awaiting their PUBACK
         self._bulk_flying = 0  # ... of them telemetry or health
         self._changed = asyncio.Event()  # a publish ended, units were staged, link lost
+        self._failed: BaseException | None = None
+        self._hold_until = 0.0  # after a PublishFailed, no publish before this (monotonic)
         self._dry = False  # the last claim found nothing: wait for ``wake``
-        self._bucket: IotQuota | None = None  # the IoT quota, when the uplink has one
-        self._wake = asyncio.Event()  # new rows were written (run's argument)
-        self._checked: Unit | None = None  # the bulk unit the urgent lanes were checked for
-        self._next_urgent = 0.0  # without a quota: look for new alerts again from then
 
     def health(self) -> dict[str, Any]:
         """The counters this forwarder owns and what it holds now."""
         return {"counters": dict(self.counters), "leased": len(self.lease),
                 "staged": len(self._staged), "in_flight": len(self._flying),
-                "publish_failing": self._out.retry.attempts > 0}
+                "publish_failing": self._retry.attempts > 0}
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self, uplink: Uplink, wake: asyncio.Event) -> None:
         """Serve one connection until it is lost (raises ``UplinkError``)."""
-        self._bucket = IotQuota.aws() if self._quota and uplink.iot_quota else None
+        quota = IotQuota.aws() if self._quota and uplink.iot_quota else None
         compression = self.compression if uplink.user_properties else "none"
         if compression != self.compression:
             self._once(log, "no-compression", "uplink cannot declare content-encoding;"
@@ -117,15 +117,16 @@ class Forwarder:
                               max_payload=min(MAX_PAYLOAD, uplink.max_payload),
                               compression=compression)
         self._staged, self._flying, self._bulk_flying = Stage(), set(), 0
-        self._changed, self._dry = asyncio.Event(), False
-        self._wake, self._checked, self._next_urgent = wake, None, 0.0
-        self._out.reset()
+        self._changed, self._failed, self._hold_until, self._dry = asyncio.Event(), None, 0.0, False
+        self._retry.reset()
         self.lease.open()
         helpers = [asyncio.create_task(self.lease.settle_loop(
                        linger_s=self.settle_linger_s, max_rows=self.settle_max), name="settle"),
                    asyncio.create_task(self._watch(uplink.lost), name="watch-lost")]
         refill: asyncio.Task[None] | None = None
         try:
+            checked: Unit | None = None  # the bulk unit the urgent lanes were checked for
+            next_urgent = 0.0
             while True:
                 self._changed.clear()
                 self._raise_if_over(uplink, helpers)
@@ -134,27 +135,43 @@ class Forwarder:
                     refill = None
                 if wake.is_set():
                     self._dry = False
-                if (refill is None and len(self._staged) < self.window and not self._dry
+                staged = self._staged
+                if (refill is None and len(staged) < self.window and not self._dry
                         and not self.lease.settle_failing):
                     wake.clear()
                     refill = asyncio.create_task(self._refill(), name="claim")
-                now = time.monotonic()
-                verdict, unit, timeout = self._gate(now, own_slot=False)
-                if unit is not None:
-                    self._launch(uplink, unit)
-                elif verdict == "urgent":  # new alerts and trip edges to the front
-                    self._checked = self._staged[0]
-                    self._next_urgent, self._dry = now + URGENT_RECHECK_S, False
-                    wake.clear()
-                    await self._claim_urgent()
-                elif verdict == "empty":
+                if not staged:
                     dry = refill is None and self._dry
                     await self._wait(0.1 if self.lease.settle_failing else IDLE_S,
                                      wake if dry else None)
-                    if dry:  # woken by new rows, or looking again after IDLE_S
-                        self._dry = False
-                else:
-                    await self._wait(timeout)
+                    self._dry = False if dry else self._dry
+                    continue
+                unit = staged[0]
+                now = time.monotonic()
+                full = len(self._flying) >= self.window
+                bulk_full = full or (self.window > 1 and self._bulk_flying >= self.window - 1)
+                if not unit.urgent and not full and (
+                        (quota is not None and not bulk_full and unit is not checked)
+                        or (quota is None and (wake.is_set() or now >= next_urgent))):
+                    # under the quota just before a bulk publish, else now and then
+                    checked, next_urgent, self._dry = unit, now + URGENT_RECHECK_S, False
+                    wake.clear()
+                    if await self._claim_urgent():
+                        continue
+                if self._retry.attempts:  # publishes fail: wait, then one at a time
+                    if self._hold_until > now or self._flying:
+                        await self._wait(max(0.0, self._hold_until - now) or IDLE_S)
+                        continue
+                elif full or (bulk_full and not unit.urgent):
+                    await self._wait(IDLE_S if quota is not None or unit.urgent
+                                     else max(0.0, next_urgent - now))
+                    continue
+                if quota is not None:
+                    delay = quota.delay(now, len(unit.payload))
+                    if delay > 0:
+                        await self._wait(delay)
+                        continue
+                self._launch(uplink, staged.popleft())
         finally:
             tasks = [*helpers, *self._flying, *([refill] if refill is not None else [])]
             try:
@@ -164,39 +181,9 @@ class Forwarder:
             finally:
                 await self.lease.close()
 
-    def _gate(self, now: float, *, own_slot: bool) -> tuple[str, Unit | None, float]:
-        """May the head of the stage go out now? ``("go", unit, 0)`` (popped), else why
-        not: ``"empty"``, ``"urgent"`` (look for new alerts first) or ``"wait"`` (for a
-        slot, the backoff or the quota: at most ``timeout``). ``own_slot``: asked by a
-        publish task that holds a slot of the window already."""
-        if not self._staged or self._out.failed is not None:
-            return "empty", None, 0.0
-        unit = self._staged[0]
-        quota = self._bucket
-        flying = len(self._flying) - own_slot
-        full = flying >= self.window
-        bulk_full = full or (self.window > 1 and self._bulk_flying >= self.window - 1)
-        if not unit.urgent and not full and (
-                (quota is not None and not bulk_full and unit is not self._checked)
-                or (quota is None and (self._wake.is_set() or now >= self._next_urgent))):
-            # under the quota just before a bulk publish, else now and then
-            return "urgent", None, 0.0
-        hold = self._out.hold_until - now
-        if self._out.retry.attempts:  # publishes fail: wait, then one at a time
-            if hold > 0 or flying:
-                return "wait", None, max(0.0, hold) or IDLE_S
-        elif full or (bulk_full and not unit.urgent):
-            return "wait", None, (IDLE_S if quota is not None or unit.urgent
-                                  else max(0.0, self._next_urgent - now))
-        if quota is not None:
-            delay = quota.delay(now, len(unit.payload))
-            if delay > 0:
-                return "wait", None, delay
-        return "go", self._staged.popleft(), 0.0
-
     def _raise_if_over(self, uplink: Uplink, helpers: list[asyncio.Task[None]]) -> None:
-        if self._out.failed is not None:
-            raise self._out.failed
+        if self._failed is not None:
+            raise self._failed
         if uplink.lost.is_set():
             raise UplinkError("connection lost")
         for h in helpers:
@@ -241,44 +228,72 @@ class Forwarder:
         self._staged.add(units)
         self._changed.set()
 
-    async def _claim_urgent(self) -> None:
-        """New alerts and trip edges to the front of the stage."""
+    async def _claim_urgent(self) -> bool:
+        """New alerts and trip edges to the front of the stage; whether there were any."""
         try:
             units = await asyncio.to_thread(self._packer.claim, self.lease, self.window,
                                             urgent_only=True)
         except OutboxError:
-            return
+            return False
         self._staged.add(units)
+        return bool(units)
 
     # ------------------------------------------------------------------ publishing
 
     def _launch(self, uplink: Uplink, unit: Unit) -> None:
-        self._take_slot(unit)
-        task = asyncio.create_task(self._publish(uplink, unit), name="publish")
+        task = asyncio.create_task(self._send(uplink, unit), name="publish")
         self._flying.add(task)
-        task.add_done_callback(self._landed)
-
-    def _take_slot(self, unit: Unit) -> None:
         if not unit.urgent:
             self._bulk_flying += 1
+        task.add_done_callback(lambda t: self._landed(t, unit))
 
-    def _landed(self, task: asyncio.Task[None]) -> None:
+    def _landed(self, task: asyncio.Task[None], unit: Unit) -> None:
         self._flying.discard(task)
+        if not unit.urgent:
+            self._bulk_flying -= 1
         self._changed.set()
 
-    async def _publish(self, uplink: Uplink, unit: Unit) -> None:
-        """Publish ``unit``, then -- holding the same slot of the window -- every next
-        unit the gate lets go at once; anything else is the dispatcher's to decide."""
-        next_unit: Unit | None = unit
-        while next_unit is not None:
-            unit = next_unit
-            try:
-                await self._out.send(uplink, unit, self._staged)
-            finally:
-                if not unit.urgent:
-                    self._bulk_flying -= 1
-            next_unit = self._gate(time.monotonic(), own_slot=True)[1]
-            if next_unit is not None:
-                self._take_slot(next_unit)
-                if len(self._staged) < self.window:
-                    self._changed.set()  # the dispatcher claims more
+    async def _send(self, uplink: Uplink, unit: Unit) -> None:
+        try:
+            await uplink.publish(unit.topic, unit.payload, qos=1,
+                                 user_properties=unit.user_properties)
+        except PublishRejected as exc:
+            self.counters["rejected"] += len(unit.seqs)
+            self._once(log, f"rejected:{unit.topic}", "publish rejected, dropped",
+                       topic=unit.topic, rows=len(unit.seqs), reason=str(exc))
+            self.lease.reject(unit.seqs)
+        except PublishFailed as exc:
+            self._publish_failed(unit, exc)
+        except UplinkError as exc:
+            self._failed = self._failed or exc  # its rows are released at the end of run
+        except TimeoutError:
+            self._failed = self._failed or UplinkError(f"no PUBACK for {unit.topic}")
+        except Exception as exc:  # a defect: run() raises it
+            self._failed = self._failed or exc
+        else:
+            self._published(unit)
+
+    def _publish_failed(self, unit: Unit, exc: PublishFailed) -> None:
+        """The connection works, this publish did not: the unit again after a backoff."""
+        self.counters["publish_failures"] += 1
+        now = time.monotonic()
+        if self._hold_until <= now:  # one backoff step per failing round
+            delay = self._retry.next()
+            self._hold_until = now + delay
+            self._once(log, "publish-failed", "publish failed, retrying with backoff",
+                       topic=unit.topic, reason=str(exc), retry_in_s=round(delay, 2))
+            if self._on_publish_error is not None:
+                self._on_publish_error(str(exc))
+        self._staged.put_back(unit)
+
+    def _published(self, unit: Unit) -> None:
+        if self._retry.attempts:
+            self._retry.reset()
+            self._once.clear("publish-failed")
+            log.info("publish works again", topic=unit.topic)
+            if self._on_publish_error is not None:
+                self._on_publish_error(None)
+        self.counters["published"] += len(unit.seqs)
+        self.counters["publish_batches"] += 1
+        self.counters["bytes_sent"] += len(unit.payload)
+        self.lease.ack(unit.seqs)
