@@ -62,7 +62,7 @@ PROJECT_BAR_MB = 60.0
 DAEMON_MODULES = ("edge.cli", "edge.app", "edge.sources.gnss", "edge.uplinks.mqtt",
                   "edge.core.engine", "edge.core.zones", "edge.outbox")
 HEAVY = ("asyncio", "ssl", "sqlite3", "structlog", "serial", "pynmea2", "shapely",
-         "paho.mqtt.client", "uvloop", "edge.core.zones", "edge.cli")
+         "paho.mqtt.client", "edge.core.zones", "edge.cli")
 
 
 class TimedSubscriber(Subscriber):
@@ -225,14 +225,9 @@ def long_drive(tmp: Path, broker: Broker, epochs: int) -> dict[str, Any]:
 
 
 def import_rss(modules: tuple[str, ...]) -> int:
-    code = ("import sys\n"
-            f"for m in {list(modules)!r}:\n"
-            "    try: __import__(m)\n"
-            "    except ImportError: pass\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True, cwd=ROOT, timeout=60)
-    return int(r.stdout.strip())
+    from bench.bench_rss import import_rss as rss
+
+    return rss(modules)[0]
 
 
 def import_times(modules: tuple[str, ...]) -> list[tuple[str, float]]:

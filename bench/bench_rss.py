@@ -52,21 +52,14 @@ THING = "car-rss-1"
 DRIVE = ROOT / "sim" / "drives" / "city"
 DBC = ROOT / "sim" / "dbc" / "demo.dbc"
 # third-party (and heavy stdlib) modules a GNSS + slcan + mqtt daemon has loaded
+# (uvloop only with VEHICLE_EDGE_EVENT_LOOP=uvloop, edge.process)
 DAEMON_THIRD_PARTY = ("asyncio", "ssl", "sqlite3", "structlog", "serial", "pynmea2",
-                      "shapely", "paho.mqtt.client", "uvloop", "can", "can.interfaces.slcan")
+                      "shapely", "paho.mqtt.client", "can", "can.interfaces.slcan")
 EDGE = ("edge.cli", "edge.app", "edge.sources.gnss", "edge.sources.can", "edge.uplinks.mqtt",
         "edge.core.engine", "edge.core.zones", "edge.outbox")
 # what each costs alone; the last ones must not be in the daemon
 IMPORTS = (*DAEMON_THIRD_PARTY, "edge.cli", "edge.app", "edge.sources.can",
            "edge.core.canspeed", "cantools", "awscrt", "matplotlib", "rich", "colorama")
-# the daemon on asyncio's own event loop: uvloop made unimportable, ``edge.app._run``
-# falls back (what the encrypted daemon would save without uvloop, bench_seal)
-NO_UVLOOP = (
-    "import runpy, sys\n"
-    "sys.modules['uvloop'] = None  # import uvloop -> ImportError\n"
-    "sys.argv = ['edge', *sys.argv[1:]]\n"
-    "runpy.run_module('edge', run_name='__main__', alter_sys=True)\n"
-)
 # resident memory of the daemon by what it belongs to (``rss_by_part``): the first
 # part whose marker is in a mapping's path; anonymous memory is "heap"
 PARTS = (
@@ -215,7 +208,8 @@ def rss_by_part(smaps: str) -> dict[str, int]:
 
 def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
                    preload_cantools: bool = False, outbox_extra: str = "",
-                   no_uvloop: bool = False, modules_out: Path | None = None) -> dict[str, Any]:
+                   env: dict[str, str] | None = None,
+                   modules_out: Path | None = None) -> dict[str, Any]:
     """RSS samples (KiB, one a second) of ``edge run`` under traffic, its health and
     its resident memory by part at the last sample (``rss_by_part``). With
     ``modules_out`` the daemon runs under ``DUMP_MODULES`` and writes there the modules
@@ -229,10 +223,10 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
     cfg = _config(d, broker, gnss, adapter.path, outbox_extra)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT),
-                                                       os.environ.get("PYTHONPATH"))))}
+                                                       os.environ.get("PYTHONPATH")))),
+           **(env or {})}
     args = ["run", "--config", str(cfg)]
     cmd = ([sys.executable, "-c", PRELOAD, str(DBC), *args] if preload_cantools
-           else [sys.executable, "-c", NO_UVLOOP, *args] if no_uvloop
            else [sys.executable, "-c", DUMP_MODULES, str(modules_out), *args] if modules_out
            else [sys.executable, "-m", "edge", *args])
     log = d / "daemon.log"
@@ -266,14 +260,15 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
 
 
 def import_rss(modules: tuple[str, ...]) -> tuple[int, list[str]]:
-    """VmRSS (KiB) of a fresh python after importing ``modules``; the ones missing."""
+    """VmRSS (KiB) of a fresh ``python -OO`` (as the daemon runs, ``edge.process``)
+    after importing ``modules``; the ones missing."""
     code = ("import sys\nmissing = []\n"
             f"for m in {list(modules)!r}:\n"
             "    try: __import__(m)\n"
             "    except ImportError: missing.append(m)\n"
             "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')]\n"
             "print(rss[0], ','.join(missing))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True,
                        check=True, cwd=ROOT, timeout=120)
     kb, _, missing = r.stdout.strip().partition(" ")
     return int(kb), [m for m in missing.split(",") if m]

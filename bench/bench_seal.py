@@ -12,18 +12,19 @@
 * ``seal.daemon_rss.<part>``: where the encrypted daemon's resident memory is, from
   /proc/PID/smaps (``bench_rss.rss_by_part``): ``cryptography`` (its ``_rust`` module,
   which carries its own OpenSSL, and cffi), ``numpy`` and ``shapely_geos`` (zones),
-  ``uvloop``, ``openssl_system`` (the libssl/libcrypto of Python's ``ssl``: MQTT/TLS),
-  ``python`` (libpython, stdlib extensions), ``heap`` (anonymous: Python objects,
-  malloc), ``other`` (libc, libstdc++, sqlite, ...). Baseline: the same part with
-  encryption off.
+  ``uvloop`` (0 unless asked for), ``openssl_system`` (the libssl/libcrypto of
+  Python's ``ssl``: MQTT/TLS), ``python`` (libpython, stdlib extensions), ``heap``
+  (anonymous: Python objects, malloc), ``other`` (libc, libstdc++, sqlite, ...).
+  Baseline: the same part with encryption off.
 * ``seal.daemon_modules``: how many modules the encrypted daemon has loaded (a short
-  run of its own; baseline: encryption off). ``seal.floor_libraries``: a bare python
+  run of its own; baseline: encryption off). ``seal.floor_libraries``: a bare python -OO
   importing only the third-party modules that daemon loads (``bench_rss``'s list and
   AESGCM), no edge code, no data: what the libraries alone take of the 60 MB (baseline:
   the encrypted daemon). ``seal.floor_edge_imports``: the same plus edge's modules the
   daemon loads, still no data: what edge's code adds (issue 18's module diet).
-* ``seal.daemon_rss_asyncio_loop``: the encrypted daemon with uvloop made unimportable
-  (``edge.app._run`` falls back to asyncio's loop): what the event loop costs.
+* ``seal.daemon_rss_uvloop`` and ``seal.daemon_rss_unoptimized``: the encrypted daemon
+  with the process knobs of ``edge.process`` at their other values (uvloop's event loop;
+  not started over as ``python -OO``): what each default saves.
 
 Each rate is the best of several alternating rounds (the machine is shared: the best
 round is the least disturbed one, for both sides alike).
@@ -124,6 +125,7 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
         measure_daemon,
         median_import_rss,
     )
+    from edge.process import LOOP_ENV, OPTIMIZE_ENV
     from edge.seal import keygen
     from tests.support.broker import Broker, Pki
 
@@ -141,8 +143,11 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
         for _ in range(rounds):  # alternating, so both sides see the same machine
             ons.append(measure_daemon(tmp, broker, seconds, outbox_extra=extra))
             offs.append(measure_daemon(tmp, broker, seconds))
-        asyncio_loop = measure_daemon(tmp, broker, seconds, outbox_extra=extra,
-                                      no_uvloop=True)
+        # the two process knobs (edge.process) at their other values, for comparison
+        uvloop = measure_daemon(tmp, broker, seconds, outbox_extra=extra,
+                                env={LOOP_ENV: "uvloop"})
+        unoptimized = measure_daemon(tmp, broker, seconds, outbox_extra=extra,
+                                     env={OPTIMIZE_ENV: "0"})
         listed = {enc: tmp / f"modules-{enc}.txt" for enc in (True, False)}
         for enc, out in listed.items():
             measure_daemon(tmp, broker, 3.0, outbox_extra=extra if enc else "",
@@ -151,18 +156,21 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
     finally:
         broker.stop()
         shutil.rmtree(pki.dir, ignore_errors=True)
-    for on in (*ons, asyncio_loop):
+    for on in (*ons, uvloop, unoptimized):
         if not (on["health"].get("outbox") or {}).get("encryption"):
             raise RuntimeError(f"the daemon did not run with encryption on: {on['health']}")
-    if asyncio_loop["parts_kb"]["uvloop"]:
-        raise RuntimeError("the daemon meant to run on asyncio's loop loaded uvloop")
+    for run_, want in ((ons[0], {"optimize": 2, "event_loop": "asyncio"}),
+                       (uvloop, {"optimize": 2, "event_loop": "uvloop"}),
+                       (unoptimized, {"optimize": 0, "event_loop": "asyncio"})):
+        if run_["health"].get("process") != want:
+            raise RuntimeError(f"the daemon ran as {run_['health'].get('process')}, not {want}")
 
     def last_mb(run: dict[str, Any]) -> float:
         return float(run["rss_kb"][-1]) / 1024
 
     mb_on = statistics.median(last_mb(r) for r in ons)
     mb_off = statistics.median(last_mb(r) for r in offs)
-    mb_asyncio = last_mb(asyncio_loop)
+    mb_uvloop, mb_unoptimized = last_mb(uvloop), last_mb(unoptimized)
     spread = (f"{min(map(last_mb, ons)):.1f}-{max(map(last_mb, ons)):.1f}" if rounds > 1
               else f"{mb_on:.1f}")
     bare, _ = import_rss(())
@@ -189,9 +197,12 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
             round(floor_libs / 1024, 1),
             "the same plus edge's modules the encrypted daemon loads, no data (baseline:"
             " the libraries alone)"),
-        row("seal.daemon_rss_asyncio_loop", round(mb_asyncio, 1), "MB", round(mb_on, 1),
-            "the same encrypted daemon on asyncio's loop instead of uvloop (not the"
-            " default: for comparison)"),
+        row("seal.daemon_rss_uvloop", round(mb_uvloop, 1), "MB", round(mb_on, 1),
+            f"the same encrypted daemon with {LOOP_ENV}=uvloop (one run; baseline: the"
+            " default, asyncio's loop)"),
+        row("seal.daemon_rss_unoptimized", round(mb_unoptimized, 1), "MB", round(mb_on, 1),
+            f"the same with {OPTIMIZE_ENV}=0: not started over as python -OO (one run;"
+            " baseline: the default)"),
         row("seal.import_rss", round((aead - bare) / 1024, 1), "MB", None,
             "cryptography's AESGCM alone (imported only when encryption is on)"),
     ]

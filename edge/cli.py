@@ -326,9 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the commands that run a daemon: a process that lives for hours (``edge.process``)
+DAEMON_COMMANDS = ("run", "sim")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in DAEMON_COMMANDS:
+            from edge.process import check_environment, restart_optimized
+
+            check_environment()
+            if argv is None:  # this process is the command (not a caller's function)
+                restart_optimized()
         return int(args.func(args))
     except EdgeError as exc:
         print(describe(exc), file=sys.stderr)

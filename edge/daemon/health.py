@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from edge import __version__
 from edge.errors import EdgeError
 from edge.model import Event
 from edge.private import write_status
+
+from .loop import loop_kind
 
 if TYPE_CHECKING:
     from edge.app import Daemon
@@ -50,6 +53,8 @@ class HealthReporter:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "uptime_s": round(time.monotonic() - d.started_mono, 1),
+            # how the process runs (edge.process): python -OO, which event loop
+            "process": {"optimize": sys.flags.optimize, "event_loop": loop_kind()},
             "uplink": d.supervisor.health(),
             "queue": ingest.pop("queue"),
             "outbox_mode": ingest.pop("outbox_mode"),

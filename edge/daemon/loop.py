@@ -1,4 +1,5 @@
-"""The event loop a command runs on (uvloop when installed) and the stop signals."""
+"""The event loop a command runs on (``VEHICLE_EDGE_EVENT_LOOP``: asyncio's own unless
+uvloop is asked for, see ``edge.process``) and the stop signals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import structlog
+
+from edge.process import event_loop_name
 
 from .heap import limit_arenas
 
@@ -47,11 +50,16 @@ async def run_until_signalled(
 
 
 def run_loop(coro: Awaitable[int]) -> int:
-    """Run ``coro`` to its exit status on a new event loop."""
+    """Run ``coro`` to its exit status on a new event loop of the kind the environment
+    names (``edge.process.event_loop_name``)."""
     limit_arenas()  # before the event loop's executor starts any thread
-    try:
+    if event_loop_name() == "uvloop":
         import uvloop
 
         return uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def loop_kind() -> str:
+    """The running event loop's library: ``asyncio`` or ``uvloop`` (health)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

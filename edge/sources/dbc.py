@@ -33,6 +33,7 @@ from edge.core.canspeed import (
 )
 from edge.core.dbcspec import BitLayout, MuxCondition, SignalSpec, split_signal
 from edge.errors import ConfigError
+from edge.process import cache_root
 
 COMPILE_TIMEOUT_S = 120.0  # a large DBC on a Pi Zero takes a few seconds
 
@@ -126,8 +127,7 @@ def compile_spec(dbc: Path, signal: str) -> SignalSpec:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vehicle-edge" / "dbc"
+    return cache_root() / "dbc"
 
 
 def cache_path(digest: str, signal: str, directory: Path | None = None) -> Path:

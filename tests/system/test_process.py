@@ -1,0 +1,120 @@
+"""How a real ``edge run`` process runs (``edge.process``): started over once as
+``python -OO`` in the same pid with its bytecode cached privately, on asyncio's loop
+unless ``VEHICLE_EDGE_EVENT_LOOP=uvloop``; a wrong knob is refused naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.process import (
+    LOOP_ENV,
+    OPTIMIZE_ENV,
+    check_environment,
+    event_loop_name,
+    optimize_wanted,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
+
+
+def _env(tmp_path: Path, **knobs: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in (OPTIMIZE_ENV, LOOP_ENV, "PYTHONPYCACHEPREFIX",
+                        "PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE")}
+    return env | {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)} | knobs
+
+
+def _run(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str, int]:
+    """A real ``edge run`` (GNSS pty, the city zones, a file uplink) until its first
+    health file: the health, the process's command line as the kernel has it, its pid."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    health = tmp_path / "health.json"
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        'thing = "car-process-1"\n'
+        f'[gnss]\nport = "{os.ttyname(slave)}"\n'
+        f'[rules]\nzones = "{ZONES}"\n'
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+                            env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        body = json.loads(health.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return body, cmdline, proc.pid
+
+
+def test_edge_run_starts_over_as_python_OO_in_the_same_pid_on_asyncios_loop(
+    tmp_path: Path,
+) -> None:
+    body, cmdline, pid = _run(tmp_path, _env(tmp_path))
+    assert body["pid"] == pid  # execve: what systemd or the nucleus started is the daemon
+    assert body["process"] == {"optimize": 2, "event_loop": "asyncio"}
+    assert f"{sys.executable} -OO -m edge run --config" in cmdline
+    # the -OO bytecode is cached in a private folder the daemon's user owns
+    cache = tmp_path / "cache" / "vehicle-edge" / "bytecode"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    cached = list(cache.rglob("*.opt-2.pyc"))
+    assert any(p.name.startswith("engine.") for p in cached), cached[:5]
+
+
+def test_knobs_turn_off_the_restart_and_choose_uvloop(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    body, cmdline, _ = _run(tmp_path, _env(tmp_path, **{OPTIMIZE_ENV: "0", LOOP_ENV: "uvloop"}))
+    assert body["process"] == {"optimize": 0, "event_loop": "uvloop"}
+    assert "-OO" not in cmdline
+    assert not (tmp_path / "cache" / "vehicle-edge" / "bytecode").exists()
+
+
+@pytest.mark.parametrize(("knob", "value", "says"), [
+    (LOOP_ENV, "tokio", "must be one of asyncio, uvloop, got 'tokio'"),
+    (OPTIMIZE_ENV, "yes", "must be 1 (run under python -OO, the default) or 0, got 'yes'"),
+])
+def test_a_wrong_knob_is_refused_naming_it_before_anything_starts(
+    tmp_path: Path, knob: str, value: str, says: str,
+) -> None:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'thing = "car-process-2"\n[outbox]\npath = "{tmp_path / "o.db"}"\n'
+                   f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n')
+    r = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+                       env=_env(tmp_path, **{knob: value}), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"edge: invalid configuration: {knob}: {says}"
+    assert not (tmp_path / "o.db").exists()
+
+
+def test_knob_values() -> None:
+    assert optimize_wanted({}) is True
+    assert optimize_wanted({OPTIMIZE_ENV: " 0 "}) is False
+    assert event_loop_name({}) == "asyncio"
+    assert event_loop_name({LOOP_ENV: "AsyncIO"}) == "asyncio"
+    assert event_loop_name({LOOP_ENV: ""}) == "asyncio"
+    check_environment({OPTIMIZE_ENV: "1", LOOP_ENV: "asyncio"})
