@@ -488,6 +488,8 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
     whl = art / "vehicle_edge-9.9.9-py3-none-any.whl"
     with zipfile.ZipFile(whl, "w") as z:
         z.writestr("vedge_stub.py", "def main():\n    print('ok')\n")
+        z.writestr("edge/__init__.py", "")  # the real step that runs after pip
+        z.write(ROOT / "edge" / "pagecache.py", "edge/pagecache.py")
         di = "vehicle_edge-9.9.9.dist-info"
         z.writestr(f"{di}/METADATA", "Metadata-Version: 2.1\nName: vehicle-edge\nVersion: 9.9.9\n")
         z.writestr(f"{di}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
@@ -502,6 +504,8 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
          "9.9.10"], capture_output=True, text=True, env=env, timeout=300,
     )
     assert r.returncode == 0, r.stderr + r.stdout
+    # the daemon will start right away: what pip wrote left the page cache
+    assert "page cache: dropped " in r.stdout and "venv-9.9.10" in r.stdout, r.stdout
     # the venv is named by the component version, which need not be the package's
     out = subprocess.run([str(work / "venv-9.9.10" / "bin" / "edge")], capture_output=True,
                          text=True, timeout=30)
