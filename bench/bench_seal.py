@@ -124,6 +124,7 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
         import_rss,
         measure_daemon,
         median_import_rss,
+        warm_bytecode,
     )
     from edge.process import LOOP_ENV, OPTIMIZE_ENV
     from edge.seal import keygen
@@ -140,6 +141,7 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
     ons: list[dict[str, Any]] = []
     offs: list[dict[str, Any]] = []
     try:
+        warm_bytecode(tmp, broker)
         for _ in range(rounds):  # alternating, so both sides see the same machine
             ons.append(measure_daemon(tmp, broker, seconds, outbox_extra=extra))
             offs.append(measure_daemon(tmp, broker, seconds))

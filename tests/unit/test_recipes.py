@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -506,6 +507,13 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr + r.stdout
     # the daemon will start right away: what pip wrote left the page cache
     assert "page cache: dropped " in r.stdout and "venv-9.9.10" in r.stdout, r.stdout
+    # and the -OO bytecode the daemon will load is in its private cache (edge.process)
+    bytecode = work / "cache" / "vehicle-edge" / "bytecode"
+    assert stat.S_IMODE(bytecode.stat().st_mode) == 0o700
+    compiled = {p.name for p in bytecode.rglob("*.opt-2.pyc")}
+    assert {"vedge_stub.cpython-311.opt-2.pyc", "pagecache.cpython-311.opt-2.pyc",
+            "decoder.cpython-311.opt-2.pyc"} <= compiled  # the package, edge, json's stdlib
+    assert not any("/site-packages/pip/" in str(p) for p in bytecode.rglob("*.pyc"))
     # the venv is named by the component version, which need not be the package's
     out = subprocess.run([str(work / "venv-9.9.10" / "bin" / "edge")], capture_output=True,
                          text=True, timeout=30)

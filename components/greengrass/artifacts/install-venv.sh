@@ -28,12 +28,27 @@ fi
 # may bump it without a new package, e.g. GDK's NEXT_PATCH) is not the package's
 "$VENV/bin/python" -m pip install --no-index --find-links "$WH" --no-cache-dir --disable-pip-version-check \
     vehicle-edge
+# the daemon runs as python -OO with its bytecode cached in $XDG_CACHE_HOME/vehicle-edge/bytecode
+# (the recipe sets XDG_CACHE_HOME={work:path}/cache; edge.process): compile the stdlib and
+# the venv into it now, so the first start after a deployment compiles nothing
+BYTECODE="$WORK/cache/vehicle-edge/bytecode"
+mkdir -p "$BYTECODE" && chmod 700 "$BYTECODE"
+STDLIB=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
+    -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|site-packages|dist-packages)/' \
+    "$STDLIB" || echo "bytecode: some of $STDLIB did not compile" >&2
+PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
+    -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
+    "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
 # the daemon starts right after this with no reboot: drop the libraries pip just wrote from
 # the page cache, where recent kernels keep them in large folios that a process mapping
 # them counts whole (~6 MB more RSS), so they are read in as after a boot
 "$VENV/bin/python" -m edge.pagecache "$VENV" || echo "page cache: left as it is" >&2
 touch "$VENV/.complete"
 rm -rf "$WH"
-# keep the previous version for a rollback, remove older ones
-ls -d "$WORK"/venv-* 2>/dev/null | grep -v "/venv-$VERSION\$" | sort -V | head -n -1 | xargs -r rm -rf
+# keep the previous version for a rollback, remove older ones (and their bytecode)
+for OLD in $(ls -d "$WORK"/venv-* 2>/dev/null | grep -v "/venv-$VERSION\$" | sort -V | head -n -1); do
+    rm -rf "$OLD" "$BYTECODE$OLD"
+done
 echo "vehicle-edge $VERSION installed in $VENV"
