@@ -10,12 +10,13 @@ one of them. Both sides are timed with ``time.process_time`` in the same run:
 Live bus (``live_bus``): CanSource on python-can's virtual bus, in one process. A sender
 thread pushes a fixed-rate mix (default 20,000 frames/s, ~2.5x a saturated 1 Mbit/s bus,
 20 IDs: VEHICLE_SPEED 0x3E9 of ``sim/dbc/demo.dbc`` at 50 Hz, ENGINE_1, WHEEL_SPEEDS and
-17 other IDs as background) while ``CanSource(interface="virtual", mode="dbc")`` reads it
-on the event loop (uvloop when installed), emitting into a counting callback. Timed with
-``time.process_time`` from the first frame sent until the source has read the last one;
-the sender's own cost is measured alone in the same run (same bus, one listener whose
-queue nobody reads) and subtracted: what is left is the source path (its reader thread,
-the hand-off to the loop, the ID filter, the queue, the decoder, the emit).
+17 other IDs as background) while ``CanSource(interface="virtual", mode="dbc")`` reads
+it on the daemon's event loop (asyncio's unless VEHICLE_EDGE_EVENT_LOOP=uvloop),
+emitting into a counting callback. Timed with ``time.process_time`` from the first frame
+sent until the source has read the last one; the sender's own cost is measured alone in
+the same run (same bus, one listener whose queue nobody reads) and subtracted: what is
+left is the source path (its reader thread, the hand-off to the loop, the ID filter, the
+queue, the decoder, the emit).
 
 Run: ``.venv/bin/python -m bench.bench_can`` (prints a table; ``run()`` returns rows).
 """
@@ -288,14 +289,11 @@ def live_bus(seconds: float = LIVE_SECONDS, rate: float = LIVE_RATE) -> dict[str
     """Run the live-bus measurement; the raw numbers (see the module docstring)."""
     msgs, _ = live_traffic(rate)
     sender_cpu_per_frame = _sender_alone(msgs, min(int(seconds * rate), 100_000))
-    try:
-        import uvloop
+    from edge.daemon.loop import run_loop
+    from edge.process import event_loop_name
 
-        res: dict[str, Any] = uvloop.run(_live(msgs, seconds, rate))
-        res["loop"] = "uvloop"
-    except ImportError:
-        res = asyncio.run(_live(msgs, seconds, rate))
-        res["loop"] = "asyncio"
+    res: dict[str, Any] = run_loop(_live(msgs, seconds, rate))  # the daemon's loop
+    res["loop"] = event_loop_name()
     res["sender_cpu_per_frame"] = sender_cpu_per_frame
     res["source_cpu_s"] = res["cpu_s"] - res["sent"] * sender_cpu_per_frame
     return res

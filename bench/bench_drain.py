@@ -2,8 +2,8 @@
 bare paho QoS 1 publish loop), 24 h of 1 Hz telemetry (86,400 records) drained under the
 IoT Core quotas (goal <= 60 s), broker back -> first publish (goal <= 2 s), and the real
 daemon (``edge run``) started on a 1,000,000-row backlog -> its first new alert at an
-observer (goal <= 2 s). The drains run on the daemon's event loop (uvloop when
-installed, as ``edge run``). ``run() -> list[dict]``."""
+observer (goal <= 2 s). The drains run on the daemon's event loop (asyncio's
+unless ``VEHICLE_EDGE_EVENT_LOOP=uvloop``, as ``edge run``). ``run() -> list[dict]``."""
 
 from __future__ import annotations
 
@@ -34,12 +34,11 @@ T = TypeVar("T")
 
 
 def _loop_run(coro: Awaitable[T]) -> T:
-    """Run on the daemon's event loop (``edge.daemon.loop.run_loop``: uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type]
+    """Run on the daemon's event loop (``edge.daemon.loop.run_loop``: asyncio's unless
+    ``VEHICLE_EDGE_EVENT_LOOP=uvloop``)."""
+    from edge.daemon.loop import run_loop
+
+    return run_loop(coro)
 
 
 def _cfg(b: Broker) -> UplinkConfig:

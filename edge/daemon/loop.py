@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -16,6 +17,7 @@ from edge.process import event_loop_name
 from .heap import limit_arenas
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 async def run_until_signalled(
@@ -49,9 +51,9 @@ async def run_until_signalled(
     return 0
 
 
-def run_loop(coro: Awaitable[int]) -> int:
-    """Run ``coro`` to its exit status on a new event loop of the kind the environment
-    names (``edge.process.event_loop_name``)."""
+def run_loop(coro: Awaitable[T]) -> T:
+    """Run ``coro`` to its result on a new event loop of the kind the environment names
+    (``edge.process.event_loop_name``)."""
     limit_arenas()  # before the event loop's executor starts any thread
     if event_loop_name() == "uvloop":
         import uvloop

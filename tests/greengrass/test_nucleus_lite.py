@@ -216,6 +216,12 @@ def test_zones_roads_daemon_simulator_on_nucleus_lite(gg: GgLite, stage: Path) -
 
     s = wait_for("the Daemon to read the ptys and keep an alert", ready, timeout=90)
     assert s["state"] == "running"
+    # started over as python -OO on asyncio's loop, its bytecode compiled by the install
+    # step into the cache the recipe gives it (edge.process)
+    assert s["process"] == {"optimize": 2, "event_loop": "asyncio"}
+    cached = gg.sh(f"find {GG_ROOT}/work/{DAEMON}/cache/vehicle-edge/bytecode"
+                   " -name 'engine.cpython-311.opt-2.pyc'")
+    assert "/edge/core/engine.cpython-311.opt-2.pyc" in cached, cached
     zones = s["rules"]["zones"]
     assert zones["source"] == f"{GG_ROOT}/work/{ZONES}/zones.geojson" and zones["error"] is None
     assert zones["fence"] >= 1 and zones["poi"] >= 1
