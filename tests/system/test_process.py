@@ -36,7 +36,8 @@ def _env(tmp_path: Path, **knobs: str) -> dict[str, str]:
     return env | {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)} | knobs
 
 
-def _run(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str, int]:
+def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = ()
+         ) -> tuple[dict[str, Any], str, int]:
     """A real ``edge run`` (GNSS pty, the city zones, a file uplink) until its first
     health file: the health, the process's command line as the kernel has it, its pid."""
     master, slave = os.openpty()
@@ -51,8 +52,8 @@ def _run(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str, int]
         f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
         f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
-                            env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*(launcher or (sys.executable, "-m", "edge")), "run", "--config",
+                             str(cfg)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -83,6 +84,15 @@ def test_edge_run_starts_over_as_python_OO_in_the_same_pid_on_asyncios_loop(
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     cached = list(cache.rglob("*.opt-2.pyc"))
     assert any(p.name.startswith("engine.") for p in cached), cached[:5]
+
+
+def test_the_installed_edge_command_starts_over_the_same_way(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "edge"  # the console script pip wrote
+    if not script.exists():
+        pytest.skip(f"no {script}")
+    body, cmdline, pid = _run(tmp_path, _env(tmp_path), launcher=(str(script),))
+    assert body["pid"] == pid and body["process"]["optimize"] == 2
+    assert cmdline.startswith(f"{sys.executable} -OO {script} run --config"), cmdline
 
 
 def test_knobs_turn_off_the_restart_and_choose_uvloop(tmp_path: Path) -> None:
