@@ -30,14 +30,16 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 DBC = ROOT / "sim" / "dbc" / "demo.dbc"
 # none of these serves a GNSS + zones + file-uplink daemon; ctypes.util would run
 # ``ldconfig -p`` at start (the heap knobs find libc in the process instead) and gzip
-# is for an uplink that compresses
+# is for an uplink that compresses; the whole-drive geometry is edge replay's and edge
+# report's
 ABSENT = ("edge.roads", "edge.commands", "cryptography", "cantools", "can", "awscrt",
           "awsiot", "paho", "matplotlib", "rich", "colorama", "pyosmium", "osmium",
-          "ctypes.util", "gzip")
+          "ctypes.util", "gzip", "edge.core.drivegeo")
 # the module diet of the encrypted CAN (DBC) daemon (issue 18: RSS <= 60 MB): AES-GCM
 # needs no X.509, key serialisation or asymmetric crypto; a DBC bus no OBD-II session
-ABSENT_ENCRYPTED_DBC = ("edge.roads", "edge.commands", "cantools", "awscrt", "awsiot",
-                        "matplotlib", "ctypes.util", "edge.core.obd", "edge.sources.canobd",
+ABSENT_ENCRYPTED_DBC = ("edge.roads", "edge.commands", "edge.core.drivegeo", "cantools",
+                        "awscrt", "awsiot", "matplotlib", "ctypes.util", "edge.core.obd",
+                        "edge.sources.canobd",
                         "cryptography.x509", "cryptography.hazmat.primitives.serialization",
                         "cryptography.hazmat.primitives.asymmetric",
                         "cryptography.hazmat.backends")
