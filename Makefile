@@ -27,15 +27,20 @@ $(VENV)/.installed: pyproject.toml
 	  echo "python3 -m venv failed: sudo apt-get install -y python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@# daemons run as python -OO (edge.process): their bytecode, ready where pip and the
-	@# checkout keep it (a daemon compiling ~500 modules at start holds ~1 MB more)
-	$(PY) -OO -m compileall -qq -j0 $(VENV)/lib edge sim || echo "bytecode: some files did not compile"
 	@# what pip just wrote sits in the page cache in large folios on recent kernels: a
 	@# daemon mapping those libraries would count ~6 MB more RSS than after a boot
 	$(PY) -m edge.pagecache $(VENV)
 	@touch $@
 
-venv: $(VENV)/.installed
+# daemons run as python -OO (edge.process) and pip writes only the plain bytecode: the -OO
+# one, next to the venv's and the checkout's sources (a venv made before this step gets it
+# too); a daemon compiling ~500 modules at each start (this machine sets
+# PYTHONDONTWRITEBYTECODE) keeps ~1.2 MB of the compiler's leftovers in its heap
+$(VENV)/.bytecode-opt2: $(VENV)/.installed
+	$(PY) -OO -m compileall -qq -j0 $(VENV)/lib edge sim || echo "bytecode: some files did not compile"
+	@touch $@
+
+venv: $(VENV)/.installed $(VENV)/.bytecode-opt2
 
 # Mosquitto (broker + clients) and openssl from the distribution when missing.
 system-deps:

@@ -70,13 +70,15 @@ PARTS = (
     ("openssl_system", ("libssl.so", "libcrypto.so")),
     ("python", ("libpython", "/lib-dynload/")),
 )
-# the daemon, writing the names of the modules it loaded when it exits (``modules_out``)
+# the daemon, writing the names of the modules it loaded when it exits (``modules_out``):
+# ``edge run ARGS`` runs as ``python -OO -m edge.daemon ARGS`` (edge.process), and this
+# wrapper stays around it when it starts itself over
 DUMP_MODULES = (
     "import atexit, runpy, sys\n"
     "out = sys.argv[1]\n"
     "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules))))\n"
-    "sys.argv = ['edge', *sys.argv[2:]]\n"
-    "runpy.run_module('edge', run_name='__main__', alter_sys=True)\n"
+    "sys.argv = ['edge.daemon', *sys.argv[3:]]  # without 'run'\n"
+    "runpy.run_module('edge.daemon', run_name='__main__', alter_sys=True)\n"
 )
 PRELOAD = (
     "import runpy, sys, cantools\n"

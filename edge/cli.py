@@ -8,38 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import __version__
-from edge.config import Config, load_config
+from edge.config import Config
+from edge.daemon.start import configure_logging as _logging
+from edge.daemon.start import load_config_or_exit as _load
+from edge.daemon.start import run as run_daemon_command
 from edge.errors import ConfigError, EdgeError, ExitCode, describe, exit_code
 
 
-def _load(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(describe(exc, config=f"config {path}"), file=sys.stderr)
-        raise SystemExit(exit_code(exc)) from None
-
-
-def _logging(cfg: Config | None, *, quiet: bool = False) -> None:
-    from edge.logconf import configure
-
-    if cfg is None:
-        configure("warning" if quiet else "info")
-    else:
-        configure("warning" if quiet else cfg.log.level, cfg.log.format)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.greengrass:
-        _logging(None)
-        from edge.app import run_greengrass
-
-        return run_greengrass()
-    cfg = _load(args.config)
-    _logging(cfg)
-    from edge.app import run_daemon
-
-    return run_daemon(cfg)
+    return run_daemon_command(None if args.greengrass else args.config)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -330,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 DAEMON_COMMANDS = ("run", "sim")
 
 
+def _daemon_args(args: argparse.Namespace) -> list[str] | None:
+    """``edge run``'s arguments for ``python -m edge.daemon`` (``edge.daemon.start``)."""
+    if args.command != "run":
+        return None
+    return ["--greengrass"] if args.greengrass else ["--config", str(args.config)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -338,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_environment()
             if argv is None:  # this process is the command (not a caller's function)
-                restart_optimized()
+                restart_optimized(daemon_args=_daemon_args(args))
         return int(args.func(args))
     except EdgeError as exc:
         print(describe(exc), file=sys.stderr)

@@ -5,12 +5,16 @@ configuration is read, and under Greengrass before the nucleus has sent one):
 
 ``VEHICLE_EDGE_OPTIMIZE`` = ``1`` (default) | ``0``
     ``edge run`` and ``edge sim`` start over once as ``python -OO`` (``execve``: the same
-    pid, arguments and environment): the docstrings of the ~500 modules a daemon loads
-    are not kept in memory (1.9 MB of resident memory on the bench's encrypted daemon).
+    pid and environment; ``edge run --config FILE`` as ``python -OO -m edge.daemon
+    --config FILE``, without the command line's parser, ``edge.daemon.start``): the
+    docstrings of the ~540 modules a daemon loads are not kept in memory (3.1 MB of
+    resident memory on the bench's encrypted daemon, its bytecode compiled ahead).
     ``-OO`` also drops ``assert`` statements; edge's only narrow types. The bytecode
     compiled for ``-OO`` is cached in ``${XDG_CACHE_HOME:-~/.cache}/vehicle-edge/bytecode``
-    (a private folder) unless ``PYTHONPYCACHEPREFIX`` names another place, so a venv or
-    a system Python the daemon's user cannot write is compiled once, not at every start.
+    (a private folder) unless ``PYTHONPYCACHEPREFIX`` names another place or
+    ``PYTHONDONTWRITEBYTECODE`` is set, so a venv or a system Python the daemon's user
+    cannot write is compiled once, not at every start (the install steps compile it
+    ahead: ``make venv`` next to the sources, the Greengrass install step into that cache).
 ``VEHICLE_EDGE_EVENT_LOOP`` = ``asyncio`` (default) | ``uvloop``
     asyncio's own event loop, or uvloop's. The daemon's event rate (tens of NMEA
     sentences, a few hundred CAN frames a second) does not need uvloop: its CPU time on
@@ -24,7 +28,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edge.errors import ConfigError, EdgeError
@@ -74,10 +78,36 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     event_loop_name(env)
 
 
-def restart_optimized(env: Mapping[str, str] | None = None) -> None:
-    """Start this process over as ``python -OO`` with the same command line, unless it
-    runs optimized already or ``VEHICLE_EDGE_OPTIMIZE=0``. Returns only when it does not
-    (or cannot: the reason on stderr, and the daemon runs as it is)."""
+def _interpreter_options(argv: Sequence[str]) -> list[str] | None:
+    """The interpreter's options of ``argv`` (``sys.orig_argv``) when it ran edge's
+    command line plainly (``python [opts] -m edge ...`` or the ``edge`` script), else
+    None (``-c`` wrappers, other modules: started over as they are)."""
+    rest = list(argv[1:])
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("-X", "-W"):  # an option with a value
+            i += 2
+        elif a == "-m":
+            return rest[:i] if rest[i + 1:i + 2] == ["edge"] else None
+        elif a.startswith("-c") or a.startswith("-m"):
+            return None
+        elif a.startswith("-"):
+            i += 1
+        else:
+            return rest[:i] if Path(a).name == "edge" else None
+    return None
+
+
+def restart_optimized(env: Mapping[str, str] | None = None,
+                      daemon_args: Sequence[str] | None = None) -> None:
+    """Start this process over as ``python -OO``, unless it runs optimized already or
+    ``VEHICLE_EDGE_OPTIMIZE=0``: with the same command line, or, for ``edge run``
+    (``daemon_args``: ``--config FILE`` or ``--greengrass``, checked by its parser), as
+    ``python -OO -m edge.daemon DAEMON_ARGS``, which leaves the command line's parser
+    (argparse, gettext, ``edge.cli``: 0.3-0.4 MB) out of a process that runs for days.
+    Returns only when it does not start over (or cannot: the reason on stderr, and the
+    daemon runs as it is)."""
     e = dict(os.environ if env is None else env)
     if e.pop(_RESTARTED_ENV, None) is not None:
         os.environ.pop(_RESTARTED_ENV, None)  # not inherited by what this process starts
@@ -97,10 +127,14 @@ def restart_optimized(env: Mapping[str, str] | None = None) -> None:
             print(f"edge: bytecode cache {cache} unusable ({exc}); modules are compiled"
                   " at each start", file=sys.stderr)
     e[_RESTARTED_ENV] = "1"
+    new = [sys.executable, "-OO", *argv[1:]]
+    opts = _interpreter_options(argv) if daemon_args is not None else None
+    if daemon_args is not None and opts is not None:
+        new = [sys.executable, "-OO", *opts, "-m", "edge.daemon", *daemon_args]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-OO", *argv[1:]], e)
+        os.execve(sys.executable, new, e)
     except OSError as exc:
         print(f"edge: could not start over as python -OO ({exc}); running unoptimized",
               file=sys.stderr)

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 from edge.config import RulesConfig
-from edge.core.drivegeo import DriveGeometry
 from edge.core.geofence import GeofenceTracker, hysteresis_for
 from edge.core.limits import Limit
 from edge.core.poi import PoiTracker
@@ -39,6 +38,7 @@ from edge.core.zoneview import ZoneView
 from edge.model import Event, Fix, SpeedSample
 
 if TYPE_CHECKING:
+    from edge.core.drivegeo import DriveGeometry  # edge replay/report only, not the daemon
     from edge.roads.provider import RoadLimits
 
 _Body = dict[str, object]

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Set
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge.core.drivegeo import DriveGeometry
 from edge.core.geo import M_PER_DEG, wrap_lon
 from edge.core.geofence import MAX_CROSS_MPS
 from edge.core.limits import LimitClaim
 from edge.core.zones import Zone, ZoneLocator, Zones
+
+if TYPE_CHECKING:
+    from edge.core.drivegeo import DriveGeometry  # edge replay/report only, not the daemon
 
 __all__ = ["ZoneView"]
 

@@ -8,4 +8,6 @@
 * ``health``      the health message and the status file ``edge status`` reads
 * ``heap``        glibc arena cap and trim (resident memory on a Pi)
 * ``loop``        the event loop a command runs on, and the stop signals
+* ``start``       config or a clear exit, logging, and ``python -m edge.daemon`` (the
+                  daemon without the command line's parser)
 """

@@ -1,5 +1,6 @@
 """The passage of time for the rules (gaps, timeouts, a restart's resume), the periodic
-status line, and heap trims (periodically, and at once after a burst of publishes)."""
+status line, and heap trims (after start-up, periodically, and at once after a burst of
+publishes: ``edge.daemon.heap.TrimSchedule``)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,19 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from .heap import TRIM_EVERY_S, trim_heap
+from .heap import TrimSchedule, trim_heap
+from .supervisor import UplinkState
 
 if TYPE_CHECKING:
     from edge.app import Daemon
 
 TICK_S = 1.0
-TRIM_AFTER_PUBLISHED = 1000  # a burst: a backlog drained
 
 
 async def run_ticker(d: Daemon) -> None:
     assert d.engine is not None
     next_status = time.monotonic() + min(5.0, d.config.log.status_interval_s)
-    next_trim = time.monotonic() + TRIM_EVERY_S
-    trimmed_at = 0
+    trims = TrimSchedule()
     while True:
         await asyncio.sleep(TICK_S)
         engine = d.engine
@@ -37,8 +37,6 @@ async def run_ticker(d: Daemon) -> None:
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + d.config.log.status_interval_s
             d.reporter.log_status()
-        published = d.supervisor.published
-        if published - trimmed_at > TRIM_AFTER_PUBLISHED or time.monotonic() >= next_trim:
-            next_trim = time.monotonic() + TRIM_EVERY_S
-            trimmed_at = published
+        if trims.due(time.monotonic(), d.supervisor.published,
+                     d.supervisor.state == UplinkState.CONNECTED):
             trim_heap()

@@ -20,6 +20,7 @@ import pytest
 from edge.process import (
     LOOP_ENV,
     OPTIMIZE_ENV,
+    _interpreter_options,
     check_environment,
     event_loop_name,
     optimize_wanted,
@@ -36,8 +37,8 @@ def _env(tmp_path: Path, **knobs: str) -> dict[str, str]:
     return env | {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)} | knobs
 
 
-def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = ()
-         ) -> tuple[dict[str, Any], str, int]:
+def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = (),
+         command: tuple[str, ...] = ("run",)) -> tuple[dict[str, Any], str, int]:
     """A real ``edge run`` (GNSS pty, the city zones, a file uplink) until its first
     health file: the health, the process's command line as the kernel has it, its pid."""
     master, slave = os.openpty()
@@ -52,8 +53,9 @@ def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = ()
         f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
         f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n')
-    proc = subprocess.Popen([*(launcher or (sys.executable, "-m", "edge")), "run", "--config",
-                             str(cfg)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*(launcher or (sys.executable, "-m", "edge")), *command,
+                             "--config", str(cfg)], env=env, cwd=tmp_path,
+                            stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -78,7 +80,8 @@ def test_edge_run_starts_over_as_python_OO_in_the_same_pid_on_asyncios_loop(
     body, cmdline, pid = _run(tmp_path, _env(tmp_path))
     assert body["pid"] == pid  # execve: what systemd or the nucleus started is the daemon
     assert body["process"] == {"optimize": 2, "event_loop": "asyncio"}
-    assert f"{sys.executable} -OO -m edge run --config" in cmdline
+    # edge run's daemon without the command line's parser (edge.daemon.start)
+    assert f"{sys.executable} -OO -m edge.daemon --config {tmp_path / 'edge.toml'}" in cmdline
     # the -OO bytecode is cached in a private folder the daemon's user owns
     cache = tmp_path / "cache" / "vehicle-edge" / "bytecode"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
@@ -92,7 +95,26 @@ def test_the_installed_edge_command_starts_over_the_same_way(tmp_path: Path) -> 
         pytest.skip(f"no {script}")
     body, cmdline, pid = _run(tmp_path, _env(tmp_path), launcher=(str(script),))
     assert body["pid"] == pid and body["process"]["optimize"] == 2
-    assert cmdline.startswith(f"{sys.executable} -OO {script} run --config"), cmdline
+    assert cmdline.startswith(f"{sys.executable} -OO -m edge.daemon --config"), cmdline
+
+
+def test_the_daemon_entry_started_directly_starts_over_as_it_is(tmp_path: Path) -> None:
+    body, cmdline, _ = _run(tmp_path, _env(tmp_path), launcher=(sys.executable, "-m",
+                                                                "edge.daemon"), command=())
+    assert body["process"]["optimize"] == 2
+    assert cmdline.startswith(f"{sys.executable} -OO -m edge.daemon --config"), cmdline
+
+
+def test_a_wrapper_or_interpreter_options_are_kept() -> None:
+    py = "/venv/bin/python"
+    assert _interpreter_options([py, "-m", "edge", "run"]) == []
+    assert _interpreter_options([py, "-X", "importtime", "-u", "-m", "edge"]) == [
+        "-X", "importtime", "-u"]
+    assert _interpreter_options([py, "/venv/bin/edge", "run"]) == []
+    # a -c wrapper (the tests' module dump) or another module starts over as it is
+    assert _interpreter_options([py, "-c", "import runpy", "run"]) is None
+    assert _interpreter_options([py, "-m", "edge.daemon", "--config", "x"]) is None
+    assert _interpreter_options([py, "/usr/bin/other", "run"]) is None
 
 
 def test_knobs_turn_off_the_restart_and_choose_uvloop(tmp_path: Path) -> None:

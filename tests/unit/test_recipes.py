@@ -9,6 +9,7 @@ with our own JSON Schema, written here, in the GDK's convention: keys compared l
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import stat
@@ -519,6 +520,9 @@ def test_install_script_installs_offline_from_a_wheelhouse(tmp_path: Path) -> No
                          text=True, timeout=30)
     assert out.stdout.strip() == "ok"
     assert not (work / "wheelhouse-9.9.10-x86_64").exists()
+    # the venv's modules have -OO bytecode caches: an optimised daemon compiles nothing
+    stub = next((work / "venv-9.9.10" / "lib").glob("python3*/site-packages/vedge_stub.py"))
+    assert Path(importlib.util.cache_from_source(str(stub), optimization=2)).is_file()
 
 
 def test_build_rejects_bad_arguments(tmp_path: Path) -> None:

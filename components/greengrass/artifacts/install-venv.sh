@@ -41,6 +41,10 @@ PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
 PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
     -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
     "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
+# and next to the venv's sources, where a daemon looks when PYTHONDONTWRITEBYTECODE is set
+# in its environment (it then uses no cache folder)
+"$VENV/bin/python" -OO -m compileall -qq -j0 -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
+    "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
 # the daemon starts right after this with no reboot: drop the libraries pip just wrote from
 # the page cache, where recent kernels keep them in large folios that a process mapping
 # them counts whole (~6 MB more RSS), so they are read in as after a boot
