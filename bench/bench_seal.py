@@ -193,7 +193,7 @@ def _rss(tmp: Path, quick: bool) -> list[dict[str, Any]]:
         row("seal.daemon_modules", modules[True], "modules", modules[False],
             "loaded by the encrypted daemon (baseline: encryption off)"),
         row("seal.floor_libraries", round(floor_libs / 1024, 1), "MB", round(mb_on, 1),
-            "bare python importing only the daemon's third-party modules and AESGCM, no"
+            "bare python -OO importing only the daemon's third-party modules and AESGCM, no"
             " edge code, no data (median of 3; baseline: the encrypted daemon)"),
         row("seal.floor_edge_imports", round(floor_edge / 1024, 1), "MB",
             round(floor_libs / 1024, 1),
