@@ -122,3 +122,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def run_until_health(cmd: list[str], *, env: dict[str, str], cwd: Path,
+                     health: Path) -> tuple[dict[str, object], str, int]:
+    """Run ``cmd`` (a daemon) until it writes ``health``, then SIGTERM it (it must exit
+    0): its first health document, its command line as the kernel had it, its pid."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        body = json.loads(health.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return body, cmdline, proc.pid

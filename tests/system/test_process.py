@@ -4,13 +4,10 @@ unless ``VEHICLE_EDGE_EVENT_LOOP=uvloop``; a wrong knob is refused naming it."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 import tty
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from edge.process import (
     event_loop_name,
     optimize_wanted,
 )
+from tests.support.daemon import run_until_health
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
@@ -53,25 +51,12 @@ def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = (),
         f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
         f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n')
-    proc = subprocess.Popen([*(launcher or (sys.executable, "-m", "edge")), *command,
-                             "--config", str(cfg)], env=env, cwd=tmp_path,
-                            stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert health.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        body = json.loads(health.read_text())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        return run_until_health([*(launcher or (sys.executable, "-m", "edge")), *command,
+                                 "--config", str(cfg)], env=env, cwd=tmp_path, health=health)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         os.close(master)
         os.close(slave)
-    return body, cmdline, proc.pid
 
 
 def test_edge_run_starts_over_as_python_OO_in_the_same_pid_on_asyncios_loop(

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import tty
 from pathlib import Path
 
 import pytest
 
 from edge.daemon.heap import limit_arenas
+from tests.support.daemon import run_until_health
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
@@ -65,19 +64,10 @@ def loaded_modules(tmp_path: Path, sections: str,
     mods = tmp_path / "modules.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("MALLOC_ARENA_MAX", None)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(mods), *command, "--config",
-                             str(cfg)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert health.exists(), proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        run_until_health([sys.executable, "-c", CHILD, str(mods), *command, "--config",
+                          str(cfg)], env=env, cwd=tmp_path, health=health)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         os.close(master)
         os.close(slave)
     return list(json.loads(mods.read_text()))
