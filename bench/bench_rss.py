@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 from sim.slcan import SlcanPtyAdapter  # noqa: E402
 from tests.support.broker import Broker, Pki  # noqa: E402
 from tests.support.chaos import rss_kb, wait_until  # noqa: E402
+from tests.support.proc import die_with_parent  # noqa: E402
 
 GOAL_MB = 60.0
 THING = "car-rss-1"
@@ -233,7 +234,8 @@ def measure_daemon(tmp: Path, broker: Broker, seconds: float, *,
            else [sys.executable, "-m", "edge", *args])
     log = d / "daemon.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=d)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=d,
+                                preexec_fn=die_with_parent)
     traffic = Traffic(master, adapter)
     samples: list[int] = []
     try:

@@ -19,6 +19,7 @@ from edge.outbox import Outbox
 from tests.conftest import THING
 from tests.support.broker import Broker
 from tests.support.nmea import T0, epoch
+from tests.support.proc import die_with_parent
 
 
 class PtyFeeder:
@@ -75,7 +76,7 @@ def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
     """``edge run --config cfg`` as a real process (stdout and stderr piped)."""
     return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
     )
 
 
@@ -128,7 +129,8 @@ def run_until_health(cmd: list[str], *, env: dict[str, str], cwd: Path,
                      health: Path) -> tuple[dict[str, object], str, int]:
     """Run ``cmd`` (a daemon) until it writes ``health``, then SIGTERM it (it must exit
     0): its first health document, its command line as the kernel had it, its pid."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stderr=subprocess.PIPE,
+                            preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + 60
         while not health.exists() and proc.poll() is None and time.monotonic() < deadline:
