@@ -29,14 +29,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# what pip just wrote sits in the page cache in large folios on recent kernels: a
 	@# daemon mapping those libraries would count ~6 MB more RSS than after a boot
-	$(PY) -m edge.pagecache $(VENV)
+	$(PY) -m edge.pagecache $(VENV) || echo "page cache: left as it is"
 	@touch $@
 
 # daemons run as python -OO (edge.process) and pip writes only the plain bytecode: the -OO
-# one, next to the venv's and the checkout's sources (a venv made before this step gets it
-# too); a daemon compiling ~500 modules at each start (this machine sets
-# PYTHONDONTWRITEBYTECODE) keeps ~1.2 MB of the compiler's leftovers in its heap
-$(VENV)/.bytecode-opt2: $(VENV)/.installed
+# one, next to the venv's and the checkout's sources (again after an edit), which is what a
+# daemon loads where PYTHONDONTWRITEBYTECODE is set (this machine; elsewhere it fills its
+# own cache folder at its first start): compiling ~500 modules at each start keeps ~1.2 MB
+# of the compiler's leftovers in its heap
+$(VENV)/.bytecode-opt2: $(VENV)/.installed $(wildcard edge/*.py edge/*/*.py sim/*.py)
 	$(PY) -OO -m compileall -qq -j0 $(VENV)/lib edge sim || echo "bytecode: some files did not compile"
 	@touch $@
 

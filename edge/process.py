@@ -11,10 +11,11 @@ configuration is read, and under Greengrass before the nucleus has sent one):
     resident memory on the bench's encrypted daemon, its bytecode compiled ahead).
     ``-OO`` also drops ``assert`` statements; edge's only narrow types. The bytecode
     compiled for ``-OO`` is cached in ``${XDG_CACHE_HOME:-~/.cache}/vehicle-edge/bytecode``
-    (a private folder) unless ``PYTHONPYCACHEPREFIX`` names another place or
-    ``PYTHONDONTWRITEBYTECODE`` is set, so a venv or a system Python the daemon's user
-    cannot write is compiled once, not at every start (the install steps compile it
-    ahead: ``make venv`` next to the sources, the Greengrass install step into that cache).
+    (a private folder) unless ``PYTHONPYCACHEPREFIX`` names another place, so a venv or a
+    system Python the daemon's user cannot write is compiled once, not at every start (the
+    Greengrass install step fills it ahead). With ``PYTHONDONTWRITEBYTECODE`` there is no
+    cache folder: the ``-OO`` bytecode next to the sources is loaded (``make venv`` and the
+    install step write it). The new process runs with ``-P`` (``_new_command``).
 ``VEHICLE_EDGE_EVENT_LOOP`` = ``asyncio`` (default) | ``uvloop``
     asyncio's own event loop, or uvloop's. The daemon's event rate (tens of NMEA
     sentences, a few hundred CAN frames a second) does not need uvloop: its CPU time on
@@ -78,25 +79,47 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     event_loop_name(env)
 
 
-def _interpreter_options(argv: Sequence[str]) -> list[str] | None:
-    """The interpreter's options of ``argv`` (``sys.orig_argv``) when it ran edge's
-    command line plainly (``python [opts] -m edge ...`` or the ``edge`` script), else
-    None (``-c`` wrappers, other modules: started over as they are)."""
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``sys.orig_argv`` without the interpreter: (its options, what it ran: ``-m MOD
+    ...``, ``-c CODE ...`` or ``SCRIPT ...``)."""
     rest = list(argv[1:])
     i = 0
     while i < len(rest):
         a = rest[i]
         if a in ("-X", "-W"):  # an option with a value
             i += 2
-        elif a == "-m":
-            return rest[:i] if rest[i + 1:i + 2] == ["edge"] else None
-        elif a.startswith("-c") or a.startswith("-m"):
-            return None
-        elif a.startswith("-"):
-            i += 1
+        elif a.startswith("-c") or a.startswith("-m") or not a.startswith("-"):
+            break
         else:
-            return rest[:i] if Path(a).name == "edge" else None
+            i += 1
+    return rest[:i], rest[i:]
+
+
+def _interpreter_options(argv: Sequence[str]) -> list[str] | None:
+    """The interpreter's options of ``argv`` (``sys.orig_argv``) when it ran edge's
+    command line plainly (``python [opts] -m edge ...`` or the ``edge`` script), else
+    None (``-c`` wrappers, other modules: started over as they are)."""
+    opts, ran = _split(argv)
+    if ran[:2] == ["-m", "edge"] or (ran and not ran[0].startswith("-")
+                                     and Path(ran[0]).name == "edge"):
+        return opts
     return None
+
+
+def _new_command(argv: Sequence[str], daemon_args: Sequence[str] | None) -> list[str]:
+    """The command line to start over with: ``-OO`` in place of any ``-O``, and ``-P``
+    (no working directory or script folder on ``sys.path``: a daemon whose working
+    directory it may write, as under systemd or Greengrass, must not import a ``.py`` left
+    there) unless edge itself is imported from the working directory (a checkout run as
+    it is)."""
+    opts, ran = _split(argv)
+    opts = [o for o in opts if o not in ("-O", "-OO")]
+    edge_root = Path(__file__).resolve().parent.parent
+    if edge_root != Path.cwd().resolve() and "-P" not in opts:
+        opts.append("-P")
+    if daemon_args is not None and _interpreter_options(argv) is not None:
+        ran = ["-m", "edge.daemon", *daemon_args]
+    return [sys.executable, "-OO", *opts, *ran]
 
 
 def restart_optimized(env: Mapping[str, str] | None = None,
@@ -127,14 +150,10 @@ def restart_optimized(env: Mapping[str, str] | None = None,
             print(f"edge: bytecode cache {cache} unusable ({exc}); modules are compiled"
                   " at each start", file=sys.stderr)
     e[_RESTARTED_ENV] = "1"
-    new = [sys.executable, "-OO", *argv[1:]]
-    opts = _interpreter_options(argv) if daemon_args is not None else None
-    if daemon_args is not None and opts is not None:
-        new = [sys.executable, "-OO", *opts, "-m", "edge.daemon", *daemon_args]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, new, e)
+        os.execve(sys.executable, _new_command(argv, daemon_args), e)
     except OSError as exc:
         print(f"edge: could not start over as python -OO ({exc}); running unoptimized",
               file=sys.stderr)

@@ -18,6 +18,7 @@ from edge.process import (
     LOOP_ENV,
     OPTIMIZE_ENV,
     _interpreter_options,
+    _new_command,
     check_environment,
     event_loop_name,
     optimize_wanted,
@@ -66,7 +67,7 @@ def test_edge_run_starts_over_as_python_OO_in_the_same_pid_on_asyncios_loop(
     assert body["pid"] == pid  # execve: what systemd or the nucleus started is the daemon
     assert body["process"] == {"optimize": 2, "event_loop": "asyncio"}
     # edge run's daemon without the command line's parser (edge.daemon.start)
-    assert f"{sys.executable} -OO -m edge.daemon --config {tmp_path / 'edge.toml'}" in cmdline
+    assert f"{sys.executable} -OO -P -m edge.daemon --config {tmp_path / 'edge.toml'}" in cmdline
     # the -OO bytecode is cached in a private folder the daemon's user owns
     cache = tmp_path / "cache" / "vehicle-edge" / "bytecode"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
@@ -80,18 +81,34 @@ def test_the_installed_edge_command_starts_over_the_same_way(tmp_path: Path) -> 
         pytest.skip(f"no {script}")
     body, cmdline, pid = _run(tmp_path, _env(tmp_path), launcher=(str(script),))
     assert body["pid"] == pid and body["process"]["optimize"] == 2
-    assert cmdline.startswith(f"{sys.executable} -OO -m edge.daemon --config"), cmdline
+    assert cmdline.startswith(f"{sys.executable} -OO -P -m edge.daemon --config"), cmdline
+
+
+def test_a_python_file_in_the_working_directory_is_not_imported(tmp_path: Path) -> None:
+    """systemd and Greengrass run the daemon in a folder it can write: what is left
+    there must not shadow edge or the stdlib once it starts over (``-P``)."""
+    script = Path(sys.executable).parent / "edge"
+    if not script.exists():
+        pytest.skip(f"no {script}")
+    for name in ("edge", "tomllib"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise SystemExit('{name} shadowed')\n")
+    body, cmdline, _ = _run(tmp_path, _env(tmp_path), launcher=(str(script),))
+    assert body["process"]["optimize"] == 2 and " -P -m edge.daemon " in cmdline
 
 
 def test_the_daemon_entry_started_directly_starts_over_as_it_is(tmp_path: Path) -> None:
     body, cmdline, _ = _run(tmp_path, _env(tmp_path), launcher=(sys.executable, "-m",
                                                                 "edge.daemon"), command=())
     assert body["process"]["optimize"] == 2
-    assert cmdline.startswith(f"{sys.executable} -OO -m edge.daemon --config"), cmdline
+    assert cmdline.startswith(f"{sys.executable} -OO -P -m edge.daemon --config"), cmdline
 
 
-def test_a_wrapper_or_interpreter_options_are_kept() -> None:
+def test_a_wrapper_or_interpreter_options_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     py = "/venv/bin/python"
+    monkeypatch.chdir(tmp_path)  # a daemon's working directory, not the checkout
     assert _interpreter_options([py, "-m", "edge", "run"]) == []
     assert _interpreter_options([py, "-X", "importtime", "-u", "-m", "edge"]) == [
         "-X", "importtime", "-u"]
@@ -100,6 +117,16 @@ def test_a_wrapper_or_interpreter_options_are_kept() -> None:
     assert _interpreter_options([py, "-c", "import runpy", "run"]) is None
     assert _interpreter_options([py, "-m", "edge.daemon", "--config", "x"]) is None
     assert _interpreter_options([py, "/usr/bin/other", "run"]) is None
+    # -O gives way to -OO (not -OO -O: optimize 3, no opt-2 bytecode); -P unless edge is
+    # imported from the working directory (a checkout run as it is)
+    ran = _new_command([py, "-O", "-u", "-m", "edge", "run", "--config", "c"],
+                       ["--config", "c"])
+    assert ran == [sys.executable, "-OO", "-u", "-P", "-m", "edge.daemon", "--config", "c"]
+    assert _new_command([py, "-c", "code", "x"], None) == [sys.executable, "-OO", "-P",
+                                                           "-c", "code", "x"]
+    monkeypatch.chdir(ROOT)
+    assert _new_command([py, "-m", "edge", "sim"], None) == [sys.executable, "-OO", "-m",
+                                                             "edge", "sim"]
 
 
 def test_knobs_turn_off_the_restart_and_choose_uvloop(tmp_path: Path) -> None:

@@ -52,7 +52,6 @@ PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
 touch "$VENV/.complete"
 rm -rf "$WH"
 # keep the previous version for a rollback, remove older ones (and their bytecode)
-for OLD in $(ls -d "$WORK"/venv-* 2>/dev/null | grep -v "/venv-$VERSION\$" | sort -V | head -n -1); do
-    rm -rf "$OLD" "$BYTECODE$OLD"
-done
+ls -d "$WORK"/venv-* 2>/dev/null | grep -v "/venv-$VERSION\$" | sort -V | head -n -1 |
+    while IFS= read -r OLD; do rm -rf "$OLD" "$BYTECODE$OLD"; done
 echo "vehicle-edge $VERSION installed in $VENV"
