@@ -145,3 +145,18 @@ def run_until_health(cmd: list[str], *, env: dict[str, str], cwd: Path,
             proc.kill()
             proc.wait()
     return body, cmdline, proc.pid
+
+
+def zones_file_uplink_config(tmp: Path, thing: str, gnss_port: str, sections: str = "") -> Path:
+    """``tmp/edge.toml`` for a daemon reading ``gnss_port`` against the bundled city
+    zones, publishing to a file, its health every 0.5 s in ``tmp/health.json``."""
+    zones = Path(__file__).resolve().parents[2] / "sim" / "drives" / "city" / "zones.geojson"
+    cfg = tmp / "edge.toml"
+    cfg.write_text(
+        f'thing = "{thing}"\n'
+        f'[gnss]\nport = "{gnss_port}"\n'
+        f'[rules]\nzones = "{zones}"\n'
+        f'[uplink]\nkind = "file"\npath = "{tmp / "out.jsonl"}"\n'
+        f'[health]\ninterval_s = 0.5\npath = "{tmp / "health.json"}"\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n' + sections)
+    return cfg

@@ -23,10 +23,9 @@ from edge.process import (
     event_loop_name,
     optimize_wanted,
 )
-from tests.support.daemon import run_until_health
+from tests.support.daemon import run_until_health, zones_file_uplink_config
 
 ROOT = Path(__file__).resolve().parents[2]
-ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
 
 
 def _env(tmp_path: Path, **knobs: str) -> dict[str, str]:
@@ -43,15 +42,8 @@ def _run(tmp_path: Path, env: dict[str, str], launcher: tuple[str, ...] = (),
     master, slave = os.openpty()
     tty.setraw(slave)
     health = tmp_path / "health.json"
-    cfg = tmp_path / "edge.toml"
-    cfg.write_text(
-        'thing = "car-process-1"\n'
-        f'[gnss]\nport = "{os.ttyname(slave)}"\n'
-        f'[rules]\nzones = "{ZONES}"\n'
-        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
-        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n')
+    cfg = zones_file_uplink_config(tmp_path, "car-process-1", os.ttyname(slave),
+                                   f'[outbox]\npath = "{tmp_path / "o.db"}"\n')
     try:
         return run_until_health([*(launcher or (sys.executable, "-m", "edge")), *command,
                                  "--config", str(cfg)], env=env, cwd=tmp_path, health=health)

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge.daemon.heap import limit_arenas
-from tests.support.daemon import run_until_health
+from tests.support.daemon import run_until_health, zones_file_uplink_config
 
 ROOT = Path(__file__).resolve().parents[2]
-ZONES = ROOT / "sim" / "drives" / "city" / "zones.geojson"
 # a real ``python -m MODULE ARGS`` (``edge run``: ``-m edge run ...``) whose loaded modules
 # are written out when it exits
 CHILD = """
@@ -52,15 +51,8 @@ def loaded_modules(tmp_path: Path, sections: str,
     master, slave = os.openpty()
     tty.setraw(slave)
     health = tmp_path / "health.json"
-    cfg = tmp_path / "edge.toml"
-    cfg.write_text(
-        'thing = "car-imports-1"\n'
-        f'[gnss]\nport = "{os.ttyname(slave)}"\n'
-        f'[rules]\nzones = "{ZONES}"\n'
-        f'[uplink]\nkind = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        f'[health]\ninterval_s = 0.5\npath = "{health}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n'
-        + sections.replace("@", str(tmp_path)))
+    cfg = zones_file_uplink_config(tmp_path, "car-imports-1", os.ttyname(slave),
+                                   sections.replace("@", str(tmp_path)))
     mods = tmp_path / "modules.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("MALLOC_ARENA_MAX", None)
