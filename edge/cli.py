@@ -12,7 +12,7 @@ from edge.config import Config
 from edge.daemon.start import configure_logging as _logging
 from edge.daemon.start import load_config_or_exit as _load
 from edge.daemon.start import run as run_daemon_command
-from edge.errors import ConfigError, EdgeError, ExitCode, describe, exit_code
+from edge.errors import ConfigError, ExitCode, describe, exit_code, guarded
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -316,7 +316,8 @@ def _daemon_args(args: argparse.Namespace) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> int:
         if args.command in DAEMON_COMMANDS:
             from edge.process import check_environment, restart_optimized
 
@@ -324,11 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv is None:  # this process is the command (not a caller's function)
                 restart_optimized(daemon_args=_daemon_args(args))
         return int(args.func(args))
-    except EdgeError as exc:
-        print(describe(exc), file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+
+    try:
+        return guarded(command)
     except BrokenPipeError:
         return ExitCode.OK
 

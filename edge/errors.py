@@ -21,6 +21,8 @@ cannot work (config, zones file, arguments, an input file), 130 interrupted.
 from __future__ import annotations
 
 import enum
+import sys
+from collections.abc import Callable
 
 
 class EdgeError(Exception):
@@ -97,3 +99,15 @@ def describe(exc: EdgeError, *, config: str = "configuration") -> str:
     if isinstance(exc, OutboxError):
         return f"edge: outbox: {exc}"
     return f"edge: {exc}"
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command to its exit status: an ``EdgeError`` is its one line on stderr
+    (``describe``) and its exit code, Ctrl-C is ``INTERRUPTED``."""
+    try:
+        return command()
+    except EdgeError as exc:
+        print(describe(exc), file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED

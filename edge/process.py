@@ -95,15 +95,19 @@ def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest[:i], rest[i:]
 
 
+def _plain(ran: Sequence[str]) -> bool:
+    """Whether what the interpreter ran (``_split``) is edge's command line as is:
+    ``-m edge ...`` or the ``edge`` script."""
+    return list(ran[:2]) == ["-m", "edge"] or (
+        bool(ran) and not ran[0].startswith("-") and Path(ran[0]).name == "edge")
+
+
 def _interpreter_options(argv: Sequence[str]) -> list[str] | None:
     """The interpreter's options of ``argv`` (``sys.orig_argv``) when it ran edge's
-    command line plainly (``python [opts] -m edge ...`` or the ``edge`` script), else
-    None (``-c`` wrappers, other modules: started over as they are)."""
+    command line plainly, else None (``-c`` wrappers, other modules: started over as
+    they are)."""
     opts, ran = _split(argv)
-    if ran[:2] == ["-m", "edge"] or (ran and not ran[0].startswith("-")
-                                     and Path(ran[0]).name == "edge"):
-        return opts
-    return None
+    return opts if _plain(ran) else None
 
 
 def _new_command(argv: Sequence[str], daemon_args: Sequence[str] | None) -> list[str]:
@@ -117,7 +121,7 @@ def _new_command(argv: Sequence[str], daemon_args: Sequence[str] | None) -> list
     edge_root = Path(__file__).resolve().parent.parent
     if edge_root != Path.cwd().resolve() and "-P" not in opts:
         opts.append("-P")
-    if daemon_args is not None and _interpreter_options(argv) is not None:
+    if daemon_args is not None and _plain(ran):
         ran = ["-m", "edge.daemon", *daemon_args]
     return [sys.executable, "-OO", *opts, *ran]
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.errors import ConfigError, EdgeError, ExitCode, describe, exit_code
+from edge.errors import ConfigError, ExitCode, describe, exit_code, guarded
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -72,14 +72,12 @@ def main(argv: Sequence[str]) -> int:
     else:
         print(USAGE, file=sys.stderr)
         return ExitCode.USAGE
-    try:
+
+    def command() -> int:
         from edge.process import check_environment, restart_optimized
 
         check_environment()
         restart_optimized()  # started directly: the same command line under -OO
         return run(config)
-    except EdgeError as exc:
-        print(describe(exc), file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+
+    return guarded(command)

@@ -13,7 +13,7 @@ import pytest
 
 from edge.app import Daemon
 from edge.config import Config, load_config
-from tests.support.daemon import PtyFeeder, events, wait_until
+from tests.support.daemon import PtyFeeder, events, run_in_process, wait_until
 
 CIRCLE = {
     "type": "FeatureCollection",
@@ -56,20 +56,11 @@ def run_daemon(tmp_path: Path,
     if zones_optional:
         (tmp_path / "zones.geojson").unlink()
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
+    def setup(d: Daemon) -> None:
         d.zones_optional = zones_optional
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: bool(events(tmp_path / "out.jsonl", "telemetry")))
-        await body(d, cfg, task)
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_in_process(cfg, feeder, lambda d, task: body(d, cfg, task), setup=setup,
+                   ready=lambda: bool(events(tmp_path / "out.jsonl", "telemetry")))
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ from edge.app import Daemon
 from edge.config import Config, load_config
 from edge.errors import ConfigError
 from edge.roads.index import E7, IndexWriter
-from tests.support.daemon import PtyFeeder, events, wait_until
+from tests.support.daemon import PtyFeeder, events, run_in_process, wait_until
 
 LON = 11.5820  # the feeder drives north along this meridian from 48.1351
 
@@ -43,6 +43,14 @@ def roads_config(tmp_path: Path, gnss: str, index: Path) -> Config:
     return load_config(cfg_path)
 
 
+def deploy_road(tmp_path: Path, index: Path, kmh: float) -> None:
+    """A new index with the north road at ``kmh`` replaces ``index`` atomically, as the
+    Roads component's run step does."""
+    index.parent.mkdir(parents=True, exist_ok=True)
+    north_road(tmp_path / "next.db", kmh)
+    os.replace(tmp_path / "next.db", index)
+
+
 def limits(out: Path) -> list[object]:
     """The posted limit of every telemetry record published so far."""
     return [r.get("speed_limit_kmh") for r in events(out, "telemetry")]
@@ -56,11 +64,7 @@ def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None
     cfg = roads_config(tmp_path, feeder.path, index)
     out = tmp_path / "out.jsonl"
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: 50.0 in limits(out), 15)
+    async def body(d: Daemon, task: asyncio.Task[None]) -> None:
         # not an index: refused, the old one stays
         bad = tmp_path / "bad.new"
         bad.write_bytes(b"garbage" * 1000)
@@ -70,16 +74,10 @@ def test_new_index_is_picked_up_and_a_bad_one_is_refused(tmp_path: Path) -> None
         assert d.engine.rules.roads.index.meta["source"] == "test"
         assert limits(out)[-1] == 50.0 and not task.done()
         # a real one: swapped in, the posted limit follows
-        north_road(tmp_path / "next.db", 20.0)
-        os.replace(tmp_path / "next.db", index)
+        deploy_road(tmp_path, index, 20.0)
         assert await wait_until(lambda: limits(out)[-1] == 20.0, 15)
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    run_in_process(cfg, feeder, body, ready=lambda: 50.0 in limits(out), ready_s=15)
 
 
 @pytest.mark.timeout(90)
@@ -101,12 +99,7 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
     with pytest.raises(ConfigError, match=r"roads\.index"):
         asyncio.run(refused())
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        d.zones_optional = True  # what edge run --greengrass sets
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: len(events(out, "telemetry")) >= 2, 15)  # running
+    async def body(d: Daemon, task: asyncio.Task[None]) -> None:
         h = roads(d)
         assert h["index"] == str(index) and "does not exist" in str(h["error"])
         assert "com.vehicleedge.Roads" in str(h["error"]) and not task.done()
@@ -114,24 +107,20 @@ def test_an_index_deployed_after_the_daemon_is_a_health_error_then_loaded(tmp_pa
         await d.apply_config(dataclasses.replace(
             cfg, telemetry=dataclasses.replace(cfg.telemetry, interval_s=2.0)))
         assert d.reloads == 1 and d.config.telemetry.interval_s == 2.0
-        index.parent.mkdir(parents=True)
-        north_road(tmp_path / "next.db", 20.0)
-        os.replace(tmp_path / "next.db", index)
+        deploy_road(tmp_path, index, 20.0)
         assert await wait_until(
             lambda: limits(out)[-1] == 20.0, 15)
         h = roads(d)
         assert h["error"] is None and h["segments"] == 59 and int(h["lookups"]) > 0  # type: ignore[call-overload]
         assert h["reloads"] == 0  # loaded, not replaced
-        north_road(tmp_path / "next.db", 30.0)
-        os.replace(tmp_path / "next.db", index)
+        deploy_road(tmp_path, index, 30.0)
         assert await wait_until(lambda: roads(d)["reloads"] == 1, 15)
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    def setup(d: Daemon) -> None:
+        d.zones_optional = True  # what edge run --greengrass sets
+
+    run_in_process(cfg, feeder, body, setup=setup, ready_s=15,
+                   ready=lambda: len(events(out, "telemetry")) >= 2)  # running
 
 
 @pytest.mark.timeout(90)
@@ -155,28 +144,20 @@ def test_a_roads_component_the_fleet_does_not_deploy_is_no_error(tmp_path: Path)
     assert cfg.roads.index == index and roads_offered(env) == index
     out = tmp_path / "out.jsonl"
 
-    async def scenario() -> None:
-        d = Daemon(cfg)
-        d.zones_optional = True
-        d.roads_offered = roads_offered(env)  # what edge run --greengrass sets
-        stop = asyncio.Event()
-        task = asyncio.create_task(d.run(stop))
-        assert await wait_until(lambda: len(events(out, "telemetry")) >= 2, 15)
+    async def body(d: Daemon, task: asyncio.Task[None]) -> None:
         h = dict(d.health()["rules"]["overspeed"]["roads"])
         assert h["state"] == "not deployed" and h["error"] is None, h
         health = [e for e in events(out, "health")]
         assert health and all(
             e["rules"]["overspeed"]["roads"]["error"] is None for e in health)
-        index.parent.mkdir(parents=True)
-        north_road(tmp_path / "next.db", 20.0)
-        os.replace(tmp_path / "next.db", index)
+        deploy_road(tmp_path, index, 20.0)
         assert await wait_until(
             lambda: limits(out)[-1] == 20.0, 15)
         assert dict(d.health()["rules"]["overspeed"]["roads"])["state"] == "loaded"
-        stop.set()
-        await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        feeder.close()
+    def setup(d: Daemon) -> None:
+        d.zones_optional = True
+        d.roads_offered = roads_offered(env)  # what edge run --greengrass sets
+
+    run_in_process(cfg, feeder, body, setup=setup, ready_s=15,
+                   ready=lambda: len(events(out, "telemetry")) >= 2)  # running

@@ -11,15 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.outbox import Outbox
 from tests.conftest import THING
 from tests.support.broker import Broker
 from tests.support.nmea import T0, epoch
 from tests.support.proc import die_with_parent
+
+if TYPE_CHECKING:
+    from edge.app import Daemon
+    from edge.config import Config
 
 
 class PtyFeeder:
@@ -160,3 +165,29 @@ def zones_file_uplink_config(tmp: Path, thing: str, gnss_port: str, sections: st
         f'[health]\ninterval_s = 0.5\npath = "{tmp / "health.json"}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n' + sections)
     return cfg
+
+
+def run_in_process(cfg: Config, feeder: PtyFeeder,
+                   body: Callable[[Daemon, asyncio.Task[None]], Awaitable[None]], *,
+                   ready: Callable[[], object], ready_s: float = 10.0,
+                   setup: Callable[[Daemon], None] | None = None) -> None:
+    """A daemon on ``cfg`` in this process: ``setup(daemon)`` before it runs, then, once
+    ``ready()`` (within ``ready_s``), ``body(daemon, task)``; then it stops in order (its
+    failure re-raised) and ``feeder`` closes."""
+    from edge.app import Daemon
+
+    async def scenario() -> None:
+        d = Daemon(cfg)
+        if setup is not None:
+            setup(d)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        assert await wait_until(ready, ready_s)
+        await body(d, task)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

@@ -38,13 +38,13 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
     -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|site-packages|dist-packages)/' \
     "$STDLIB" || echo "bytecode: some of $STDLIB did not compile" >&2
-PYTHONPYCACHEPREFIX="$BYTECODE" "$VENV/bin/python" -OO -m compileall -qq -j0 \
-    -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
-    "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
-# and next to the venv's sources, where a daemon looks when PYTHONDONTWRITEBYTECODE is set
-# in its environment (it then uses no cache folder)
-"$VENV/bin/python" -OO -m compileall -qq -j0 -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
-    "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
+# the venv twice: into that cache, and next to its sources, where a daemon looks when
+# PYTHONDONTWRITEBYTECODE is set in its environment (it then uses no cache folder)
+for PREFIX in "$BYTECODE" ""; do
+    PYTHONPYCACHEPREFIX="$PREFIX" "$VENV/bin/python" -OO -m compileall -qq -j0 \
+        -x '/(pip|setuptools|pkg_resources|_distutils_hack)/' \
+        "$SITE" || echo "bytecode: some of $SITE did not compile" >&2
+done
 # the daemon starts right after this with no reboot: drop the libraries pip just wrote from
 # the page cache, where recent kernels keep them in large folios that a process mapping
 # them counts whole (~6 MB more RSS), so they are read in as after a boot
